@@ -1,0 +1,7 @@
+"""``python -m recbole_mm --model=VBPR --dataset=tiktok``."""
+
+import recbole_mm  # noqa: F401  (installs the compatibility shims and registers the models)
+from recbole_mm.cli import exit_on_user_error, main
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

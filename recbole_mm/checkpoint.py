@@ -1,0 +1,177 @@
+"""Checkpoints that load with torch's safe default (``weights_only=True``).
+
+RecBole pickles its whole ``Config`` (enums, ``torch.device``, a yaml loader class) into every
+checkpoint, which torch >= 2.6 refuses to load, and loading it unsafely would let a checkpoint run
+arbitrary code. recbole_mm stores the config as plain data instead (tagged dicts for enums and
+devices) and rebuilds a ``Config`` on load. Reading a checkpoint written by plain RecBole needs the
+explicit ``trust_pickle=True`` opt-in (or a one-time conversion with :func:`convert_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import importlib
+import os
+import pickle
+from typing import Any
+
+import numpy as np
+import torch
+
+from recbole_mm.errors import CheckpointError
+
+_PLAIN = (bool, int, float, str, type(None))
+_TRUSTED_MODULES = ("recbole.", "recbole_mm.")
+
+
+def to_plain(value: Any, key: str = "") -> Any:
+    """Encode a config value with types that ``torch.load(weights_only=True)`` accepts."""
+    if isinstance(value, enum.Enum):
+        cls = type(value)
+        return {"__enum__": f"{cls.__module__}:{cls.__qualname__}", "name": value.name}
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, torch.device):
+        return {"__device__": str(value)}
+    if isinstance(value, dict):
+        return {k: to_plain(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, tuple):
+        return {"__tuple__": [to_plain(v, key) for v in value]}
+    if isinstance(value, (list, set, frozenset)):
+        return [to_plain(v, key) for v in value]
+    if isinstance(value, np.ndarray):
+        return [to_plain(v, key) for v in value.tolist()]
+    raise CheckpointError(
+        f"config entry '{key}' holds a {type(value).__name__}, which a safe checkpoint cannot store; "
+        "use numbers, strings, lists or dicts in the config"
+    )
+
+
+def from_plain(value: Any) -> Any:
+    """Inverse of :func:`to_plain`."""
+    if isinstance(value, list):
+        return [from_plain(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__enum__" in value:
+        module_name, qualname = value["__enum__"].split(":")
+        if not module_name.startswith(_TRUSTED_MODULES):
+            raise CheckpointError(f"checkpoint config names enum {value['__enum__']} outside RecBole")
+        cls = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            cls = getattr(cls, part)
+        if not (isinstance(cls, type) and issubclass(cls, enum.Enum)):
+            raise CheckpointError(f"checkpoint config names {value['__enum__']}, which is not an enum")
+        return cls[value["name"]]
+    if "__device__" in value:
+        device = torch.device(value["__device__"])
+        if device.type == "cuda" and not torch.cuda.is_available():
+            return torch.device("cpu")
+        return device
+    if "__tuple__" in value:
+        return tuple(from_plain(v) for v in value["__tuple__"])
+    return {k: from_plain(v) for k, v in value.items()}
+
+
+def config_to_plain(config: Any) -> dict:
+    """A RecBole ``Config`` as plain data (its ``final_config_dict``)."""
+    return {k: to_plain(v, k) for k, v in config.final_config_dict.items()}
+
+
+def config_from_plain(data: dict) -> Any:
+    """Rebuild a RecBole ``Config`` from :func:`config_to_plain` output without re-merging files."""
+    from recbole.config import Config
+    from recbole.utils import get_model
+
+    config = Config.__new__(Config)
+    config._init_parameters_category()
+    config.yaml_loader = config._build_yaml_loader()
+    config.file_config_dict = config.variable_config_dict = config.cmd_config_dict = {}
+    config.external_config_dict = config.internal_config_dict = {}
+    config.final_config_dict = from_plain(data)
+    config.model = config.final_config_dict["model"]
+    config.dataset = config.final_config_dict["dataset"]
+    config.model_class = get_model(config.model)
+    return config
+
+
+def save_trainer_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
+    """Drop-in for RecBole's ``Trainer._save_checkpoint`` that writes a weights-only-loadable file."""
+    if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        return
+    saved_model_file = kwargs.pop("saved_model_file", self.saved_model_file)
+    state = {
+        "config": config_to_plain(self.config),
+        "epoch": epoch,
+        "cur_step": self.cur_step,
+        "best_valid_score": float(self.best_valid_score),
+        "state_dict": self.model.state_dict(),
+        "other_parameter": self.model.other_parameter(),
+        "optimizer": self.optimizer.state_dict(),
+    }
+    # Write then rename, so an interrupted save never leaves a truncated best checkpoint.
+    tmp_file = f"{saved_model_file}.tmp"
+    torch.save(state, tmp_file)
+    os.replace(tmp_file, saved_model_file)
+    if verbose:
+        from recbole.utils import set_color
+
+        self.logger.info(set_color("Saving current", "blue") + f": {saved_model_file}")
+
+
+def load_checkpoint(path: str, map_location: Any = None, trust_pickle: bool = False) -> dict:
+    """Load a checkpoint; ``checkpoint['config']`` is returned as a RecBole ``Config``.
+
+    Without ``trust_pickle`` only plain data is unpickled (torch's ``weights_only=True``), so a
+    malicious file cannot run code. Old RecBole checkpoints need ``trust_pickle=True``.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a saved .pth file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise CheckpointError(
+                f"{path} pickles Python objects (as checkpoints of plain RecBole do) and was not loaded, "
+                "because unpickling can run arbitrary code; if you trust where it came from, pass "
+                "trust_pickle=True or convert it once: python -m recbole_mm.checkpoint --trust-pickle "
+                f"{path} NEW.pth"
+            ) from exc
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    if isinstance(checkpoint.get("config"), dict):
+        checkpoint["config"] = config_from_plain(checkpoint["config"])
+    return checkpoint
+
+
+def convert_checkpoint(src: str, dst: str, trust_pickle: bool = False) -> None:
+    """Rewrite a (trusted) full-pickle RecBole checkpoint as a safe recbole_mm checkpoint."""
+    checkpoint = load_checkpoint(src, map_location="cpu", trust_pickle=trust_pickle)
+    checkpoint["config"] = config_to_plain(checkpoint["config"])
+    checkpoint["best_valid_score"] = float(checkpoint["best_valid_score"])
+    tmp_file = f"{dst}.tmp"
+    torch.save(checkpoint, tmp_file)
+    os.replace(tmp_file, dst)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m recbole_mm.checkpoint [--trust-pickle] SRC DST``."""
+    import recbole_mm  # noqa: F401  (registers plugin models so their configs resolve)
+
+    parser = argparse.ArgumentParser(description="Convert a RecBole checkpoint to a safe one.")
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow unpickling SRC (only for files whose origin you trust)")
+    args = parser.parse_args(argv)
+    convert_checkpoint(args.src, args.dst, trust_pickle=args.trust_pickle)
+    print(f"wrote {args.dst}")
+
+
+if __name__ == "__main__":
+    from recbole_mm.cli import exit_on_user_error
+
+    exit_on_user_error(main)

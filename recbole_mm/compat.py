@@ -1,0 +1,210 @@
+"""Every fix that lets RecBole 1.2.1 run on today's numpy, scipy, pandas, torch and setuptools.
+
+RecBole 1.2.1 (Feb 2025) is the last release and upstream carries no compatibility fixes after it
+(see ../shared/docs/recbole-compat.md for the measured audit). Each shim below names the upstream
+cause, is installed once by :func:`install` at ``import recbole_mm``, never edits RecBole's files,
+and is guarded by a test in ``tests/test_compat.py``. Shims that change library behaviour act only
+when the caller is RecBole's own code, so other users of numpy/pandas/torch see no difference.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import types
+from typing import Any
+
+import numpy as np
+
+_installed = False
+
+
+def _caller_is_recbole(depth: int = 2) -> bool:
+    """True when the frame ``depth`` levels up belongs to a ``recbole.*`` module (not recbole_mm)."""
+    frame = sys._getframe(depth)
+    module = frame.f_globals.get("__name__", "")
+    return module == "recbole" or module.startswith("recbole.")
+
+
+# --- 1, 2, 3: ray -------------------------------------------------------------------------------
+# recbole/quick_start/quick_start.py:20 does `from ray import tune` for one call, `tune.report` in
+# objective_function. ray<=2.6.3 (RecBole's pin) imports pkg_resources, removed in setuptools 82,
+# and uses np.bool8, removed in numpy 2; it has no wheels for Python 3.12, so it is often absent.
+def _install_ray() -> None:
+    if "ray.tune" in sys.modules:
+        return
+    had_bool8 = hasattr(np, "bool8")
+    if not had_bool8:
+        np.bool8 = np.bool_  # ray/tune/logger/tensorboardx.py:41, only while ray imports
+    try:
+        importlib.import_module("ray.tune")
+        return
+    except Exception:  # any failure of the real ray (missing, pkg_resources, numpy 2) → stub
+        for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
+            del sys.modules[name]
+    finally:
+        if not had_bool8 and hasattr(np, "bool8"):
+            del np.bool8
+    ray = types.ModuleType("ray")
+    tune = types.ModuleType("ray.tune")
+    tune.report = _tune_report_noop
+    ray.tune = tune
+    ray.__recbole_mm_stub__ = True
+    sys.modules["ray"] = ray
+    sys.modules["ray.tune"] = tune
+
+
+def _tune_report_noop(*args: Any, **kwargs: Any) -> None:
+    """Stand-in for ``ray.tune.report``: outside a ray trial the report has nowhere to go."""
+
+
+# --- 4: numpy 2 aliases -------------------------------------------------------------------------
+# recbole/config/configurator.py:630 compatibility_settings() assigns np.float_ etc., removed in
+# numpy 2, in every Config(); RecBole itself later reads np.float (evaluator/metrics.py:90,...),
+# np.bool (metrics.py:287) and np.str (hyper_tuning.py plot_hyper), so the aliases must exist.
+_NUMPY_ALIASES = {
+    "bool": "bool_",
+    "int": "int_",
+    "float": "float64",
+    "complex": "complex128",
+    "object": "object_",
+    "str": "str_",
+    "long": "int_",
+    "unicode": "str_",
+}
+
+
+def _numpy_compatibility_settings(self: Any) -> None:
+    """Replacement for ``Config.compatibility_settings`` that only uses names numpy 2 still has."""
+    for alias, target in _NUMPY_ALIASES.items():
+        setattr(np, alias, getattr(np, target))
+
+
+# --- 5: scipy dok_matrix._update --------------------------------------------------------------
+# LightGCN/NGCF/NCL/GCMC/SpectralCF/KGIN/MCCLK call A._update(dict) (e.g. lightgcn.py:111);
+# scipy 1.13 removed that private method, and numpy 2 forces scipy >= 1.13.
+def _install_dok_update() -> None:
+    import scipy.sparse as sp
+
+    if not hasattr(sp.dok_matrix, "_update"):
+
+        def _update(self: Any, data: dict) -> None:
+            self._dict.update(data)  # exactly scipy 1.12's body; _dict exists in 1.13–1.18
+
+        sp.dok_matrix._update = _update
+
+
+# --- 7: hyperopt >= 0.3 in exhaustive search --------------------------------------------------
+# recbole/trainer/hyper_tuning.py:117 seeds a np.random.RandomState, but hyperopt >= 0.2.7 samples
+# with the Generator API (rng.integers); the only hyperopt that imports without pkg_resources is
+# 0.3.0. Same algorithm, with the generator type hyperopt expects.
+def _hyperopt_rng(seed: Any) -> Any:
+    from importlib.metadata import version
+
+    major, minor, patch = (int(p) for p in re.findall(r"\d+", version("hyperopt"))[:3])
+    if (major, minor, patch) >= (0, 2, 7):
+        return np.random.default_rng(seed)
+    return np.random.RandomState(seed)
+
+
+def exhaustive_search(new_ids: list, domain: Any, trials: Any, seed: Any,
+                      nbMaxSucessiveFailures: int = 1000) -> list:  # noqa: N803 (RecBole's name)
+    """Draw configurations not tried before from ``domain`` (RecBole's exhaustive search)."""
+    from hyperopt import pyll
+    from hyperopt.base import miscs_update_idxs_vals
+
+    def signature(vals: dict) -> int:
+        return hash(frozenset((key, value[0] if len(value) > 0 else None) for key, value in vals.items()))
+
+    seen = {signature(trial["misc"]["vals"]) for trial in trials.trials}
+    rng = _hyperopt_rng(seed)
+    docs = []
+    for new_id in new_ids:
+        for _attempt in range(nbMaxSucessiveFailures + 1):
+            idxs, vals = pyll.rec_eval(
+                domain.s_idxs_vals, memo={domain.s_new_ids: [new_id], domain.s_rng: rng}
+            )
+            if signature(vals) not in seen:
+                break
+        else:
+            return []  # the space is exhausted
+        result = domain.new_result()
+        misc = dict(tid=new_id, cmd=domain.cmd, workdir=domain.workdir)
+        miscs_update_idxs_vals([misc], idxs, vals)
+        docs.extend(trials.new_trial_docs([new_id], [None], [result], [misc]))
+    return docs
+
+
+# --- 8, 9: pandas 3 ---------------------------------------------------------------------------
+# 8. pandas 3 `Series.agg(len)` returns len(series) instead of per-element lengths; RecBole uses it
+#    to split token_seq/float_seq columns (dataset.py:712,792,809,1217, kg_dataset.py:316,
+#    sequential_dataset.py:165) — silently wrong item_length in sequential datasets.
+# 9. pandas 3 Copy-on-Write: `df[field].fillna(..., inplace=True)` (dataset.py:501,648,650) fills a
+#    temporary copy, so NaN floats stay NaN and NaN tokens stay NaN — silently wrong datasets.
+def _install_pandas() -> None:
+    import pandas as pd
+
+    if int(pd.__version__.split(".")[0]) < 3 or getattr(pd.Series.agg, "_recbole_mm", False):
+        return
+    original_agg = pd.Series.agg
+    original_fillna = pd.Series.fillna
+
+    def agg(self: pd.Series, func: Any = None, axis: Any = 0, *args: Any, **kwargs: Any) -> Any:
+        if func is len and _caller_is_recbole():
+            return self.map(len)
+        return original_agg(self, func, axis, *args, **kwargs)
+
+    def fillna(self: pd.Series, *args: Any, **kwargs: Any) -> Any:
+        if not (kwargs.get("inplace") and _caller_is_recbole()):
+            return original_fillna(self, *args, **kwargs)
+        kwargs["inplace"] = False
+        filled = original_fillna(self, *args, **kwargs)
+        # RecBole's three call sites are all `<frame>[field].fillna(...)` with the frame held in a
+        # local named `df` or `feat`; write the result back into that frame.
+        caller = sys._getframe(1).f_locals
+        frame = caller.get("df") if "df" in caller else caller.get("feat")
+        if frame is None or self.name not in frame:
+            raise RuntimeError("recbole_mm pandas shim: unexpected fillna call site in RecBole")
+        frame[self.name] = filled
+        return None
+
+    agg._recbole_mm = True
+    pd.Series.agg = agg
+    pd.Series.fillna = fillna
+
+
+# --- 6: torch >= 2.6 weights_only checkpoints -------------------------------------------------
+# trainer.py:308 pickles the whole Config into every checkpoint; torch >= 2.6 loads with
+# weights_only=True and refuses it at trainer.py:583/:323 and quick_start.py:250. Instead of
+# loading unsafely, checkpoints are written as plain data (recbole_mm.checkpoint) and every
+# reader of RecBole's checkpoints goes through the safe loader.
+def _install_checkpoints() -> None:
+    import recbole.quick_start
+    import recbole.quick_start.quick_start as qs
+    from recbole.trainer.trainer import Trainer
+
+    from recbole_mm import checkpoint, quick_start
+
+    Trainer._save_checkpoint = checkpoint.save_trainer_checkpoint
+    qs.load_data_and_model = quick_start.load_data_and_model
+    recbole.quick_start.load_data_and_model = quick_start.load_data_and_model
+
+
+def install() -> None:
+    """Install every shim once; safe to call repeatedly."""
+    global _installed
+    if _installed:
+        return
+    _install_ray()
+    _numpy_compatibility_settings(None)
+    from recbole.config import configurator
+
+    configurator.Config.compatibility_settings = _numpy_compatibility_settings
+    _install_dok_update()
+    _install_pandas()
+    import recbole.trainer.hyper_tuning as hyper_tuning
+
+    hyper_tuning.exhaustive_search = exhaustive_search
+    _installed = True
+    _install_checkpoints()

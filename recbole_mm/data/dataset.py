@@ -1,0 +1,134 @@
+"""RecBole ``Dataset`` that also reads MMRec-layout folders and per-modality item features."""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import torch
+from recbole.data.dataset import Dataset
+from recbole.utils import FeatureSource, FeatureType
+
+from recbole_mm.data import files
+from recbole_mm.errors import DataError
+
+
+class MultiModalDataset(Dataset):
+    """A RecBole ``Dataset`` for MMRec layout (``<name>.inter`` with ``x_label``) or RecBole's atomic files.
+
+    Dataset config keys (see ``dataset_configs/*.yaml``):
+
+    - ``inter_file_name``: the interaction file (default ``<dataset>.inter``).
+    - ``data_format``: ``auto`` (from the header), ``mmrec`` or ``atomic``.
+    - ``modalities``: ``{name: file.npy}``; row i of each file holds the features of item id i.
+    - ``missing_feature``: ``error`` (default), ``mean`` or ``zero`` for items whose row is all NaN.
+    - ``filter_cold_start_users``: drop valid/test rows of users with no training row (MMRec).
+    - ``feature_source``: where the feature files can be obtained, quoted when they are missing.
+
+    The MMRec split is honoured exactly: train/valid/test become RecBole's benchmark parts.
+    """
+
+    def __init__(self, config):
+        # Shared (not copied) by the train/valid/test views that RecBole makes with copy.copy.
+        self._feature_store: dict[str, torch.Tensor] = {}
+        self._feature_rows: int | None = None
+        super().__init__(config)
+
+    # ---- interactions ---------------------------------------------------------------------------
+    def _load_data(self, token, dataset_path):
+        if not os.path.isdir(dataset_path):
+            # RecBole would try to download an unknown dataset here; say what is wrong instead.
+            raise DataError(f"{dataset_path}: dataset folder not found; set data_path to the folder that holds '{token}/'")
+        super()._load_data(token, dataset_path)
+
+    def _inter_file(self, token: str, dataset_path: str) -> str:
+        return os.path.join(dataset_path, self.config["inter_file_name"] or f"{token}.inter")
+
+    def _layout(self, token: str, dataset_path: str) -> str:
+        layout = self.config["data_format"] or "auto"
+        if layout not in ("auto", "mmrec", "atomic"):
+            raise DataError(f"data_format: {layout!r} is not auto, mmrec or atomic; fix the dataset config")
+        if layout != "auto":
+            return layout
+        path = self._inter_file(token, dataset_path)
+        return "mmrec" if os.path.isfile(path) and files.is_mmrec_layout(path) else "atomic"
+
+    def _load_inter_feat(self, token, dataset_path):
+        if self._layout(token, dataset_path) == "atomic":
+            return super()._load_inter_feat(token, dataset_path)
+        path = self._inter_file(token, dataset_path)
+        table = files.read_mmrec_inter(path, self.uid_field, self.iid_field)
+        self._feature_rows = int(table[self.iid_field].max()) + 1  # MMRec: n_items = max id + 1
+        if self.config["filter_cold_start_users"]:
+            table = files.drop_cold_start_users(table, self.uid_field)
+            files.check_splits(table, path, reason=" once users without training rows are dropped")
+        parts = [table[table[files.SPLIT_LABEL] == label] for label in range(len(files.SPLITS))]
+        ordered = pd.concat(parts, ignore_index=True)
+        self.inter_feat = pd.DataFrame(
+            {field: ordered[field].astype(str) for field in (self.uid_field, self.iid_field)}
+        )
+        for field in (self.uid_field, self.iid_field):
+            self.set_field_property(field, FeatureType.TOKEN, FeatureSource.INTERACTION, 1)
+        # RecBole's benchmark mechanism: build() cuts inter_feat into these consecutive parts.
+        self.file_size_list = [len(part) for part in parts]
+        self.benchmark_filename_list = list(files.SPLITS)
+        self.logger.debug(f"MMRec interactions loaded from [{path}]: {self.file_size_list}")
+
+    # ---- item features --------------------------------------------------------------------------
+    @property
+    def modalities(self) -> dict[str, str]:
+        """Declared modalities: name → feature file path."""
+        declared = self.config["modalities"] or {}
+        if not isinstance(declared, dict):
+            raise DataError("modalities: must map a modality name to a .npy file, e.g. {image: image_feat.npy}")
+        return {name: os.path.join(self.dataset_path, str(file)) for name, file in declared.items()}
+
+    @property
+    def item_features(self) -> dict[str, torch.Tensor]:
+        """Per modality, a float32 ``[item_num, dim]`` tensor aligned to internal item ids (row 0 = padding).
+
+        Loaded on first use, so models that need no features never touch the files.
+        """
+        if not self._feature_store:
+            self._feature_store.update(self._load_item_features())
+        return self._feature_store
+
+    def _load_item_features(self) -> dict[str, torch.Tensor]:
+        modalities = self.modalities
+        if not modalities:
+            raise DataError(
+                f"model {self.config['model']} needs item features, but the config of dataset "
+                f"'{self.dataset_name}' declares no modalities; add e.g. modalities: {{image: image_feat.npy}}"
+            )
+        absent = [path for path in modalities.values() if not os.path.isfile(path)]
+        if absent:
+            names = " and ".join(os.path.basename(p) for p in absent)
+            source = self.config["feature_source"]
+            raise DataError(
+                f"model {self.config['model']} needs the item feature file(s) {names}, missing from "
+                f"{os.path.abspath(self.dataset_path)}; "
+                + (f"{source}; " if source else "")
+                + f"put them in that folder (or set data_path to a folder with '{self.dataset_name}/' holding them)"
+            )
+        tokens = self.field2id_token[self.iid_field][1:]
+        n_rows = self._feature_rows
+        features = {}
+        for name, path in modalities.items():
+            rows = files.item_rows(tokens, path)
+            expected = n_rows if n_rows is not None else int(rows.max(initial=-1)) + 1
+            array, missing = files.open_feature_file(path, name, expected)
+            policy = self.config["missing_feature"] or "error"
+            features[name] = files.align_features(array, rows, missing, policy, path)
+        return features
+
+    def feature_dims(self) -> dict[str, int]:
+        """Width of each modality's features."""
+        return {name: int(t.shape[1]) for name, t in self.item_features.items()}
+
+    def __str__(self) -> str:
+        info = super().__str__()
+        if self._feature_store:
+            dims = ", ".join(f"{name} {dim}" for name, dim in self.feature_dims().items())
+            info += f"\nItem features: {dims}"
+        return info
+

@@ -1,0 +1,163 @@
+"""Readers for MMRec-layout interaction files and per-modality ``.npy`` feature files.
+
+Pure functions (paths and arrays in, arrays out) that know nothing of RecBole; every problem raises
+:class:`~recbole_mm.errors.DataError` with one line naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from recbole_mm.errors import DataError
+
+SPLITS = ("train", "valid", "test")
+SPLIT_LABEL = "x_label"
+MISSING_POLICIES = ("error", "mean", "zero")
+_ROW_CHUNK = 4096  # rows scanned at a time, so a memory-mapped file is never fully copied
+
+
+def is_mmrec_layout(path: str) -> bool:
+    """True unless the header is RecBole's typed one (every column ``name:type``); MMRec's is untyped."""
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().rstrip("\r\n").split("\t")
+    return not all(":" in column for column in header)
+
+
+def read_mmrec_inter(path: str, user_field: str, item_field: str) -> pd.DataFrame:
+    """Read ``userID itemID x_label`` rows (0/1/2 = train/valid/test) as int64 columns, validated."""
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: interaction file not found; put the dataset's .inter file there or set data_path")
+    try:
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame()
+    if table.empty:
+        raise DataError(f"{path}: no interaction rows; an MMRec .inter has a header and one row per interaction")
+    missing = [c for c in (user_field, item_field, SPLIT_LABEL) if c not in table.columns]
+    if missing:
+        raise DataError(
+            f"{path}: header lacks column(s) {', '.join(missing)} (has {', '.join(table.columns)}); "
+            f"an MMRec .inter needs {user_field}, {item_field} and {SPLIT_LABEL} "
+            "(set USER_ID_FIELD / ITEM_ID_FIELD in the dataset config if yours are named differently)"
+        )
+    out = {}
+    for column in (user_field, item_field, SPLIT_LABEL):
+        values = pd.to_numeric(table[column], errors="coerce")
+        # Ids must be exact integers: the 2**53 bound keeps them exact as floats and far inside int64.
+        bad = values.isna() | (values < 0) | (values != values.round()) | (values >= 2**53)
+        if column == SPLIT_LABEL:
+            bad |= values > 2
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            if column == SPLIT_LABEL:
+                raise DataError(f"{path}: {SPLIT_LABEL} {table[column].iloc[row]!r} on data line {row + 1}; "
+                                "use 0 (train), 1 (valid) or 2 (test)")
+            raise DataError(
+                f"{path}: ids out of range: {column} {table[column].iloc[row]!r} on data line {row + 1} "
+                "is not a non-negative integer below 2**53; MMRec ids are 0-based integers"
+            )
+        out[column] = values.astype(np.int64).to_numpy()
+    table = pd.DataFrame(out)
+    check_splits(table, path)
+    return table
+
+
+def check_splits(table: pd.DataFrame, path: str, reason: str = "") -> None:
+    """Every split must have rows."""
+    for label, split in enumerate(SPLITS):
+        if not (table[SPLIT_LABEL] == label).any():
+            raise DataError(f"{path}: the {split} split is empty (no row with {SPLIT_LABEL} = {label}{reason}); "
+                            "every split needs rows")
+
+
+def drop_cold_start_users(table: pd.DataFrame, user_field: str) -> pd.DataFrame:
+    """Drop valid/test rows of users without any training row (MMRec's ``filter_out_cod_start_users``)."""
+    warm = table.loc[table[SPLIT_LABEL] == 0, user_field].unique()
+    keep = (table[SPLIT_LABEL] == 0) | table[user_field].isin(warm)
+    return table[keep].reset_index(drop=True)
+
+
+def open_feature_file(path: str, modality: str, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-map a 2-D ``.npy`` with ``n_rows`` rows; return it and the indices of all-NaN rows.
+
+    An all-NaN row marks an item without features; any other NaN or inf is an error.
+    """
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: feature file for modality '{modality}' not found; put it there or fix 'modalities' in the dataset config")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc}); save features with numpy.save") from exc
+    if array.ndim != 2 or array.shape[1] == 0:
+        raise DataError(f"{path}: features must be 2-D [items, dim] with dim >= 1, got shape {array.shape}; "
+                        "reshape before saving")
+    if not np.issubdtype(array.dtype, np.floating) and not np.issubdtype(array.dtype, np.integer):
+        raise DataError(f"{path}: dtype {array.dtype} is not numeric; save float32 features")
+    if array.shape[0] != n_rows:
+        raise DataError(
+            f"{path}: wrong row count: {array.shape[0]} rows, but item ids run 0..{n_rows - 1}, so {n_rows} "
+            "rows are needed (row i = item i)"
+        )
+    missing = []
+    for start in range(0, n_rows, _ROW_CHUNK):
+        block = np.asarray(array[start:start + _ROW_CHUNK], dtype=np.float64)
+        finite = np.isfinite(block)
+        all_nan = np.isnan(block).all(axis=1)
+        partial = ~finite.all(axis=1) & ~all_nan
+        if partial.any():
+            row = start + int(np.flatnonzero(partial)[0])
+            raise DataError(
+                f"{path}: NaN/inf in row {row} (item {row}); fix the features "
+                "(an item without features should have a row that is entirely NaN)"
+            )
+        missing.extend((start + np.flatnonzero(all_nan)).tolist())
+    return array, np.asarray(missing, dtype=np.int64)
+
+
+def item_rows(tokens: Sequence[str], path: str) -> np.ndarray:
+    """Feature-file rows of item tokens: the token is the row number (MMRec's itemID)."""
+    try:
+        rows = np.asarray([int(t) for t in tokens], dtype=np.int64)
+    except ValueError as exc:
+        raise DataError(f"{path}: ids out of range: item token is not an integer row number ({exc}); "
+                        "row i of a feature file belongs to item id i") from exc
+    return rows
+
+
+def align_features(array: np.ndarray, rows: np.ndarray, missing: np.ndarray, policy: str,
+                   path: str) -> torch.Tensor:
+    """Float32 ``[len(rows) + 1, dim]`` tensor: row 0 is RecBole's padding (zeros), row j+1 = ``array[rows[j]]``."""
+    if policy not in MISSING_POLICIES:
+        raise DataError(f"missing_feature: {policy!r} is not one of {', '.join(MISSING_POLICIES)}; fix the dataset config")
+    out_of_range = (rows < 0) | (rows >= array.shape[0])
+    if out_of_range.any():
+        raise DataError(f"{path}: ids out of range: item {rows[out_of_range][0]} has no row "
+                        f"({array.shape[0]} rows); row i of a feature file belongs to item id i")
+    aligned = np.zeros((len(rows) + 1, array.shape[1]), dtype=np.float32)
+    aligned[1:] = array[rows]
+    lacking = np.isin(rows, missing)
+    if lacking.any():
+        if policy == "error":
+            ids = ", ".join(map(str, rows[lacking][:5]))
+            raise DataError(
+                f"{path}: {int(lacking.sum())} item(s) have no features (all-NaN rows, e.g. item {ids}); "
+                "set missing_feature: mean (MMRec's practice) or missing_feature: zero in the dataset config"
+            )
+        fill = 0.0
+        if policy == "mean":
+            present = np.setdiff1d(np.arange(array.shape[0]), missing)
+            fill = _row_mean(array, present)
+        aligned[1:][lacking] = fill
+    return torch.from_numpy(aligned)
+
+
+def _row_mean(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    total = np.zeros(array.shape[1], dtype=np.float64)
+    for start in range(0, len(rows), _ROW_CHUNK):
+        total += np.asarray(array[rows[start:start + _ROW_CHUNK]], dtype=np.float64).sum(axis=0)
+    return (total / max(len(rows), 1)).astype(np.float32)

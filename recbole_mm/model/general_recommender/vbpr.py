@@ -1,0 +1,50 @@
+"""VBPR — He & McAuley, "VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback", AAAI 2016.
+
+Score(u, i) = [γ_u; θ_u] · [γ_i; E f_i], with f_i the item's modalities concatenated (as MMRec's
+port, without the bias terms). Trained with BPR and an L2 penalty on the batch's embeddings.
+"""
+
+from __future__ import annotations
+
+import torch
+from recbole.model.init import xavier_normal_initialization
+from recbole.model.loss import BPRLoss, EmbLoss
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_mm.model.abstract_recommender import MultiModalRecommender
+
+
+class VBPR(MultiModalRecommender):
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        dim = config["embedding_size"]
+        self.reg_weight = config["reg_weight"]
+        self.user_embedding = nn.Embedding(self.n_users, dim * 2)  # [γ_u; θ_u]
+        self.item_embedding = nn.Embedding(self.n_items, dim)  # γ_i
+        self.feature_projection = nn.Linear(self.fused_features.shape[1], dim)  # E
+        self.bpr_loss = BPRLoss()
+        self.emb_loss = EmbLoss()
+        self.apply(xavier_normal_initialization)
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        items = torch.cat([self.item_embedding.weight, self.feature_projection(self.fused_features)], dim=1)
+        return self.user_embedding.weight, items
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        users, items = self.forward()
+        u = users[interaction[self.USER_ID]]
+        pos = items[interaction[self.ITEM_ID]]
+        neg = items[interaction[self.NEG_ITEM_ID]]
+        loss = self.bpr_loss((u * pos).sum(dim=1), (u * neg).sum(dim=1))
+        return loss + self.reg_weight * self.emb_loss(u, pos, neg)
+
+    def predict(self, interaction) -> torch.Tensor:
+        users, items = self.cached("forward", self.forward)
+        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(dim=1)
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        users, items = self.cached("forward", self.forward)
+        return (users[interaction[self.USER_ID]] @ items.T).reshape(-1)

@@ -1,0 +1,108 @@
+"""Make RecBole's own name-based lookups find recbole_mm's models, datasets and yaml defaults.
+
+- ``get_model(name)`` tries ``importlib.util.find_spec('recbole.model.<sub>.<name>')``, which returns an
+  existing ``sys.modules`` entry: an alias module there is enough, no RecBole function is patched.
+- ``create_dataset`` looks for ``<Model>Dataset`` in ``recbole.data.dataset``.
+- ``Config`` reads only RecBole's own ``properties/``; its internal-config step is extended to merge
+  ``properties/model/<Model>.yaml`` (plugin models) and ``dataset_configs/<dataset>.yaml``, keeping
+  RecBole's precedence overall < model < dataset < config files < config_dict < command line.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+import sys
+
+import recbole
+import yaml
+
+from recbole_mm import resources
+from recbole_mm.errors import UnknownModelError
+
+# Model name → module; each is aliased into recbole.model.general_recommender.
+PLUGIN_MODELS: dict[str, str] = {
+    "VBPR": "recbole_mm.model.general_recommender.vbpr",
+}
+# Other spellings accepted by recbole_mm's entry points.
+MODEL_ALIASES: dict[str, str] = {}
+
+_RECBOLE_SUBPACKAGES = (
+    "general_recommender",
+    "context_aware_recommender",
+    "sequential_recommender",
+    "knowledge_aware_recommender",
+)
+_registered = False
+
+
+def canonical_model_name(name: str) -> str:
+    """Resolve an alias and check that RecBole or recbole_mm has a model of that name."""
+    name = MODEL_ALIASES.get(name, name)
+    if name in PLUGIN_MODELS:
+        return name
+    for sub in _RECBOLE_SUBPACKAGES:
+        if importlib.util.find_spec(f"recbole.model.{sub}.{name.lower()}") is not None:
+            return name
+    raise UnknownModelError(
+        f"unknown model '{name}': not a RecBole model nor one of recbole_mm's "
+        f"({', '.join(sorted(PLUGIN_MODELS))}); model names are case-sensitive, e.g. --model=LightGCN"
+    )
+
+
+def is_plugin_model(name: str) -> bool:
+    """True for models that recbole_mm provides."""
+    return MODEL_ALIASES.get(name, name) in PLUGIN_MODELS
+
+
+def _read_yaml(path: os.PathLike, loader) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f.read(), Loader=loader) or {}
+
+
+def _extend_internal_config(original):
+    def _load_internal_config_dict(self, model, model_class, dataset):
+        original(self, model, model_class, dataset)
+        recbole_props = os.path.join(os.path.dirname(recbole.__file__), "properties", "dataset")
+        # Keys that RecBole's own dataset-level yamls set outrank a model yaml.
+        protected = set()
+        for name in ("sample.yaml", f"{dataset}.yaml"):
+            path = os.path.join(recbole_props, name)
+            if os.path.isfile(path):
+                protected |= set(_read_yaml(path, self.yaml_loader))
+        model_file = resources.model_properties_file(model)
+        if model in PLUGIN_MODELS and model_file.is_file():
+            for key, value in _read_yaml(model_file, self.yaml_loader).items():
+                if key not in protected:
+                    self.internal_config_dict[key] = value
+        dataset_file = resources.dataset_config_file(dataset)
+        if dataset_file.is_file():
+            dataset_config = _read_yaml(dataset_file, self.yaml_loader)
+            self.internal_config_dict.update(dataset_config)
+            self.parameters["Dataset"] += [k for k in dataset_config if k not in self.parameters["Dataset"]]
+        if (resources.bundled_data_root() / dataset).is_dir():
+            # Like RecBole's own ml-100k: a shipped dataset is found wherever recbole_mm is installed;
+            # an explicit data_path (file, config_dict or command line) still wins.
+            self.internal_config_dict["data_path"] = str(resources.bundled_data_root())
+
+    _load_internal_config_dict.__wrapped__ = original
+    return _load_internal_config_dict
+
+
+def register() -> None:
+    """Alias plugin models into RecBole's model packages and hook the config defaults; idempotent."""
+    global _registered
+    if _registered:
+        return
+    import recbole.data.dataset as recbole_datasets
+    from recbole.config.configurator import Config
+
+    from recbole_mm.data.dataset import MultiModalDataset
+
+    for name, module_path in PLUGIN_MODELS.items():
+        module = importlib.import_module(module_path)
+        sys.modules[f"recbole.model.general_recommender.{name.lower()}"] = module
+        setattr(recbole_datasets, f"{name}Dataset", getattr(module, "dataset_class", MultiModalDataset))
+    Config._load_internal_config_dict = _extend_internal_config(Config._load_internal_config_dict)
+    _registered = True

@@ -1,0 +1,179 @@
+"""Each shim of recbole_mm.compat, tested for the value RecBole computes, not only for "no crash"."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import recbole_mm
+from recbole_mm import compat
+from recbole_mm.checkpoint import config_from_plain, config_to_plain, load_checkpoint
+from recbole_mm.errors import CheckpointError
+
+ML100K_METRICS = {"metrics": ["Recall", "NDCG", "Precision"], "topk": [10, 20], "valid_metric": "Recall@10"}
+
+
+def test_ray_tune_is_importable_and_report_works():
+    """1-3: RecBole's `from ray import tune` succeeds (real ray or stub) and tune.report accepts metrics."""
+    from ray import tune
+
+    import recbole.quick_start.quick_start as qs
+
+    assert qs.tune is tune
+    tune.report(recall=0.5)  # the stub ignores it; a real ray outside a trial session may not
+    if getattr(sys.modules["ray"], "__recbole_mm_stub__", False):
+        assert not hasattr(np, "bool8") or np.__version__.startswith("1.")
+
+
+def test_numpy_aliases_that_recbole_reads_exist():
+    """4: Config() no longer touches np.float_, and the aliases RecBole reads later are right."""
+    from recbole.config import Config
+
+    Config(model="BPR", dataset="ml-100k", config_dict={"state": "WARNING"})
+    assert np.float is np.float64 and np.bool is np.bool_ and np.str is np.str_ and np.int is np.int_
+
+
+def test_dok_matrix_update_restored():
+    """5: dok_matrix._update, used by LightGCN/NGCF to fill adjacency, stores the values."""
+    matrix = sp.dok_matrix((3, 3), dtype=np.float32)
+    matrix._update({(0, 1): 2.0, (2, 0): 1.0})
+    assert matrix.toarray().tolist() == [[0, 2, 0], [0, 0, 0], [1, 0, 0]]
+
+
+def test_exhaustive_search_visits_every_point_once():
+    """7: HyperTuning(algo='exhaustive') works with the installed hyperopt and covers the grid."""
+    from recbole.trainer import HyperTuning
+
+    seen = []
+
+    def objective(config_dict, config_file_list):
+        seen.append((config_dict["a"], config_dict["b"]))
+        return {"model": "x", "best_valid_score": config_dict["a"] + config_dict["b"],
+                "valid_score_bigger": True, "best_valid_result": {}, "test_result": {}}
+
+    tuner = HyperTuning(objective, params_dict={"choice": {"a": [1, 2, 3], "b": [10, 20]}}, algo="exhaustive", max_evals=6)
+    tuner.run()
+    assert sorted(seen) == [(a, b) for a in (1, 2, 3) for b in (10, 20)]
+    assert tuner.best_score == 23
+
+
+def _write_atomic_dataset(root: Path) -> None:
+    """An atomic RecBole dataset with a token_seq item field and NaN float ratings."""
+    folder = root / "seqnan"
+    folder.mkdir(parents=True)
+    inter = ["user_id:token\titem_id:token\trating:float"]
+    for u in range(6):
+        for i in range(5):
+            rating = "" if (u + i) % 3 == 0 else str(float(u + i))
+            inter.append(f"u{u}\ti{(u + i) % 8}\t{rating}")
+    (folder / "seqnan.inter").write_text("\n".join(inter) + "\n")
+    items = ["item_id:token\tgenre:token_seq"]
+    genres = ["a b", "c", "a b c", "", "b", "c a", "a", "b c a"]
+    items += [f"i{i}\t{g}" for i, g in enumerate(genres)]
+    (folder / "seqnan.item").write_text("\n".join(items) + "\n")
+
+
+def test_pandas3_token_seq_and_nan_fill_values(tmp_path, monkeypatch):
+    """8, 9: token_seq lengths survive remapping (Series.agg(len)) and NaN ratings are mean-filled
+    (chained fillna(inplace=True)); both silently wrong on pandas 3 without the shims."""
+    from recbole.config import Config
+    from recbole.data.dataset import Dataset
+
+    monkeypatch.chdir(tmp_path)
+    _write_atomic_dataset(tmp_path)
+    config = Config(model="BPR", dataset="seqnan", config_dict={
+        "data_path": str(tmp_path), "state": "WARNING",
+        "load_col": {"inter": ["user_id", "item_id", "rating"], "item": ["item_id", "genre"]},
+    })
+    dataset = Dataset(config)
+    ratings = dataset.inter_feat["rating"].to_numpy()
+    raw = pd.read_csv(tmp_path / "seqnan" / "seqnan.inter", sep="\t")["rating:float"]
+    assert not np.isnan(ratings).any()
+    assert np.allclose(sorted(ratings[np.isclose(ratings, raw.mean())]), [raw.mean()] * int(raw.isna().sum()))
+    genre_ids = dict(zip(dataset.field2id_token["item_id"], dataset.item_feat["genre"]))
+    for i, genre in enumerate(["a b", "c", "a b c", "", "b", "c a", "a", "b c a"]):
+        tokens = [dataset.field2id_token["genre"][t] for t in genre_ids[f"i{i}"] if t != 0]
+        assert tokens == genre.split(), f"item i{i}"
+
+
+def test_shims_only_act_for_recbole_callers():
+    """Outside RecBole, pandas keeps its own semantics."""
+    series = pd.Series([[1, 2], [3]])
+    if int(pd.__version__.split(".")[0]) >= 3:
+        assert series.agg(len) == 2  # pandas 3's own answer, untouched for non-RecBole callers
+    filled = pd.Series([1.0, np.nan]).fillna(0.0)
+    assert filled.tolist() == [1.0, 0.0]
+
+
+def test_shims_are_installed_once():
+    compat.install()
+    compat.install()
+    assert getattr(pd.Series.agg, "_recbole_mm", True)
+
+
+# --- 6: checkpoints under torch >= 2.6 -----------------------------------------------------------
+def _train_bpr(root: Path, saved: bool = True) -> dict:
+    from conftest import planted_config, write_planted_dataset
+
+    write_planted_dataset(root)
+    return recbole_mm.run_recbole(model="BPR", dataset="planted", config_dict=planted_config(root), saved=saved)
+
+
+def test_checkpoint_loads_with_weights_only_and_restores_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = _train_bpr(tmp_path / "data")
+    raw = torch.load(result["saved_model_file"], weights_only=True)  # torch's safe path
+    assert isinstance(raw["config"], dict)
+    config = load_checkpoint(result["saved_model_file"])["config"]
+    original = result["config"]
+    for key in ("model", "dataset", "MODEL_TYPE", "MODEL_INPUT_TYPE", "eval_type", "device", "topk",
+                "train_neg_sample_args", "eval_args", "data_path", "embedding_size"):
+        assert config[key] == original[key], key
+    assert type(config["MODEL_TYPE"]) is type(original["MODEL_TYPE"])
+    assert config_to_plain(config_from_plain(config_to_plain(original))) == config_to_plain(original)
+
+
+class _Exploit:
+    marker: str = ""
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    _Exploit.marker = str(marker)
+    evil = tmp_path / "evil.pth"
+    torch.save({"config": _Exploit(), "state_dict": {}}, evil)
+    with pytest.raises(CheckpointError, match="trust_pickle"):
+        recbole_mm.load_data_and_model(str(evil))
+    # RecBole's own readers (trainer.evaluate / resume_checkpoint) use torch's safe default too.
+    with pytest.raises(pickle.UnpicklingError):
+        torch.load(evil)
+    assert not marker.exists()
+
+
+def test_old_full_pickle_checkpoint_needs_trust(tmp_path, monkeypatch):
+    """A checkpoint as plain RecBole writes it (the Config object pickled) loads only with trust_pickle."""
+    from recbole.quick_start import load_data_and_model
+
+    monkeypatch.chdir(tmp_path)
+    result = _train_bpr(tmp_path / "data")
+    state = torch.load(result["saved_model_file"], weights_only=True)
+    state["config"] = result["config"]
+    old = tmp_path / "old.pth"
+    torch.save(state, old, pickle_protocol=4)
+    with pytest.raises(CheckpointError):
+        load_data_and_model(str(old))
+    config, model, *_ = load_data_and_model(str(old), trust_pickle=True)
+    assert config["model"] == "BPR"
+    assert torch.equal(model.user_embedding.weight, state["state_dict"]["user_embedding.weight"])
