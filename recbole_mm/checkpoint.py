@@ -17,6 +17,7 @@ import pickle
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from recbole_mm.errors import CheckpointError
@@ -76,6 +77,45 @@ def from_plain(value: Any) -> Any:
     return {k: from_plain(v) for k, v in value.items()}
 
 
+def encode_other_parameter(params: dict) -> dict:
+    """Model state kept outside ``state_dict`` (``other_parameter()``) as tensors and plain data.
+
+    RecBole models keep scipy sparse matrices (ItemKNN, EASE) and numpy arrays there.
+    """
+    encoded = {}
+    for key, value in params.items():
+        if sp.issparse(value):
+            coo = value.tocoo()
+            value = {"__scipy_sparse__": value.format, "shape": list(coo.shape),
+                     "row": torch.from_numpy(coo.row.astype(np.int64)),
+                     "col": torch.from_numpy(coo.col.astype(np.int64)),
+                     "data": torch.from_numpy(np.ascontiguousarray(coo.data))}
+        elif isinstance(value, np.ndarray):
+            value = {"__ndarray__": torch.from_numpy(np.ascontiguousarray(value))}
+        elif not isinstance(value, torch.Tensor):
+            value = to_plain(value, f"other_parameter.{key}")
+        encoded[key] = value
+    return encoded
+
+
+def decode_other_parameter(params: dict | None) -> dict | None:
+    """Inverse of :func:`encode_other_parameter`; values that carry no tag pass through unchanged."""
+    if params is None:
+        return None
+    decoded = {}
+    for key, value in params.items():
+        if isinstance(value, dict) and "__scipy_sparse__" in value:
+            coo = sp.coo_matrix((value["data"].numpy(), (value["row"].numpy(), value["col"].numpy())),
+                                shape=tuple(value["shape"]))
+            value = coo.asformat(value["__scipy_sparse__"])
+        elif isinstance(value, dict) and "__ndarray__" in value:
+            value = value["__ndarray__"].numpy()
+        elif isinstance(value, (dict, list)):
+            value = from_plain(value)
+        decoded[key] = value
+    return decoded
+
+
 def config_to_plain(config: Any) -> dict:
     """A RecBole ``Config`` as plain data (its ``final_config_dict``)."""
     return {k: to_plain(v, k) for k, v in config.final_config_dict.items()}
@@ -109,7 +149,7 @@ def save_trainer_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwarg
         "cur_step": self.cur_step,
         "best_valid_score": float(self.best_valid_score),
         "state_dict": self.model.state_dict(),
-        "other_parameter": self.model.other_parameter(),
+        "other_parameter": encode_other_parameter(self.model.other_parameter()),
         "optimizer": self.optimizer.state_dict(),
     }
     # Write then rename, so an interrupted save never leaves a truncated best checkpoint.
@@ -151,6 +191,7 @@ def convert_checkpoint(src: str, dst: str, trust_pickle: bool = False) -> None:
     """Rewrite a (trusted) full-pickle RecBole checkpoint as a safe recbole_mm checkpoint."""
     checkpoint = load_checkpoint(src, map_location="cpu", trust_pickle=trust_pickle)
     checkpoint["config"] = config_to_plain(checkpoint["config"])
+    checkpoint["other_parameter"] = encode_other_parameter(checkpoint.get("other_parameter") or {})
     checkpoint["best_valid_score"] = float(checkpoint["best_valid_score"])
     tmp_file = f"{dst}.tmp"
     torch.save(checkpoint, tmp_file)

@@ -182,11 +182,18 @@ def _install_pandas() -> None:
 def _install_checkpoints() -> None:
     import recbole.quick_start
     import recbole.quick_start.quick_start as qs
+    from recbole.model.abstract_recommender import AbstractRecommender
     from recbole.trainer.trainer import Trainer
 
     from recbole_mm import checkpoint, quick_start
 
     Trainer._save_checkpoint = checkpoint.save_trainer_checkpoint
+    original_load_other = AbstractRecommender.load_other_parameter
+
+    def load_other_parameter(self: Any, para: Any) -> None:
+        original_load_other(self, checkpoint.decode_other_parameter(para))
+
+    AbstractRecommender.load_other_parameter = load_other_parameter
     qs.load_data_and_model = quick_start.load_data_and_model
     recbole.quick_start.load_data_and_model = quick_start.load_data_and_model
 
