@@ -198,6 +198,88 @@ def _install_checkpoints() -> None:
     recbole.quick_start.load_data_and_model = quick_start.load_data_and_model
 
 
+# --- 10, 11: multi-process (DDP) runs ---------------------------------------------------------
+# 10. configurator.py:496-511 hard-codes backend="nccl", cuda:<rank> and asserts one gpu_id per
+#     process, and trainer.py:62-64 passes device_ids=[rank]: `run(..., nproc=2)` cannot run on CPU.
+# 11. trainer.py:132 names the checkpoint per process from a 1-second clock, only rank 0 saves
+#     (:296) and nothing waits before evaluate(load_best_model=True) (:583): other ranks read a
+#     missing or half-written file (seen on GPU too).
+def _init_device(self: Any) -> None:
+    """``Config._init_device`` that runs multi-process jobs on CPU with gloo (or ``dist_backend``)."""
+    import os
+
+    import torch
+
+    config = self.final_config_dict
+    gpu_id = config["gpu_id"]
+    config["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+    os.environ["CUDA_VISIBLE_DEVICES"] = config["gpu_id"]
+    use_cuda = len(config["gpu_id"]) > 0 and torch.cuda.is_available()
+    if "local_rank" not in config:
+        config["single_spec"] = True
+        config["local_rank"] = 0
+        config["device"] = torch.device("cuda") if use_cuda else torch.device("cpu")
+        return
+    rank = config["local_rank"]
+    if use_cuda and len(config["gpu_id"].split(",")) < config["nproc"]:
+        raise ValueError(f"nproc={config['nproc']} needs as many gpu_id entries, got '{config['gpu_id']}'")
+    torch.distributed.init_process_group(
+        backend=config.get("dist_backend") or ("nccl" if use_cuda else "gloo"),
+        rank=rank + config["offset"],
+        world_size=config["world_size"],
+        init_method=f"tcp://{config['ip']}:{config['port']}",
+    )
+    config["device"] = torch.device("cuda", rank) if use_cuda else torch.device("cpu")
+    config["single_spec"] = False
+    if use_cuda:
+        torch.cuda.set_device(rank)
+    if rank != 0:
+        config["state"] = "error"
+        config["show_progress"] = False
+        config["verbose"] = False
+
+
+def _install_distributed() -> None:
+    import torch
+    import torch.distributed as dist
+    from recbole.config.configurator import Config
+    from recbole.trainer.trainer import AbstractTrainer, Trainer
+    from torch.nn.parallel import DistributedDataParallel
+
+    Config._init_device = _init_device
+
+    def abstract_trainer_init(self: Any, config: Any, model: Any) -> None:
+        self.config = config
+        self.model = model
+        if not config["single_spec"]:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            on_cuda = config["device"].type == "cuda"
+            self.distributed_model = DistributedDataParallel(
+                self.model, device_ids=[config["local_rank"]] if on_cuda else None
+            )
+
+    original_init = Trainer.__init__
+    original_evaluate = Trainer.evaluate
+
+    def trainer_init(self: Any, config: Any, model: Any) -> None:
+        original_init(self, config, model)
+        if not config["single_spec"]:
+            name = [self.saved_model_file]
+            dist.broadcast_object_list(name, src=0)  # every rank reads the file rank 0 writes
+            self.saved_model_file = name[0]
+
+    def evaluate(self: Any, eval_data: Any, load_best_model: bool = True, model_file: Any = None,
+                 show_progress: bool = False) -> Any:
+        if load_best_model and not self.config["single_spec"] and eval_data:
+            dist.barrier()  # rank 0 has finished writing the best checkpoint
+        return original_evaluate(self, eval_data, load_best_model=load_best_model, model_file=model_file,
+                                 show_progress=show_progress)
+
+    AbstractTrainer.__init__ = abstract_trainer_init
+    Trainer.__init__ = trainer_init
+    Trainer.evaluate = evaluate
+
+
 def install() -> None:
     """Install every shim once; safe to call repeatedly."""
     global _installed
@@ -213,5 +295,6 @@ def install() -> None:
     import recbole.trainer.hyper_tuning as hyper_tuning
 
     hyper_tuning.exhaustive_search = exhaustive_search
+    _install_distributed()
     _installed = True
     _install_checkpoints()

@@ -9,6 +9,26 @@ from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.errors import DataError
 
 
+FEATURE_NORMS = ("none", "l2", "standard")
+
+
+def normalize_features(features: torch.Tensor, how: str) -> torch.Tensor:
+    """Per-modality feature scaling (``feature_norm``): ``none``; ``l2`` (each item's row to unit length);
+    ``standard`` (each column to zero mean, unit variance over the items). Row 0 (padding) stays zero;
+    a new tensor is returned, the dataset's is never modified.
+    """
+    if how == "none":
+        return features
+    if how not in FEATURE_NORMS:
+        raise DataError(f"feature_norm: {how!r} is not one of {', '.join(FEATURE_NORMS)}; fix the model config")
+    items = features[1:]
+    if how == "l2":
+        items = torch.nn.functional.normalize(items, dim=1)
+    else:
+        items = (items - items.mean(dim=0)) / items.std(dim=0).clamp_min(1e-8)
+    return torch.cat([torch.zeros_like(features[:1]), items])
+
+
 class MultiModalRecommender(GeneralRecommender):
     """A ``GeneralRecommender`` that receives per-modality item features from the dataset.
 
@@ -27,18 +47,21 @@ class MultiModalRecommender(GeneralRecommender):
                 "import recbole_mm before building the dataset (it registers the dataset class)"
             )
         self.modalities: list[str] = list(dataset.item_features)
+        how = config["feature_norm"] or "none"
         for name, features in dataset.item_features.items():
-            self.register_buffer(f"features_{name}", features, persistent=False)
+            self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)
         self._cache: dict[str, object] = {}
 
     def item_features(self, name: str) -> torch.Tensor:
         """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""
         return getattr(self, f"features_{name}")
 
-    @property
-    def fused_features(self) -> torch.Tensor:
-        """All modalities concatenated along the feature axis, in declaration order."""
-        return torch.cat([self.item_features(name) for name in self.modalities], dim=1)
+    def fused_features(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The modalities concatenated along the feature axis (declaration order), for ``items`` or all."""
+        parts = [self.item_features(name) for name in self.modalities]
+        if items is not None:
+            parts = [part[items] for part in parts]
+        return torch.cat(parts, dim=1)
 
     def cached(self, key: str, compute):
         """``compute()`` once per evaluation pass; recomputed every call while training."""

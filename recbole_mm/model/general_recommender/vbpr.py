@@ -24,20 +24,25 @@ class VBPR(MultiModalRecommender):
         self.reg_weight = config["reg_weight"]
         self.user_embedding = nn.Embedding(self.n_users, dim * 2)  # [γ_u; θ_u]
         self.item_embedding = nn.Embedding(self.n_items, dim)  # γ_i
-        self.feature_projection = nn.Linear(self.fused_features.shape[1], dim)  # E
+        self.feature_projection = nn.Linear(self.fused_features().shape[1], dim)  # E
         self.bpr_loss = BPRLoss()
         self.emb_loss = EmbLoss()
         self.apply(xavier_normal_initialization)
 
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """[γ_i; E f_i] for the given item ids (all items when None)."""
+        if items is None:
+            return torch.cat([self.item_embedding.weight, self.feature_projection(self.fused_features())], dim=1)
+        return torch.cat([self.item_embedding(items), self.feature_projection(self.fused_features(items))], dim=1)
+
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
-        items = torch.cat([self.item_embedding.weight, self.feature_projection(self.fused_features)], dim=1)
-        return self.user_embedding.weight, items
+        return self.user_embedding.weight, self.item_vectors()
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        users, items = self.forward()
-        u = users[interaction[self.USER_ID]]
-        pos = items[interaction[self.ITEM_ID]]
-        neg = items[interaction[self.NEG_ITEM_ID]]
+        # Only the batch's items are projected: a full forward per batch would cost n_items x dim work.
+        u = self.user_embedding(interaction[self.USER_ID])
+        pos = self.item_vectors(interaction[self.ITEM_ID])
+        neg = self.item_vectors(interaction[self.NEG_ITEM_ID])
         loss = self.bpr_loss((u * pos).sum(dim=1), (u * neg).sum(dim=1))
         return loss + self.reg_weight * self.emb_loss(u, pos, neg)
 
