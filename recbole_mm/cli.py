@@ -56,6 +56,9 @@ def format_results(result: dict) -> str:
     if eval_s:
         summary.append(f"{sum(eval_s) / len(eval_s):.2f} s per validation pass")
     summary.append(f"wall time {result['wall_seconds']:.1f} s")
+    peak = result.get("peak_memory_mb") or {}
+    if peak:
+        summary.append("peak memory " + ", ".join(f"{kind} {mb:.0f} MiB" for kind, mb in peak.items()))
     out = [", ".join(summary), *lines]
     if result.get("saved_model_file"):
         out.append(f"checkpoint: {result['saved_model_file']}")

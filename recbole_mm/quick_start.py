@@ -72,6 +72,18 @@ def _build_model(config: Config, train_data):
     return get_model(config["model"])(config, train_data._dataset).to(config["device"])
 
 
+def peak_memory_mb(device: Any) -> dict:
+    """Peak resident memory of this process (MiB) and, on CUDA, peak allocated GPU memory."""
+    import resource
+
+    import torch
+
+    peak = {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # Linux reports KiB
+    if getattr(device, "type", str(device)) == "cuda":
+        peak["cuda"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return peak
+
+
 def run_recbole(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
                 config_dict: dict | None = None, saved: bool = True) -> dict:
     """Train and test a model; returns RecBole's result dict plus ``best_epoch``, ``history``,
@@ -105,6 +117,7 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
         "history": getattr(trainer, "history", []),
         "saved_model_file": trainer.saved_model_file if saved else None,
         "wall_seconds": perf_counter() - start,
+        "peak_memory_mb": peak_memory_mb(config["device"]),
         "config": config,
     }
 

@@ -24,6 +24,7 @@ from recbole_mm.errors import UnknownModelError
 # Model name → module; each is aliased into recbole.model.general_recommender.
 PLUGIN_MODELS: dict[str, str] = {
     "VBPR": "recbole_mm.model.general_recommender.vbpr",
+    "GUME": "recbole_mm.model.general_recommender.gume",
 }
 # Other spellings accepted by recbole_mm's entry points.
 MODEL_ALIASES: dict[str, str] = {}
@@ -79,7 +80,11 @@ def _extend_internal_config(original):
         dataset_file = resources.dataset_config_file(dataset)
         if dataset_file.is_file():
             dataset_config = _read_yaml(dataset_file, self.yaml_loader)
+            # model_overrides: {GUME: {...}} holds a model's per-dataset values (e.g. GUME's n_layers,
+            # which must not reach LightGCN's n_layers on the same dataset).
+            overrides = dataset_config.pop("model_overrides", None) or {}
             self.internal_config_dict.update(dataset_config)
+            self.internal_config_dict.update(overrides.get(model) or {})
             self.parameters["Dataset"] += [k for k in dataset_config if k not in self.parameters["Dataset"]]
         if (resources.bundled_data_root() / dataset).is_dir():
             # Like RecBole's own ml-100k: a shipped dataset is found wherever recbole_mm is installed;

@@ -1,28 +1,58 @@
-"""recbole_mm's trainer: RecBole's ``Trainer`` plus a per-epoch record of losses, scores and times."""
+"""recbole_mm's trainer: RecBole's ``Trainer`` plus a learning-rate schedule and a per-epoch record."""
 
 from __future__ import annotations
 
 from time import perf_counter
 
 from recbole.trainer import Trainer as RecBoleTrainer
+from torch.optim.lr_scheduler import LambdaLR
+
+from recbole_mm.errors import RecBoleMMError
+
+
+def lr_factor(epoch: int, decay: float, every: float) -> float:
+    """MMRec's schedule: the learning rate after ``epoch`` epochs is lr · decay^(epoch / every)."""
+    return decay ** (epoch / every)
 
 
 class Trainer(RecBoleTrainer):
-    """RecBole's ``Trainer`` that also records, per epoch, the training loss and seconds, the
-    validation score and seconds, and which epoch was the best on validation (``best_epoch``).
+    """RecBole's ``Trainer`` that
+
+    - applies ``learning_rate_scheduler: [a, b]`` (lr · a^(epoch/b), stepped after each training epoch,
+      as MMRec/GUME do; unset or ``[1.0, b]`` keeps the rate constant), for any model;
+    - records, per epoch, the training loss and seconds, the validation score and seconds, and the
+      best epoch on validation (``best_epoch``).
     """
 
     def __init__(self, config, model):
         super().__init__(config, model)
         self.best_epoch: int | None = None
         self.history: list[dict] = []
+        schedule = config["learning_rate_scheduler"]
+        self.lr_scheduler = None
+        if schedule is not None:
+            if not (isinstance(schedule, (list, tuple)) and len(schedule) == 2 and schedule[1] > 0):
+                raise RecBoleMMError(f"learning_rate_scheduler: {schedule!r} must be [decay, every], e.g. [0.96, 50]")
+            decay, every = float(schedule[0]), float(schedule[1])
+            self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: lr_factor(epoch, decay, every))
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         total = sum(loss) if isinstance(loss, tuple) else loss
-        self.history.append({"epoch": epoch_idx, "train_loss": float(total), "train_seconds": perf_counter() - start})
+        record = {"epoch": epoch_idx, "train_loss": float(total), "train_seconds": perf_counter() - start,
+                  "learning_rate": self.optimizer.param_groups[0]["lr"]}
+        self.history.append(record)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
         return loss
+
+    def resume_checkpoint(self, resume_file):
+        super().resume_checkpoint(resume_file)
+        if self.lr_scheduler is not None:
+            # Continue the schedule where it stopped: the rate for start_epoch, not for epoch 0.
+            self.lr_scheduler.last_epoch = self.start_epoch - 1
+            self.lr_scheduler.step()
 
     def _valid_epoch(self, valid_data, show_progress=False):
         start = perf_counter()

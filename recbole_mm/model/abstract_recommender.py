@@ -7,6 +7,7 @@ from recbole.model.abstract_recommender import GeneralRecommender
 
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.errors import DataError
+from recbole_mm.model.graphs import sparse_matmul
 
 
 FEATURE_NORMS = ("none", "l2", "standard")
@@ -27,6 +28,14 @@ def normalize_features(features: torch.Tensor, how: str) -> torch.Tensor:
     else:
         items = (items - items.mean(dim=0)) / items.std(dim=0).clamp_min(1e-8)
     return torch.cat([torch.zeros_like(features[:1]), items])
+
+
+class _CsrCache(dict):
+    """CSR copies of registered graphs; copies of the model (RecBole deep-copies it to count FLOPs)
+    start empty, since CSR tensors cannot be deep-copied and are rebuilt on demand anyway."""
+
+    def __deepcopy__(self, memo):
+        return _CsrCache()
 
 
 class MultiModalRecommender(GeneralRecommender):
@@ -51,6 +60,7 @@ class MultiModalRecommender(GeneralRecommender):
         for name, features in dataset.item_features.items():
             self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)
         self._cache: dict[str, object] = {}
+        self._csr = _CsrCache()
 
     def item_features(self, name: str) -> torch.Tensor:
         """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""
@@ -62,6 +72,24 @@ class MultiModalRecommender(GeneralRecommender):
         if items is not None:
             parts = [part[items] for part in parts]
         return torch.cat(parts, dim=1)
+
+    def register_graph(self, name: str, graph: torch.Tensor) -> None:
+        """Keep a sparse COO graph as a buffer (it follows ``.to(device)``; not in checkpoints: it is
+        rebuilt from the data)."""
+        self.register_buffer(name, graph.coalesce(), persistent=False)
+
+    def propagate(self, name: str, dense: torch.Tensor) -> torch.Tensor:
+        """``graph @ dense`` for a graph registered with :meth:`register_graph`, through CSR copies of
+        the graph and its transpose made once per device (much faster than COO on CPU)."""
+        graph = getattr(self, name)
+        key = (name, graph.device)
+        if key not in self._csr:
+            self._csr[key] = (graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr())
+        return sparse_matmul(*self._csr[key], dense)
+
+    def _apply(self, fn, recurse=True):
+        self._csr.clear()  # device or dtype changes: rebuild the CSR copies from the moved buffers
+        return super()._apply(fn, recurse)
 
     def cached(self, key: str, compute):
         """``compute()`` once per evaluation pass; recomputed every call while training."""

@@ -1,5 +1,6 @@
 """General (user-item) recommenders of recbole_mm."""
 
+from recbole_mm.model.general_recommender.gume import GUME
 from recbole_mm.model.general_recommender.vbpr import VBPR
 
-__all__ = ["VBPR"]
+__all__ = ["GUME", "VBPR"]

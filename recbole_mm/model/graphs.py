@@ -1,0 +1,137 @@
+"""Graph builders shared by the multimodal models: pure functions, tensors in, torch sparse tensors out.
+
+Nothing here knows RecBole. Similarities are computed in row chunks, so memory stays
+O(n·k + chunk·n) and no dense n×n matrix is ever formed. Ties in similarity are broken towards the
+lower column index, so results are deterministic and comparable with a dense reference.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NORMALIZATIONS = ("sym", "row", "none")
+
+
+def knn_neighbours(features: torch.Tensor, k: int, chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-``k`` cosine neighbours of every row (the row itself included when it ranks).
+
+    Returns ``(indices, similarities)``, both ``[n, min(k, n)]``, each row in descending similarity,
+    ties ordered by column index. Rows of zeros have similarity 0 to everything.
+    """
+    if features.dim() != 2:
+        raise ValueError(f"features must be 2-D, got shape {tuple(features.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    n = features.shape[0]
+    k = min(k, n)
+    unit = torch.nn.functional.normalize(features.float(), dim=1)
+    indices, values = [], []
+    for start in range(0, n, chunk_size):
+        sims = unit[start:start + chunk_size] @ unit.T
+        # A stable descending sort keeps equal similarities in column order (torch.topk does not promise it).
+        order = torch.sort(sims, dim=1, descending=True, stable=True).indices[:, :k]
+        indices.append(order)
+        values.append(torch.gather(sims, 1, order))
+    return torch.cat(indices), torch.cat(values)
+
+
+def normalize_adjacency(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, n: int,
+                        how: str = "sym") -> torch.Tensor:
+    """Sparse ``[n, n]`` matrix from COO triplets, normalised by its row sums d:
+    ``sym`` → D^-1/2 A D^-1/2, ``row`` → D^-1 A, ``none`` → A. Rows (and columns) with d = 0 stay zero.
+    """
+    if how not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {how!r}")
+    values = values.float()
+    degree = torch.zeros(n, dtype=values.dtype, device=values.device).index_add_(0, rows, values)
+    if how == "sym":
+        inv_sqrt = torch.where(degree > 0, degree.clamp_min(1e-12).rsqrt(), torch.zeros_like(degree))
+        values = inv_sqrt[rows] * values * inv_sqrt[cols]
+    elif how == "row":
+        inv = torch.where(degree > 0, 1.0 / degree.clamp_min(1e-12), torch.zeros_like(degree))
+        values = inv[rows] * values
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=False).coalesce()
+
+
+def knn_graph(features: torch.Tensor, k: int, weighted: bool = True, normalization: str = "sym",
+              chunk_size: int = 1024) -> torch.Tensor:
+    """Item-item kNN graph from features: row i keeps its top-``k`` cosine neighbours, weighted by the
+    similarity (or 1 when ``weighted=False``), then normalised (GUME/LATTICE: weighted, ``sym`` with
+    row sums, i.e. D^-1/2 S D^-1/2 on a row-wise, generally asymmetric S).
+    """
+    return graph_from_neighbours(*knn_neighbours(features, k, chunk_size), weighted=weighted,
+                                 normalization=normalization)
+
+
+def graph_from_neighbours(indices: torch.Tensor, sims: torch.Tensor, weighted: bool = True,
+                          normalization: str = "sym", offset: int = 0) -> torch.Tensor:
+    """The kNN graph of :func:`knn_graph` from precomputed neighbours; ``offset`` shifts every node id
+    (e.g. by 1 to leave RecBole's padding item 0 isolated), giving an ``[n + offset]``-square matrix.
+    """
+    n, kk = indices.shape
+    rows = torch.arange(n, device=indices.device).repeat_interleave(kk) + offset
+    values = sims.reshape(-1) if weighted else torch.ones(n * kk, device=indices.device)
+    return normalize_adjacency(rows, indices.reshape(-1) + offset, values, n + offset, normalization)
+
+
+def semantic_neighbours(neighbour_lists: list[torch.Tensor]) -> torch.Tensor:
+    """Directed edges ``i → j`` where j is among i's top-k in *every* modality, self excluded (GUME's SN).
+
+    ``neighbour_lists`` holds one ``[n, k_m]`` index matrix per modality (from :func:`knn_neighbours`).
+    Returns a ``[2, E]`` long tensor sorted by (i, j).
+    """
+    if not neighbour_lists:
+        raise ValueError("at least one modality is needed")
+    n = neighbour_lists[0].shape[0]
+    keys = None
+    for neighbours in neighbour_lists:
+        rows = torch.arange(n, device=neighbours.device).repeat_interleave(neighbours.shape[1])
+        modality_keys = torch.unique(rows * n + neighbours.reshape(-1))
+        keys = modality_keys if keys is None else keys[torch.isin(keys, modality_keys)]
+    rows, cols = keys // n, keys % n
+    keep = rows != cols
+    return torch.stack([rows[keep], cols[keep]])
+
+
+def augmented_adjacency(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users: int, n_items: int,
+                        item_edges: torch.Tensor | None = None, symmetric: bool = False) -> torch.Tensor:
+    """GUME's augmented user-item adjacency A = [[0, R], [Rᵀ, G]] over n_users + n_items nodes,
+    normalised D^-1/2 A D^-1/2 with D the row sums (as the original does, so with directed G the result
+    is not symmetric). ``item_edges`` ([2, E] item→item, e.g. :func:`semantic_neighbours`) gives G;
+    ``symmetric=True`` adds every item edge in both directions first (the cleaner variant).
+    Duplicate (user, item) pairs count once.
+    """
+    users = user_ids.long()
+    items = item_ids.long() + n_users
+    rows = [users, items]
+    cols = [items, users]
+    if item_edges is not None and item_edges.numel():
+        src, dst = item_edges[0].long() + n_users, item_edges[1].long() + n_users
+        rows.append(src)
+        cols.append(dst)
+        if symmetric:
+            rows.append(dst)
+            cols.append(src)
+    n = n_users + n_items
+    keys = torch.unique(torch.cat(rows) * n + torch.cat(cols))
+    row, col = keys // n, keys % n
+    return normalize_adjacency(row, col, torch.ones(len(keys)), n, "sym")
+
+
+class _SparseMatmul(torch.autograd.Function):
+    """A @ X whose backward uses a precomputed Aᵀ (CSR): torch's own CSR backward re-transposes A on
+    every call, which made propagation the dominant cost of a training step."""
+
+    @staticmethod
+    def forward(ctx, matrix: torch.Tensor, matrix_t: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        ctx.matrix_t = matrix_t
+        return matrix @ dense
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, ctx.matrix_t @ grad
+
+
+def sparse_matmul(matrix: torch.Tensor, matrix_t: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``matrix @ dense`` for CSR ``matrix`` with its CSR transpose ``matrix_t``, differentiable in ``dense``."""
+    return _SparseMatmul.apply(matrix, matrix_t, dense)

@@ -1,0 +1,116 @@
+"""Graph builders against brute-force dense references: same neighbours, same weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recbole_mm.model.graphs import augmented_adjacency, knn_graph, knn_neighbours, semantic_neighbours
+
+
+def dense_knn(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: full cosine matrix, per row the k largest, ties to the lower column index."""
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    unit = features / np.where(norms == 0, 1, norms)
+    sims = unit @ unit.T
+    k = min(k, len(features))
+    order = np.array([sorted(range(len(row)), key=lambda j: (-round(row[j], 6), j))[:k] for row in sims])
+    return order, np.take_along_axis(sims, order, axis=1)
+
+
+def dense_normalize(a: np.ndarray, how: str) -> np.ndarray:
+    d = a.sum(axis=1)
+    if how == "none":
+        return a
+    if how == "row":
+        return a / np.where(d == 0, 1, d)[:, None] * (d > 0)[:, None]
+    inv = np.where(d > 0, 1 / np.sqrt(np.where(d == 0, 1, d)), 0)
+    return inv[:, None] * a * inv[None, :]
+
+
+@pytest.mark.parametrize("n,dim,k,chunk", [(30, 5, 4, 7), (12, 3, 12, 5), (9, 4, 20, 100), (50, 8, 10, 16)])
+def test_knn_neighbours_match_dense_reference(n, dim, k, chunk):
+    rng = np.random.default_rng(n + k)
+    features = rng.normal(size=(n, dim)).astype(np.float32)
+    indices, sims = knn_neighbours(torch.from_numpy(features), k, chunk_size=chunk)
+    ref_idx, ref_sims = dense_knn(features, k)
+    assert indices.shape == (n, min(k, n))
+    assert np.array_equal(indices.numpy(), ref_idx)
+    assert np.allclose(sims.numpy(), ref_sims, atol=1e-5)
+
+
+def test_ties_break_towards_lower_index():
+    """Identical items (e.g. mean-filled features) have similarity 1 to each other: order by index."""
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [2.0, 0.0]])
+    indices, sims = knn_neighbours(features, 3, chunk_size=2)
+    assert indices[3].tolist() == [0, 1, 3] and indices[0].tolist() == [0, 1, 3]
+    assert torch.allclose(sims[3], torch.ones(3))
+    ref_idx, _ = dense_knn(features.numpy(), 3)
+    assert np.array_equal(indices.numpy(), ref_idx)
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize("normalization", ["sym", "row", "none"])
+def test_knn_graph_matches_dense_reference(weighted, normalization):
+    rng = np.random.default_rng(7)
+    features = np.abs(rng.normal(size=(25, 6))).astype(np.float32)  # non-negative: positive similarities
+    graph = knn_graph(torch.from_numpy(features), 5, weighted=weighted, normalization=normalization, chunk_size=4)
+    ref_idx, ref_sims = dense_knn(features, 5)
+    dense = np.zeros((25, 25), dtype=np.float64)
+    for i in range(25):
+        dense[i, ref_idx[i]] = ref_sims[i] if weighted else 1.0
+    expected = dense_normalize(dense, normalization)
+    assert graph.is_sparse and graph.shape == (25, 25)
+    assert np.allclose(graph.to_dense().numpy(), expected, atol=1e-5)
+    assert graph._nnz() == 25 * 5
+
+
+def test_semantic_neighbours_is_intersection_minus_self():
+    rng = np.random.default_rng(3)
+    n, k = 40, 8
+    mods = [rng.normal(size=(n, 6)).astype(np.float32) for _ in range(3)]
+    lists = [knn_neighbours(torch.from_numpy(m), k)[0] for m in mods]
+    edges = semantic_neighbours(lists)
+    expected = set()
+    for i in range(n):
+        common = set(dense_knn(mods[0], k)[0][i])
+        for m in mods[1:]:
+            common &= set(dense_knn(m, k)[0][i])
+        expected |= {(i, j) for j in common if j != i}
+    assert set(map(tuple, edges.T.tolist())) == expected
+    assert edges.shape[0] == 2 and all(i != j for i, j in edges.T.tolist())
+    # One modality: its own top-k minus self; k >= n: everyone (minus self).
+    single = semantic_neighbours([knn_neighbours(torch.from_numpy(mods[0]), n + 5)[0]])
+    assert single.shape[1] == n * (n - 1)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_augmented_adjacency_matches_dense_reference(symmetric):
+    rng = np.random.default_rng(11)
+    n_users, n_items = 7, 9
+    users = rng.integers(0, n_users, size=30)
+    items = rng.integers(0, n_items, size=30)
+    item_edges = torch.tensor([[0, 0, 3, 5], [1, 4, 0, 5 - 1]])
+    adj = augmented_adjacency(torch.from_numpy(users), torch.from_numpy(items), n_users, n_items,
+                              item_edges=item_edges, symmetric=symmetric)
+    n = n_users + n_items
+    dense = np.zeros((n, n))
+    for u, i in zip(users, items):
+        dense[u, n_users + i] = dense[n_users + i, u] = 1.0
+    for i, j in item_edges.T.tolist():
+        dense[n_users + i, n_users + j] = 1.0
+        if symmetric:
+            dense[n_users + j, n_users + i] = 1.0
+    expected = dense_normalize(dense, "sym")
+    assert np.allclose(adj.to_dense().numpy(), expected, atol=1e-6)
+    if not symmetric:
+        assert not np.allclose(expected, expected.T)  # directed item edges: the original's asymmetry
+
+
+def test_knn_over_many_chunks():
+    """375 chunks of 8 rows: every item is its own nearest neighbour, rows stay in order."""
+    features = torch.randn(3000, 4)
+    indices, sims = knn_neighbours(features, 5, chunk_size=8)
+    assert indices.shape == (3000, 5)
+    assert torch.all(indices[:, 0] == torch.arange(3000))  # each item is its own nearest neighbour
