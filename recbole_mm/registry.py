@@ -25,9 +25,10 @@ from recbole_mm.errors import UnknownModelError
 PLUGIN_MODELS: dict[str, str] = {
     "VBPR": "recbole_mm.model.general_recommender.vbpr",
     "GUME": "recbole_mm.model.general_recommender.gume",
+    "MMGEF": "recbole_mm.model.general_recommender.mmgef",
 }
 # Other spellings accepted by recbole_mm's entry points.
-MODEL_ALIASES: dict[str, str] = {}
+MODEL_ALIASES: dict[str, str] = {"MM-GEF": "MMGEF"}
 
 _RECBOLE_SUBPACKAGES = (
     "general_recommender",
