@@ -6,11 +6,16 @@ results/<dataset>.runs.json, so a rerun skips finished rows. Usage:
 
     python benchmarks/results_table.py tiktok            # all rows of ROWS["tiktok"]
     python benchmarks/results_table.py tiktok GUME BPR   # only rows whose label starts with these
+
+Workers with disjoint label prefixes may run at the same time (the cache is locked); the published
+tables were made with two one-thread workers on a 2-core machine (OMP_NUM_THREADS=1).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import re
 import subprocess
 import sys
@@ -31,9 +36,17 @@ ROWS = {
                                               "--um_temp=0.1", "--vt_loss=0.01"],
         "GUME (candidate B: Baby values)": ["--model=GUME", "--n_layers=2", "--bm_temp=0.4", "--um_loss=0.01",
                                             "--um_temp=0.1", "--vt_loss=0.1"],
+        # GUME's TikTok values (dataset_configs/tiktok.yaml) are the candidate with the better valid Recall@20.
         "GUME w/o graph enhancement": ["--model=GUME", "--graph_enhancement=False"],
         "GUME w/o alignment": ["--model=GUME", "--internal_alignment=False", "--external_alignment=False"],
         "GUME w/o user-modality enhancement": ["--model=GUME", "--user_modality_enhancement=False"],
+        "MM-GEF (candidate: fusion mean)": ["--model=MM-GEF", "--fusion=mean"],
+        "MM-GEF (candidate: fusion concat)": ["--model=MM-GEF", "--fusion=concat"],
+        # MM-GEF's TikTok fusion (dataset_configs/tiktok.yaml) is the candidate with the better valid Recall@20.
+        "MM-GEF w/o collaborative graph": ["--model=MM-GEF", "--use_cf_graph=False"],
+        "MM-GEF w/o multimodal graph": ["--model=MM-GEF", "--use_mm_graph=False"],
+        "MM-GEF mean instead of attention": ["--model=MM-GEF", "--graph_attention=mean"],
+        "MM-GEF late instead of early fusion": ["--model=MM-GEF", "--fusion=late"],
     },
 }
 
@@ -96,18 +109,31 @@ def write_markdown(dataset: str, runs: dict) -> Path:
     return path
 
 
+def update_cache(cache: Path, label: str | None = None, row: dict | None = None) -> dict:
+    """Read the cache and (optionally) add one row, under a lock: several workers may share it."""
+    with open(cache.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        runs = json.loads(cache.read_text()) if cache.exists() else {}
+        if label is not None:
+            runs[label] = row
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps(runs, indent=1) + "\n")
+            os.replace(tmp, cache)
+        return runs
+
+
 def main(argv: list[str]) -> None:
     dataset, prefixes = argv[0], argv[1:]
     cache = REPO / "results" / f"{dataset}.runs.json"
-    runs = json.loads(cache.read_text()) if cache.exists() else {}
     for label, args in ROWS[dataset].items():
-        if label in runs or (prefixes and not any(label.startswith(p) for p in prefixes)):
+        selected = not prefixes or any(label.startswith(p) for p in prefixes)
+        if not selected or label in update_cache(cache):
             continue
         print(f"running {label}: {' '.join(command(dataset, args))}", flush=True)
-        runs[label] = run_row(dataset, args)
-        print(json.dumps(runs[label]), flush=True)
-        cache.write_text(json.dumps(runs, indent=1) + "\n")
-    print(f"wrote {write_markdown(dataset, runs)}")
+        row = run_row(dataset, args)
+        print(json.dumps(row), flush=True)
+        update_cache(cache, label, row)
+    print(f"wrote {write_markdown(dataset, update_cache(cache))}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import statistics
 import sys
 from typing import Callable
 
@@ -39,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def format_results(result: dict) -> str:
-    """The best-valid epoch's valid and test metrics as an aligned text table, with timings."""
+    """The best-valid epoch's valid and test metrics as an aligned text table, with median timings."""
     valid, test = result["best_valid_result"] or {}, result["test_result"] or {}
     metrics = list(dict.fromkeys([*valid, *test]))
     width = max([len(m) for m in metrics] + [6])
@@ -51,10 +52,11 @@ def format_results(result: dict) -> str:
     train_s = [h["train_seconds"] for h in history]
     eval_s = [h["valid_seconds"] for h in history if "valid_seconds" in h]
     summary = [f"best valid epoch: {result.get('best_epoch')} ({len(history)} epochs trained)"]
+    # Medians: robust to a few epochs slowed by other work on the machine.
     if train_s:
-        summary.append(f"{sum(train_s) / len(train_s):.2f} s per training epoch")
+        summary.append(f"{statistics.median(train_s):.2f} s per training epoch")
     if eval_s:
-        summary.append(f"{sum(eval_s) / len(eval_s):.2f} s per validation pass")
+        summary.append(f"{statistics.median(eval_s):.2f} s per validation pass")
     summary.append(f"wall time {result['wall_seconds']:.1f} s")
     peak = result.get("peak_memory_mb") or {}
     if peak:

