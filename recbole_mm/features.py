@@ -125,7 +125,7 @@ def read_items(path: str, item_column: str = "itemID", text_columns: Sequence[st
     if bad.any():
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise FeatureError(f"{path}: {item_column} {table[item_column].iloc[row]!r} on data line {row + 1} is not "
-                           "a non-negative integer; row i of a feature file belongs to item id i")
+                           "a non-negative integer below 2**31; row i of a feature file belongs to item id i")
     ids = ids.astype(np.int64).to_numpy()
     duplicated = pd.Series(ids).duplicated().to_numpy()
     if duplicated.any():
@@ -174,13 +174,20 @@ class Encoder:
         raise NotImplementedError
 
 
-def _go_offline() -> None:
+def _go_offline(progress: bool = True) -> None:
     """No model hub at run time: models come from local folders only."""
+    if not progress:
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     constants = sys.modules.get("huggingface_hub.constants")
     if constants is not None and hasattr(constants, "HF_HUB_OFFLINE"):
         constants.HF_HUB_OFFLINE = True  # read at import time; this process may have imported it already
+
+
+def _quiet_loading(transformers, progress: bool) -> None:
+    if not progress:  # transformers' own "Loading weights" bar
+        transformers.utils.logging.disable_progress_bar()
 
 
 def _default_device(device: str | None) -> str:
@@ -229,16 +236,17 @@ class SentenceTransformerEncoder(Encoder):
     """A sentence-transformers model from a local folder; ``encode`` with its defaults (its own
     pipeline decides pooling and normalisation, as in MMRec's feature notebook)."""
 
-    def __init__(self, path: str, device: str | None = None):
-        _go_offline()
+    def __init__(self, path: str, device: str | None = None, name: str | None = None, progress: bool = True):
+        _go_offline(progress)
         st = _import("sentence_transformers", "sentence-transformers")
+        _quiet_loading(_import("transformers", "transformers"), progress)
         try:
             self.model = st.SentenceTransformer(path, device=_default_device(device))
         except Exception as exc:  # noqa: BLE001 - any loading failure is the user's folder
             raise FeatureError(f"{path}: cannot load a sentence-transformers model from this folder "
                                f"({type(exc).__name__}: {_one_line(exc)}); point --text-encoder at a "
                                "folder saved with SentenceTransformer.save") from exc
-        self.name = os.path.basename(os.path.normpath(path))
+        self.name = name or os.path.basename(os.path.normpath(path))
         get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dim = int(get_dim())
 
@@ -251,9 +259,10 @@ class ClipEncoder(Encoder):
     """CLIP (``transformers``' ``CLIPModel``) from a local folder: images and texts in one
     ``projection_dim``-wide space (``get_image_features`` / ``get_text_features``)."""
 
-    def __init__(self, path: str, device: str | None = None):
-        _go_offline()
+    def __init__(self, path: str, device: str | None = None, progress: bool = True):
+        _go_offline(progress)
         transformers = _import("transformers", "transformers")
+        _quiet_loading(transformers, progress)
         torch = _import("torch", "torch")
         self.torch = torch
         try:
@@ -294,6 +303,7 @@ class EncoderSpec:
     text_encoder: str = MINILM  # 'minilm', 'clip' or a sentence-transformers folder
     clip_model: str | None = None
     device: str | None = None
+    progress: bool = True
     _cache: dict = field(default_factory=dict)
 
     def check(self, modalities: Sequence[str]) -> None:
@@ -316,12 +326,14 @@ def make_encoder(modality: str, spec: EncoderSpec) -> Encoder:
     """The encoder of a modality (loaded once per model and shared between modalities)."""
     if modality == "image" or spec.text_encoder == "clip":
         key, factory = ("clip", spec.clip_model), lambda: ClipEncoder(
-            _check_model_dir(spec.clip_model or "", "--clip-model", "a CLIP model"), spec.device)
+            _check_model_dir(spec.clip_model or "", "--clip-model", "a CLIP model"), spec.device, progress=spec.progress)
     elif spec.text_encoder == MINILM:
-        key, factory = ("st", MINILM), lambda: SentenceTransformerEncoder(minilm_path(), spec.device)
+        key, factory = ("st", MINILM), lambda: SentenceTransformerEncoder(
+            minilm_path(), spec.device, name="all-MiniLM-L6-v2", progress=spec.progress)
     else:
         key, factory = ("st", spec.text_encoder), lambda: SentenceTransformerEncoder(
-            _check_model_dir(spec.text_encoder, "--text-encoder", "a sentence-transformers model"), spec.device)
+            _check_model_dir(spec.text_encoder, "--text-encoder", "a sentence-transformers model"), spec.device,
+            progress=spec.progress)
     if key not in spec._cache:
         spec._cache[key] = factory()
     return spec._cache[key]
@@ -375,7 +387,11 @@ def write_features(items: ItemTable, modality: str, encoder: Encoder, out_path: 
     folder = os.path.dirname(os.path.abspath(out_path))
     fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(out_path)}.", suffix=".tmp")
     os.close(fd)
+    written = 0
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would otherwise survive the rename
         array = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float32, shape=(n_rows, encoder.dim))
         array[:] = np.nan
         bar = tqdm(total=len(todo), unit="item", desc=f"{modality} ({encoder.name})", disable=not progress,
@@ -407,6 +423,7 @@ def write_features(items: ItemTable, modality: str, encoder: Encoder, out_path: 
                     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
                     vectors = vectors / np.maximum(norms, 1e-12)
                 array[rows] = vectors
+                written += len(rows)
                 bar.update(len(chunk))
         array.flush()
         del array
@@ -419,9 +436,8 @@ def write_features(items: ItemTable, modality: str, encoder: Encoder, out_path: 
     if skipped.count:
         _warn(f"{skipped.count} image(s) could not be read and got NaN rows in {os.path.basename(out_path)}, "
               f"e.g. {'; '.join(skipped.examples)}")
-    encoded = len(todo) - skipped.count
-    return {"modality": modality, "path": out_path, "rows": n_rows, "dim": encoder.dim, "encoded": encoded,
-            "missing": n_rows - encoded, "unreadable_images": skipped.count}
+    return {"modality": modality, "path": out_path, "rows": n_rows, "dim": encoder.dim, "encoded": written,
+            "missing": n_rows - written, "unreadable_images": skipped.count}
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -498,7 +514,8 @@ def extract(args: argparse.Namespace, make: Callable[[str, EncoderSpec], Encoder
             raise FeatureError(f"--num-items {args.num_items}: {args.items} has item id {n_rows - 1}, so at least "
                                f"{n_rows} rows are needed")
         n_rows = args.num_items
-    spec = EncoderSpec(text_encoder=args.text_encoder, clip_model=args.clip_model, device=args.device)
+    spec = EncoderSpec(text_encoder=args.text_encoder, clip_model=args.clip_model, device=args.device,
+                       progress=not args.no_progress)
     spec.check(modalities)
     os.makedirs(args.output_dir, exist_ok=True)
     summaries = []

@@ -99,6 +99,19 @@ class MultiModalRecommender(GeneralRecommender):
             self._cache[key] = compute()
         return self._cache[key]
 
+    def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final (users, items) representations whose dot product is the score; ``forward`` by
+        default, computed once per evaluation pass."""
+        return self.cached("forward", self.forward)
+
+    def predict(self, interaction) -> torch.Tensor:
+        users, items = self.user_item_vectors()
+        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(dim=1)
+
+    def full_sort_predict(self, interaction) -> torch.Tensor:
+        users, items = self.user_item_vectors()
+        return (users[interaction[self.USER_ID]] @ items.T).reshape(-1)
+
     def train(self, mode: bool = True):
         self._cache.clear()
         return super().train(mode)

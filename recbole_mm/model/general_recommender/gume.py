@@ -147,13 +147,6 @@ class GUME(MultiModalRecommender):
             loss = loss + self.reg_weight_2 * squared_l2(out["h_ext"][pos], denominator=self.batch_size)
         return loss
 
-    def _final(self) -> torch.Tensor:
-        return self.cached("o", lambda: self.forward()["o"])
-
-    def predict(self, interaction) -> torch.Tensor:
-        o = self._final()
-        return (o[interaction[self.USER_ID]] * o[interaction[self.ITEM_ID] + self.n_users]).sum(dim=1)
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        o = self._final()
-        return (o[interaction[self.USER_ID]] @ o[self.n_users:].T).reshape(-1)
+    def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        o = self.cached("o", lambda: self.forward()["o"])
+        return o[: self.n_users], o[self.n_users:]

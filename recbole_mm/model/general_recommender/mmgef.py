@@ -139,11 +139,3 @@ class MMGEF(MultiModalRecommender):
         loss = bpr_loss((users[user] * items[pos]).sum(dim=1), (users[user] * items[neg]).sum(dim=1))
         ego = (self.user_embedding(user), self.item_embedding(pos), self.item_embedding(neg))
         return loss + self.reg_weight * squared_l2(*ego, denominator=len(user))
-
-    def predict(self, interaction) -> torch.Tensor:
-        users, items = self.cached("forward", self.forward)
-        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(dim=1)
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        users, items = self.cached("forward", self.forward)
-        return (users[interaction[self.USER_ID]] @ items.T).reshape(-1)

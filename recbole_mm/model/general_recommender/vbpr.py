@@ -45,11 +45,3 @@ class VBPR(MultiModalRecommender):
         neg = self.item_vectors(interaction[self.NEG_ITEM_ID])
         loss = self.bpr_loss((u * pos).sum(dim=1), (u * neg).sum(dim=1))
         return loss + self.reg_weight * self.emb_loss(u, pos, neg)
-
-    def predict(self, interaction) -> torch.Tensor:
-        users, items = self.cached("forward", self.forward)
-        return (users[interaction[self.USER_ID]] * items[interaction[self.ITEM_ID]]).sum(dim=1)
-
-    def full_sort_predict(self, interaction) -> torch.Tensor:
-        users, items = self.cached("forward", self.forward)
-        return (users[interaction[self.USER_ID]] @ items.T).reshape(-1)
