@@ -40,7 +40,8 @@ def _install_ray() -> None:
     try:
         importlib.import_module("ray.tune")
         return
-    except Exception:  # any failure of the real ray (missing, pkg_resources, numpy 2) → stub
+    except Exception as exc:  # the real ray is missing or broken (pkg_resources, numpy 2): stub it
+        reason = f"{type(exc).__name__}: {exc}"
         for name in [m for m in sys.modules if m == "ray" or m.startswith("ray.")]:
             del sys.modules[name]
     finally:
@@ -50,7 +51,7 @@ def _install_ray() -> None:
     tune = types.ModuleType("ray.tune")
     tune.report = _tune_report_noop
     ray.tune = tune
-    ray.__recbole_mm_stub__ = True
+    ray.__recbole_mm_stub__ = reason  # why the real ray could not be used, for anyone debugging
     sys.modules["ray"] = ray
     sys.modules["ray.tune"] = tune
 
