@@ -1,0 +1,165 @@
+"""Long-tail analysis of saved checkpoints (any RecBole or recbole_mm model).
+
+    python -m recbole_mm.analysis longtail saved/GUME-x.pth saved/LightGCN-y.pth --out results/tiktok-longtail
+
+Items are split into equal-size groups by their training degree (group 1 = the most popular 20%
+with 5 groups, as in GUME's study); for each group, test items are restricted to the group and
+Recall@K / NDCG@K are computed over the users that have at least one such test item. Ranking and
+masking are those of RecBole's full-sort test evaluation, and the metrics are RecBole's own
+evaluators fed with the group's hits. Writes ``<out>.md`` (a table) and ``<out>.png`` (bar charts).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recbole_mm.errors import RecBoleMMError
+
+
+def degree_groups(item_degree: np.ndarray, n_groups: int = 5) -> np.ndarray:
+    """Group index per item id (0 = most popular), equal-size groups by training degree, ties to the
+    lower id; item 0 (RecBole's padding) gets -1."""
+    if n_groups < 1 or n_groups > len(item_degree) - 1:
+        raise RecBoleMMError(f"--groups {n_groups}: need between 1 and the number of items")
+    items = np.arange(1, len(item_degree))
+    order = items[np.lexsort((items, -item_degree[1:]))]
+    groups = np.full(len(item_degree), -1)
+    for g, chunk in enumerate(np.array_split(order, n_groups)):
+        groups[chunk] = g
+    return groups
+
+
+def group_topk(scores: torch.Tensor, positives: torch.Tensor, groups: torch.Tensor, n_groups: int,
+               k: int) -> list[torch.Tensor]:
+    """RecBole's ``rec.topk`` rows (top-k hit flags, then the number of positives) per group, for
+    users with at least one positive in that group. ``scores``: [users, items] with masked items at
+    -inf; ``positives``: bool [users, items]."""
+    top = torch.topk(scores, k, dim=1).indices
+    out = []
+    for g in range(n_groups):
+        in_group = positives & (groups == g).unsqueeze(0)
+        counts = in_group.sum(dim=1, keepdim=True)
+        hits = torch.gather(in_group, 1, top)
+        keep = counts.squeeze(1) > 0
+        out.append(torch.cat([hits[keep].long(), counts[keep]], dim=1))
+    return out
+
+
+def evaluate_groups(rows: list[torch.Tensor], config, k: int) -> list[dict]:
+    """Recall@k and NDCG@k per group through RecBole's Evaluator."""
+    from recbole.evaluator import Evaluator
+    from recbole.evaluator.collector import DataStruct
+
+    saved = config["metrics"], config["topk"]
+    config["metrics"], config["topk"] = ["Recall", "NDCG"], [k]
+    try:
+        evaluator = Evaluator(config)
+        results = []
+        for topk in rows:
+            if len(topk) == 0:
+                results.append({"users": 0})
+                continue
+            struct = DataStruct()
+            struct.set("rec.topk", topk)
+            results.append({"users": len(topk), **evaluator.evaluate(struct)})
+        return results
+    finally:
+        config["metrics"], config["topk"] = saved
+
+
+@torch.no_grad()
+def longtail(model_file: str, n_groups: int = 5, k: int = 20) -> dict:
+    """Per-group test Recall@k / NDCG@k of one checkpoint."""
+    from recbole.data.dataloader import FullSortEvalDataLoader
+    from recbole.trainer import Trainer
+
+    from recbole_mm.quick_start import load_data_and_model
+
+    config, model, dataset, train_data, _, test_data = load_data_and_model(model_file)
+    if not isinstance(test_data, FullSortEvalDataLoader):
+        raise RecBoleMMError(f"{model_file}: long-tail analysis needs full-sort evaluation (eval_args mode: full)")
+    degree = np.bincount(train_data._dataset.inter_feat[dataset.iid_field].numpy(), minlength=dataset.item_num)
+    groups_np = degree_groups(degree, n_groups)
+    groups = torch.from_numpy(groups_np).to(config["device"])
+    model.eval()
+    trainer = Trainer(config, model)
+    trainer.tot_item_num = dataset.item_num
+    trainer.item_tensor = test_data._dataset.get_item_feature().to(config["device"])
+    rows = [[] for _ in range(n_groups)]
+    for batch in test_data:
+        interaction, scores, positive_u, positive_i = trainer._full_sort_batch_eval(batch)
+        positives = torch.zeros_like(scores, dtype=torch.bool)
+        positives[positive_u, positive_i] = True
+        for g, part in enumerate(group_topk(scores, positives, groups, n_groups, k)):
+            rows[g].append(part.cpu())
+    per_group = evaluate_groups([torch.cat(r) for r in rows], config, k)
+    return {"model": config["model"], "dataset": config["dataset"], "file": model_file, "k": k,
+            "groups": per_group, "group_items": np.bincount(groups_np[1:], minlength=n_groups).tolist()}
+
+
+def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
+    """``<out>.md`` table and ``<out>.png`` chart comparing checkpoints group by group."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    k, n_groups = results[0]["k"], len(results[0]["groups"])
+    metrics = [f"recall@{k}", f"ndcg@{k}"]
+    lines = [f"Long-tail analysis on {results[0]['dataset']}: items in {n_groups} equal-size groups by "
+             "training degree (group 1 = most popular); test items restricted to the group.", "",
+             "| model | metric | " + " | ".join(f"group {g + 1}" for g in range(n_groups)) + " |",
+             "|---|---|" + "---:|" * n_groups]
+    for r in results:
+        for m in metrics:
+            cells = [f"{grp[m]:.4f}" if m in grp else "-" for grp in r["groups"]]
+            lines.append(f"| {r['model']} | {m} | " + " | ".join(cells) + " |")
+    lines.append(f"| users per group | | " + " | ".join(str(g["users"]) for g in results[0]["groups"]) + " |")
+    lines += ["", "Checkpoints: " + ", ".join(f"`{r['file']}`" for r in results)]
+    md, png = Path(f"{out}.md"), Path(f"{out}.png")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text("\n".join(lines) + "\n")
+
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6))
+    width = 0.8 / len(results)
+    x = np.arange(n_groups)
+    for ax, m in zip(axes, metrics):
+        for i, r in enumerate(results):
+            values = [g.get(m, 0.0) for g in r["groups"]]
+            ax.bar(x + i * width - 0.4 + width / 2, values, width, label=r["model"])
+        ax.set_xticks(x, [f"{g + 1}" + (" (head)" if g == 0 else "") for g in range(n_groups)])
+        ax.set_xlabel("item group by training degree")
+        ax.set_title(m)
+    axes[0].legend()
+    fig.suptitle(f"Per-group test metrics on {results[0]['dataset']}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return md, png
+
+
+def main(argv: list[str] | None = None) -> None:
+    import recbole_mm  # noqa: F401  (shims and model registration before loading checkpoints)
+
+    parser = argparse.ArgumentParser(prog="python -m recbole_mm.analysis", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    tail = sub.add_parser("longtail", help="per-group Recall/NDCG of checkpoints by item popularity")
+    tail.add_argument("checkpoints", nargs="+")
+    tail.add_argument("--groups", type=int, default=5)
+    tail.add_argument("--k", type=int, default=20)
+    tail.add_argument("--out", default="longtail", help="output path without extension (.md and .png)")
+    args = parser.parse_args(argv)
+    results = [longtail(path, args.groups, args.k) for path in args.checkpoints]
+    md, png = write_report(results, args.out)
+    print(md.read_text())
+    print(f"wrote {md} and {png}")
+
+
+if __name__ == "__main__":
+    from recbole_mm.cli import exit_on_user_error
+
+    exit_on_user_error(main)
