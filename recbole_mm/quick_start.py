@@ -21,6 +21,7 @@ from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_s
 
 from recbole_mm.checkpoint import load_checkpoint
 from recbole_mm.data.dataset import MultiModalDataset
+from recbole_mm.data.protocol import apply_protocol
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.registry import canonical_model_name
 from recbole_mm.trainer import Trainer
@@ -58,6 +59,12 @@ def make_trainer(config: Config, model):
     if trainer_class is RecBoleTrainer:
         trainer_class = Trainer
     return trainer_class(config, model)
+
+
+def prepare_data(config: Config, dataset) -> tuple:
+    """RecBole's ``data_preparation`` plus recbole_mm's protocol switches (``test_masking``,
+    ``negative_items``; see :mod:`recbole_mm.data.protocol`)."""
+    return apply_protocol(config, *data_preparation(config, dataset))
 
 
 def _load_checked_dataset(config: Config):
@@ -100,7 +107,7 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     logger.info(config)
     logger.info(dataset)
 
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = prepare_data(config, dataset)
     model = _build_model(config, train_data)
     logger.info(model)
     trainer = make_trainer(config, model)
@@ -137,7 +144,7 @@ def objective_function(config_dict: dict | None = None, config_file_list: list[s
     init_logger(config)
     logging.basicConfig(level=logging.ERROR)
     dataset = _load_checked_dataset(config)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = prepare_data(config, dataset)
     model = _build_model(config, train_data)
     trainer = make_trainer(config, model)
     best_valid_score, best_valid_result = trainer.fit(train_data, valid_data, verbose=False, saved=saved)
@@ -166,7 +173,7 @@ def load_data_and_model(model_file: str, trust_pickle: bool = False) -> tuple:
     logger.info(config)
     dataset = create_dataset(config)
     logger.info(dataset)
-    train_data, valid_data, test_data = data_preparation(config, dataset)
+    train_data, valid_data, test_data = prepare_data(config, dataset)
     model = _build_model(config, train_data)
     model.load_state_dict(checkpoint["state_dict"])
     model.load_other_parameter(checkpoint.get("other_parameter"))

@@ -1,0 +1,54 @@
+"""Protocol switches: MMRec's test masking (train items only) and negatives among training items."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from recbole_mm.errors import RecBoleMMError
+from recbole_mm.quick_start import create_dataset, make_config, prepare_data
+
+from conftest import planted_config, write_planted_dataset
+
+
+def loaders(root, **overrides):
+    config = make_config("BPR", "planted", config_dict={**planted_config(root), **overrides})
+    dataset = create_dataset(config)
+    return dataset, prepare_data(config, dataset)
+
+
+def test_test_masking_train_only_keeps_valid_items_rankable(planted):
+    root, _ = planted
+    dataset, (train, valid, test) = loaders(root)
+    _, (_, _, mmrec_test) = loaders(root, test_masking="train")
+    valid_pairs = set(zip(valid._dataset.inter_feat["userID"].tolist(), valid._dataset.inter_feat["itemID"].tolist()))
+    user, item = next(iter(valid_pairs))
+    assert item in test.uid2history_item[user].tolist()  # RecBole: valid items masked at test
+    assert item not in mmrec_test.uid2history_item[user].tolist()  # MMRec: only training items
+    train_items = set(train._dataset.inter_feat["itemID"][train._dataset.inter_feat["userID"] == user].tolist())
+    assert set(mmrec_test.uid2history_item[user].tolist()) == train_items
+
+
+def test_negatives_among_training_items_only(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    folder = write_planted_dataset(root)
+    inter = pd.read_csv(folder / "planted.inter", sep="\t")
+    inter.loc[inter.itemID == 7, "x_label"] = 2  # item 7 never occurs in training
+    inter.to_csv(folder / "planted.inter", sep="\t", index=False)
+    for negatives, expect_unseen in (("all", True), ("train", False)):
+        dataset, (train, _, _) = loaders(root, negative_items=negatives)
+        unseen = dataset.token2id("itemID", "7")
+        np.random.seed(0)
+        drawn = np.concatenate([batch["neg_itemID"].numpy() for _ in range(20) for batch in train])
+        assert (unseen in set(drawn)) == expect_unseen, negatives
+
+
+def test_bad_protocol_values_are_refused(planted):
+    root, _ = planted
+    with pytest.raises(RecBoleMMError, match="test_masking"):
+        loaders(root, test_masking="valid")
+    with pytest.raises(RecBoleMMError, match="negative_items"):
+        loaders(root, negative_items="popular")
