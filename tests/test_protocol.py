@@ -52,3 +52,26 @@ def test_bad_protocol_values_are_refused(planted):
         loaders(root, test_masking="valid")
     with pytest.raises(RecBoleMMError, match="negative_items"):
         loaders(root, negative_items="popular")
+
+
+def test_cold_start_split_on_a_generated_set(tmp_path, monkeypatch):
+    """20% of the items (seeded) lose every interaction to test; test holds only those items."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    folder = write_planted_dataset(root)
+    raw = pd.read_csv(folder / "planted.inter", sep="\t")
+    dataset, (train, valid, test) = loaders(root, cold_start_items=0.2, cold_start_seed=7)
+    items = {name: set(dataset.id2token("itemID", loader._dataset.inter_feat["itemID"].numpy()).astype(int))
+             for name, loader in (("train", train), ("valid", valid), ("test", test))}
+    cold = items["test"]
+    assert len(cold) == round(0.2 * raw.loc[raw.x_label == 0, "itemID"].nunique())
+    assert not cold & items["train"] and not cold & items["valid"]
+    assert len(test._dataset.inter_feat) == raw.itemID.isin(cold).sum()  # every interaction of the cold items
+    again, (_, _, test2) = loaders(root, cold_start_items=0.2, cold_start_seed=7)
+    assert set(again.id2token("itemID", test2._dataset.inter_feat["itemID"].numpy()).astype(int)) == cold
+    # the model still scores cold items (from content): a multimodal model trains and evaluates
+    import recbole_mm
+
+    result = recbole_mm.run_recbole(model="MMGEF", dataset="planted", config_dict={
+        **planted_config(root), "cold_start_items": 0.2, "fusion": "concat", "knn_k": 5, "epochs": 2})
+    assert 0.0 <= result["test_result"]["recall@10"] <= 1.0

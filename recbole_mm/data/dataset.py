@@ -23,6 +23,8 @@ class MultiModalDataset(Dataset):
     - ``modalities``: ``{name: file.npy}``; row i of each file holds the features of item id i.
     - ``missing_feature``: ``error`` (default), ``mean`` or ``zero`` for items whose row is all NaN.
     - ``filter_cold_start_users``: drop valid/test rows of users with no training row (MMRec).
+    - ``cold_start_items``: e.g. 0.2 — the cold-start protocol: that fraction of items (seeded by
+      ``cold_start_seed``) moves with all its interactions into test, and test holds only those items.
     - ``feature_source``: where the feature files can be obtained, quoted when they are missing.
 
     The MMRec split is honoured exactly: train/valid/test become RecBole's benchmark parts.
@@ -59,6 +61,10 @@ class MultiModalDataset(Dataset):
         path = self._inter_file(token, dataset_path)
         table = files.read_mmrec_inter(path, self.uid_field, self.iid_field)
         self._feature_rows = int(table[self.iid_field].max()) + 1  # MMRec: n_items = max id + 1
+        if self.config["cold_start_items"]:
+            table = files.cold_start_split(table, self.iid_field, float(self.config["cold_start_items"]),
+                                           int(self.config["cold_start_seed"] or 2024))
+            files.check_splits(table, path, reason=" after the cold-start split")
         if self.config["filter_cold_start_users"]:
             table = files.drop_cold_start_users(table, self.uid_field)
             files.check_splits(table, path, reason=" once users without training rows are dropped")
