@@ -13,9 +13,7 @@ tables were made with two one-thread workers on a 2-core machine (OMP_NUM_THREAD
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,6 +21,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from recbole_mm.benchmark import update_cache  # noqa: E402  (the locked cache shared by workers)
+
 METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20"]
 
 # label -> extra arguments; every row also gets --dataset and --show_progress=False.
@@ -107,19 +108,6 @@ def write_markdown(dataset: str, runs: dict) -> Path:
         lines += ["", notes.read_text().strip()]
     path.write_text("\n".join(lines) + "\n")
     return path
-
-
-def update_cache(cache: Path, label: str | None = None, row: dict | None = None) -> dict:
-    """Read the cache and (optionally) add one row, under a lock: several workers may share it."""
-    with open(cache.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        runs = json.loads(cache.read_text()) if cache.exists() else {}
-        if label is not None:
-            runs[label] = row
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(runs, indent=1) + "\n")
-            os.replace(tmp, cache)
-        return runs
 
 
 def main(argv: list[str]) -> None:

@@ -134,9 +134,10 @@ def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
         ax.set_xticks(x, [f"{g + 1}" + (" (head)" if g == 0 else "") for g in range(n_groups)])
         ax.set_xlabel("item group by training degree")
         ax.set_title(m)
-    axes[0].legend()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=9)
     fig.suptitle(f"Per-group test metrics on {results[0]['dataset']}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return md, png

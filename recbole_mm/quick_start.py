@@ -125,6 +125,7 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
         "saved_model_file": trainer.saved_model_file if saved else None,
         "wall_seconds": perf_counter() - start,
         "peak_memory_mb": peak_memory_mb(config["device"]),
+        "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config": config,
     }
 

@@ -1,0 +1,75 @@
+"""The benchmark: selection on validation, resumability, failed runs reported, real end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import yaml
+
+from recbole_mm import benchmark
+
+from conftest import REPO, planted_config, write_planted_dataset
+
+
+def fake_cell(valid: float, test: float) -> dict:
+    history = [{"epoch": 0, "train_loss": 1.0, "train_seconds": 0.5, "valid_score": valid, "valid_seconds": 0.1}]
+    return {"valid": {"recall@20": valid}, "test": {"recall@20": test, "ndcg@20": test / 2},
+            "best_valid_score": valid, "best_epoch": 0, "epochs": 1, "train_seconds": 0.5, "eval_seconds": 0.1,
+            "peak_memory_mb": {"rss": 100.0}, "parameters": 10, "history": history, "checkpoint": None,
+            "config": {}}
+
+
+def test_grid_is_chosen_on_validation_and_cells_are_resumable(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(model, dataset, config, workdir):
+        calls.append((model, config["reg_weight"], config["seed"]))
+        # reg 0.1 is best on validation, reg 0.0 would be best on test: validation must win.
+        return fake_cell(valid=0.3 if config["reg_weight"] == 0.1 else 0.2,
+                         test=0.1 if config["reg_weight"] == 0.1 else 0.5)
+
+    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
+    plan = {"datasets": ["d"], "seeds": [1, 2, 3], "runs": {"M": {"model": "M", "grid": {"reg_weight": [0.0, 0.1]}}}}
+    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    assert chosen["M"]["point"] == {"reg_weight": 0.1}
+    assert calls == [("M", 0.0, 1), ("M", 0.1, 1), ("M", 0.1, 2), ("M", 0.1, 3)]
+    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    assert len(calls) == 4  # a rerun skips finished cells
+
+
+def test_table_writer_reports_failed_runs_and_mean_std(tmp_path):
+    chosen = {
+        "good": {"model": "A", "grid": None, "point": {}, "cells": [fake_cell(0.2, 0.1), fake_cell(0.2, 0.3)]},
+        "broken": {"model": "B", "grid": None, "point": {}, "cells": [{"failed": "DataError: x.npy missing"}] * 2},
+    }
+    md, csv_path = benchmark.write_tables("d", chosen, [1, 2], tmp_path, [])
+    text = md.read_text()
+    assert "| good | " in text and "0.2000 ± 0.1414" in text  # recall@20 mean ± sample std of 0.1, 0.3
+    assert "| broken | failed: DataError: x.npy missing |" in text
+    rows = list(csv.reader(open(csv_path)))
+    assert rows[2][:2] == ["broken", "failed: DataError: x.npy missing"]
+
+
+def test_benchmark_end_to_end_on_a_generated_set(tmp_path):
+    root = tmp_path / "data"
+    write_planted_dataset(root)
+    config = {k: v for k, v in planted_config(root).items() if k not in ("seed",)}
+    plan = {"datasets": ["planted"], "seeds": [1, 2], "config": {**config, "epochs": 2, "topk": [10, 20]},
+            "runs": {"BPR": {"model": "BPR"}, "VBPR small": {"model": "VBPR", "embedding_size": 8},
+                     "Nope": {"model": "NoSuchModel"}}}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    out = subprocess.run([sys.executable, "-m", "recbole_mm.benchmark", "--plan", str(tmp_path / "plan.yaml"),
+                          "--out", str(tmp_path / "results"), "--longtail"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    md = (tmp_path / "results" / "planted.md").read_text()
+    assert "| Nope | failed: " in md and "unknown model 'NoSuchModel'" in md
+    assert "| BPR | " in md and " ± " in md and "| VBPR small | " in md
+    for image in ("planted-curves.png", "planted-longtail.png"):
+        assert (tmp_path / "results" / image).read_bytes()[:4] == b"\x89PNG" and image in md
+    cells = json.loads((tmp_path / "results" / "planted.cells.json").read_text())
+    assert len(cells) == 6
+    assert json.loads(next(iter(cells)))[2] in (1, 2)
