@@ -63,6 +63,8 @@ def parse(stdout: str) -> dict:
                         r"([\d.]+) s per validation pass, wall time ([\d.]+) s, peak memory rss (\d+) MiB", tail)
     row = {"best_epoch": int(summary[1]), "epochs": int(summary[2]), "train_s": float(summary[3]),
            "eval_s": float(summary[4]), "wall_s": float(summary[5]), "peak_rss_mb": float(summary[6])}
+    checkpoint = re.search(r"^checkpoint: (\S+)$", tail, re.M)
+    row["checkpoint"] = checkpoint[1] if checkpoint else None
     for line in tail.splitlines():
         parts = line.split()
         if len(parts) == 3 and parts[0] in METRICS:

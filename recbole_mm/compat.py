@@ -204,7 +204,8 @@ def _install_checkpoints() -> None:
 #     process, and trainer.py:62-64 passes device_ids=[rank]: `run(..., nproc=2)` cannot run on CPU.
 # 11. trainer.py:132 names the checkpoint per process from a 1-second clock, only rank 0 saves
 #     (:296) and nothing waits before evaluate(load_best_model=True) (:583): other ranks read a
-#     missing or half-written file (seen on GPU too).
+#     missing or half-written file (seen on GPU too). The same 1-second name makes two separate
+#     runs started in the same second share (and overwrite) one checkpoint file.
 def _init_device(self: Any) -> None:
     """``Config._init_device`` that runs multi-process jobs on CPU with gloo (or ``dist_backend``)."""
     import os
@@ -241,6 +242,9 @@ def _init_device(self: Any) -> None:
 
 
 def _install_distributed() -> None:
+    import os
+    import uuid
+
     import torch
     import torch.distributed as dist
     from recbole.config.configurator import Config
@@ -264,6 +268,11 @@ def _install_distributed() -> None:
 
     def trainer_init(self: Any, config: Any, model: Any) -> None:
         original_init(self, config, model)
+        # trainer.py:132 names the checkpoint <Model>-<time to the second>.pth: two runs started in
+        # the same second (a benchmark with parallel workers) overwrite each other's best checkpoint
+        # and may test the other run's weights. A random suffix, as RecBole's log files have, fixes it.
+        stem, ext = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = f"{stem}-{uuid.uuid4().hex[:6]}{ext}"
         if not config["single_spec"]:
             name = [self.saved_model_file]
             dist.broadcast_object_list(name, src=0)  # every rank reads the file rank 0 writes

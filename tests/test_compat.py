@@ -219,3 +219,20 @@ def test_other_parameter_roundtrip(tmp_path):
     back = decode_other_parameter(torch.load(tmp_path / "other.pth", weights_only=True))
     assert back["w"].format == "csr" and (back["w"] != state["w"]).nnz == 0
     assert np.array_equal(back["pred"], state["pred"]) and torch.equal(back["cnt"], state["cnt"]) and back["k"] == 3
+
+
+def test_runs_started_in_the_same_second_get_different_checkpoints(planted):
+    """RecBole names checkpoints <Model>-<time to the second>.pth; two trainers built in the same second
+    must not share (and overwrite) one file."""
+    from recbole.data import data_preparation
+    from recbole.trainer import Trainer
+    from recbole.utils import get_model
+
+    from recbole_mm.quick_start import create_dataset, make_config
+
+    root, config_dict = planted
+    config = make_config("BPR", "planted", config_dict=config_dict)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    model = get_model("BPR")(config, train_data._dataset)
+    names = {Trainer(config, model).saved_model_file for _ in range(3)}
+    assert len(names) == 3 and all(name.endswith(".pth") and "BPR-" in name for name in names)
