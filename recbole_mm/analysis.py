@@ -72,8 +72,8 @@ def evaluate_groups(rows: list[torch.Tensor], config, k: int) -> list[dict]:
 
 
 @torch.no_grad()
-def longtail(model_file: str, n_groups: int = 5, k: int = 20) -> dict:
-    """Per-group test Recall@k / NDCG@k of one checkpoint."""
+def longtail(model_file: str, n_groups: int = 5, k: int = 20, label: str | None = None) -> dict:
+    """Per-group test Recall@k / NDCG@k of one checkpoint (``label`` names it in reports; default: the model)."""
     from recbole.data.dataloader import FullSortEvalDataLoader
     from recbole.trainer import Trainer
 
@@ -97,7 +97,7 @@ def longtail(model_file: str, n_groups: int = 5, k: int = 20) -> dict:
         for g, part in enumerate(group_topk(scores, positives, groups, n_groups, k)):
             rows[g].append(part.cpu())
     per_group = evaluate_groups([torch.cat(r) for r in rows], config, k)
-    return {"model": config["model"], "dataset": config["dataset"], "file": model_file, "k": k,
+    return {"model": label or config["model"], "dataset": config["dataset"], "file": model_file, "k": k,
             "groups": per_group, "group_items": np.bincount(groups_np[1:], minlength=n_groups).tolist()}
 
 
@@ -124,20 +124,25 @@ def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text("\n".join(lines) + "\n")
 
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6))
+    # Head and tail get their own y-scales: tail values are an order of magnitude smaller.
+    columns = [[0], list(range(1, n_groups))] if n_groups > 1 else [[0]]
+    fig, axes = plt.subplots(len(metrics), len(columns), figsize=(10, 3.2 * len(metrics)), squeeze=False,
+                             gridspec_kw={"width_ratios": [len(c) for c in columns]})
     width = 0.8 / len(results)
-    x = np.arange(n_groups)
-    for ax, m in zip(axes, metrics):
-        for i, r in enumerate(results):
-            values = [g.get(m, 0.0) for g in r["groups"]]
-            ax.bar(x + i * width - 0.4 + width / 2, values, width, label=r["model"])
-        ax.set_xticks(x, [f"{g + 1}" + (" (head)" if g == 0 else "") for g in range(n_groups)])
-        ax.set_xlabel("item group by training degree")
-        ax.set_title(m)
+    for row, m in enumerate(metrics):
+        for col, groups_shown in enumerate(columns):
+            ax = axes[row][col]
+            x = np.arange(len(groups_shown))
+            for i, r in enumerate(results):
+                values = [r["groups"][g].get(m, 0.0) for g in groups_shown]
+                ax.bar(x + i * width - 0.4 + width / 2, values, width, label=r["model"])
+            ax.set_xticks(x, [f"group {g + 1}" + (" (head)" if g == 0 else "") for g in groups_shown])
+            ax.set_title(f"{m}, " + ("head" if groups_shown == [0] else "tail"), fontsize=9)
+    axes = axes.ravel()
     handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=9)
-    fig.suptitle(f"Per-group test metrics on {results[0]['dataset']}")
-    fig.tight_layout(rect=(0, 0, 0.88, 1))
+    fig.legend(handles, labels, loc="center right", fontsize=8)
+    fig.suptitle(f"Per-group test metrics on {results[0]['dataset']} (groups by training degree; 1 = most popular)")
+    fig.tight_layout(rect=(0, 0, 0.85, 1))
     fig.savefig(png, dpi=120)
     plt.close(fig)
     return md, png
@@ -153,8 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     tail.add_argument("--groups", type=int, default=5)
     tail.add_argument("--k", type=int, default=20)
     tail.add_argument("--out", default="longtail", help="output path without extension (.md and .png)")
+    tail.add_argument("--labels", nargs="*", help="one name per checkpoint for the table and chart")
     args = parser.parse_args(argv)
-    results = [longtail(path, args.groups, args.k) for path in args.checkpoints]
+    labels = args.labels or [None] * len(args.checkpoints)
+    if len(labels) != len(args.checkpoints):
+        raise RecBoleMMError(f"--labels: {len(labels)} labels for {len(args.checkpoints)} checkpoints; give one each")
+    results = [longtail(path, args.groups, args.k, label) for path, label in zip(args.checkpoints, labels)]
     md, png = write_report(results, args.out)
     print(md.read_text())
     print(f"wrote {md} and {png}")

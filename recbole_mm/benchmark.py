@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.longtail:
             from recbole_mm.analysis import longtail, write_report
 
-            first = [e["cells"][0] for e in chosen.values() if "failed" not in e["cells"][0]]
+            first = {label: e["cells"][0] for label, e in chosen.items() if "failed" not in e["cells"][0]}
             if first:
-                report = [longtail(c["checkpoint"]) for c in first]
+                report = [longtail(cell["checkpoint"], label=label) for label, cell in first.items()]
                 images.append(write_report(report, str(out / f"{dataset}-longtail"))[1])
         md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images])
         print(f"wrote {md}")
