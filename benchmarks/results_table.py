@@ -92,7 +92,7 @@ def write_markdown(dataset: str, runs: dict) -> Path:
              "| model | valid recall@20 | " + " | ".join(f"test {m}" for m in METRICS)
              + " | best epoch | s/train epoch | s/eval | peak RSS MiB |",
              "|---|" + "---:|" * (len(METRICS) + 5)]
-    for label, args in ROWS[dataset].items():
+    for label in ROWS[dataset]:
         row = runs.get(label)
         if row is None:
             continue

@@ -118,7 +118,7 @@ def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
         for m in metrics:
             cells = [f"{grp[m]:.4f}" if m in grp else "-" for grp in r["groups"]]
             lines.append(f"| {r['model']} | {m} | " + " | ".join(cells) + " |")
-    lines.append(f"| users per group | | " + " | ".join(str(g["users"]) for g in results[0]["groups"]) + " |")
+    lines.append("| users per group | | " + " | ".join(str(g["users"]) for g in results[0]["groups"]) + " |")
     lines += ["", "Checkpoints: " + ", ".join(f"`{r['file']}`" for r in results)]
     md, png = Path(f"{out}.md"), Path(f"{out}.png")
     md.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import yaml
 
 from recbole_mm import benchmark
 
-from conftest import REPO, planted_config, write_planted_dataset
+from conftest import planted_config, write_planted_dataset
 
 
 def fake_cell(valid: float, test: float) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.quick_start import create_dataset, make_config, prepare_data

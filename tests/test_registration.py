@@ -14,7 +14,6 @@ from recbole_mm import resources
 from recbole_mm.errors import UnknownModelError
 from recbole_mm.model.general_recommender.vbpr import VBPR
 
-from conftest import REPO
 
 
 def test_get_model_finds_plugin_and_builtin_models():
