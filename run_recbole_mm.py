@@ -1,4 +1,4 @@
-"""Train and test a RecBole or recbole_mm model: python run_recbole_mm.py --model=VBPR --dataset=tiktok"""
+"""Train and test a RecBole or recbole_mm model: python run_recbole_mm.py --model=GUME --dataset=tiktok"""
 
 # Imported at top level (not under __main__) so that processes spawned by RecBole's multi-process
 # runs, which re-import this script, get the compatibility shims too.

@@ -1,4 +1,4 @@
-"""``python -m recbole_mm --model=VBPR --dataset=tiktok``."""
+"""``python -m recbole_mm --model=GUME --dataset=tiktok``."""
 
 import recbole_mm  # noqa: F401  (installs the compatibility shims and registers the models)
 from recbole_mm.cli import exit_on_user_error, main

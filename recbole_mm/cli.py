@@ -28,7 +28,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         description="Train and test a RecBole or recbole_mm model. Any RecBole parameter can be given "
         "as --key=value (e.g. --epochs=5 --learning_rate=0.01); RecBole reads those itself.",
     )
-    parser.add_argument("--model", "-m", default="VBPR", help="model name, e.g. VBPR, BPR, LightGCN")
+    parser.add_argument("--model", "-m", default="GUME", help="model name, e.g. GUME, MMGEF, VBPR, BPR, LightGCN")
     parser.add_argument("--dataset", "-d", default="tiktok", help="dataset name, e.g. tiktok, amazon-baby")
     parser.add_argument("--config_files", default=None,
                         help="extra yaml files, separated by spaces or commas (later ones win)")
