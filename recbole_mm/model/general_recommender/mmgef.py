@@ -17,7 +17,7 @@ from torch import nn
 
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import augmented_adjacency, cooccurrence_graph, knn_graph
+from recbole_mm.model.graphs import augmented_adjacency, cooccurrence_graph, graph_from_neighbours, knn_neighbours
 from recbole_mm.model.losses import bpr_loss, squared_l2
 
 FUSIONS = ("mean", "concat", "late")
@@ -86,11 +86,9 @@ class MMGEF(MultiModalRecommender):
         if "mm" in self.graphs:
             for name, x in branches.items():
                 # Built once from the fixed fused features; item 0 (padding) stays isolated.
-                graph = knn_graph(x[1:], self.knn_k, weighted=True, normalization="sym")
-                rows, cols = graph.indices()
-                shifted = torch.sparse_coo_tensor(torch.stack([rows + 1, cols + 1]), graph.values(),
-                                                  (self.n_items, self.n_items), check_invariants=False)
-                self.register_graph(f"mm_graph_{name}", shifted)
+                graph = graph_from_neighbours(*knn_neighbours(x[1:], self.knn_k), weighted=True,
+                                              normalization="sym", offset=1)
+                self.register_graph(f"mm_graph_{name}", graph)
         if "cf" in self.graphs:
             self.register_graph("cf_graph", cooccurrence_graph(users, items, self.n_users, self.n_items, self.knn_k))
         self.register_graph("ui_graph", augmented_adjacency(users, items, self.n_users, self.n_items))
@@ -112,9 +110,13 @@ class MMGEF(MultiModalRecommender):
         for name in self.branches:
             h = self.projections[name](getattr(self, f"input_{name}"))
             graph_names = {"mm": f"mm_graph_{name}", "cf": "cf_graph"}
-            weights = self.graph_weights({g: self.propagate(graph_names[g], h) for g in self.graphs})
-            for _ in range(self.n_item_layers):
-                h = sum(weights[:, j:j + 1] * self.propagate(graph_names[g], h) for j, g in enumerate(self.graphs))
+            # One propagation per graph and layer; the first layer's also drive item-level attention.
+            hops = {g: self.propagate(graph_names[g], h) for g in self.graphs}
+            weights = self.graph_weights(hops)
+            for layer in range(self.n_item_layers):
+                if layer:
+                    hops = {g: self.propagate(graph_names[g], h) for g in self.graphs}
+                h = sum(weights[:, j:j + 1] * hops[g] for j, g in enumerate(self.graphs))
             total = total + h
         return total, weights
 
