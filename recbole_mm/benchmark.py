@@ -80,18 +80,19 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
     """Train and test one configuration; returns plain data for the cache."""
     import recbole_mm
     from recbole_mm.checkpoint import config_to_plain
+    from recbole_mm.trainer import median_epoch_seconds
 
     result = recbole_mm.run_recbole(model=model, dataset=dataset, config_dict=config)
     history = result["history"]
+    train_seconds, eval_seconds = median_epoch_seconds(history)
     return {
         "valid": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
         "test": {k: float(v) for k, v in (result["test_result"] or {}).items()},
         "best_valid_score": float(result["best_valid_score"]),
         "best_epoch": result["best_epoch"],
         "epochs": len(history),
-        "train_seconds": statistics.median(h["train_seconds"] for h in history) if history else None,
-        "eval_seconds": statistics.median(h["valid_seconds"] for h in history if "valid_seconds" in h)
-        if any("valid_seconds" in h for h in history) else None,
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
         "peak_memory_mb": result["peak_memory_mb"],
         "parameters": result["n_parameters"],
         "history": history,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
 from typing import Callable
 
 from recbole_mm.errors import RecBoleMMError
+from recbole_mm.trainer import median_epoch_seconds
 
 _KEY_VALUE = re.compile(r"^--[A-Za-z_][\w.]*=")
 
@@ -49,14 +49,12 @@ def format_results(result: dict) -> str:
         cells = [f"{d[metric]:8.4f}" if metric in d else f"{'-':>8}" for d in (valid, test)]
         lines.append(f"{metric:<{width}}  {cells[0]}  {cells[1]}")
     history = result.get("history") or []
-    train_s = [h["train_seconds"] for h in history]
-    eval_s = [h["valid_seconds"] for h in history if "valid_seconds" in h]
+    train_s, eval_s = median_epoch_seconds(history)
     summary = [f"best valid epoch: {result.get('best_epoch')} ({len(history)} epochs trained)"]
-    # Medians: robust to a few epochs slowed by other work on the machine.
-    if train_s:
-        summary.append(f"{statistics.median(train_s):.2f} s per training epoch")
-    if eval_s:
-        summary.append(f"{statistics.median(eval_s):.2f} s per validation pass")
+    if train_s is not None:
+        summary.append(f"{train_s:.2f} s per training epoch")
+    if eval_s is not None:
+        summary.append(f"{eval_s:.2f} s per validation pass")
     summary.append(f"wall time {result['wall_seconds']:.1f} s")
     peak = result.get("peak_memory_mb") or {}
     if peak:

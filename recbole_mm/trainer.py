@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import statistics
 from time import perf_counter
 
 from recbole.trainer import Trainer as RecBoleTrainer
 from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_mm.errors import RecBoleMMError
+
+
+def median_epoch_seconds(history: list[dict]) -> tuple[float | None, float | None]:
+    """Median seconds per training epoch and per validation pass of a :class:`Trainer` history
+    (medians: robust to a few epochs slowed by other work on the machine); None where absent."""
+    train = [h["train_seconds"] for h in history]
+    valid = [h["valid_seconds"] for h in history if "valid_seconds" in h]
+    return (statistics.median(train) if train else None, statistics.median(valid) if valid else None)
 
 
 def lr_factor(epoch: int, decay: float, every: float) -> float:
