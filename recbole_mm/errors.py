@@ -15,3 +15,11 @@ class CheckpointError(RecBoleMMError):
 
 class UnknownModelError(RecBoleMMError, ValueError):
     """The model name is neither a RecBole model nor a recbole_mm model."""
+
+
+def config_choice(config, key: str, allowed: tuple[str, ...], default: str | None = None) -> str:
+    """``config[key]`` (``default`` when unset), which must be one of ``allowed``."""
+    value = config[key] or default
+    if value not in allowed:
+        raise RecBoleMMError(f"{key}: {value!r} is not one of {', '.join(allowed)}; fix the config")
+    return value

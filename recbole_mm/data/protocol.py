@@ -15,7 +15,7 @@ import numpy as np
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.sampler import Sampler
 
-from recbole_mm.errors import RecBoleMMError
+from recbole_mm.errors import RecBoleMMError, config_choice
 
 
 class TrainItemsSampler(Sampler):
@@ -46,12 +46,8 @@ def training_items_per_user(train_dataset) -> np.ndarray:
 
 def apply_protocol(config, train_data, valid_data, test_data):
     """Apply ``test_masking`` and ``negative_items`` to RecBole's dataloaders; returns the three."""
-    masking = config["test_masking"] or "train_valid"
-    negatives = config["negative_items"] or "all"
-    if masking not in ("train_valid", "train"):
-        raise RecBoleMMError(f"test_masking: {masking!r} is not train_valid or train; fix the config")
-    if negatives not in ("all", "train"):
-        raise RecBoleMMError(f"negative_items: {negatives!r} is not all or train; fix the config")
+    masking = config_choice(config, "test_masking", ("train_valid", "train"), default="train_valid")
+    negatives = config_choice(config, "negative_items", ("all", "train"), default="all")
     if masking == "train":
         if not isinstance(test_data, FullSortEvalDataLoader):
             raise RecBoleMMError("test_masking: train needs full-sort evaluation (eval_args mode: full)")

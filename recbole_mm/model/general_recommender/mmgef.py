@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.errors import RecBoleMMError
+from recbole_mm.errors import RecBoleMMError, config_choice
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import augmented_adjacency, cooccurrence_graph, graph_from_neighbours, knn_neighbours
 from recbole_mm.model.losses import bpr_loss, squared_l2
@@ -23,13 +23,6 @@ from recbole_mm.model.losses import bpr_loss, squared_l2
 FUSIONS = ("mean", "concat", "late")
 ATTENTIONS = ("global", "item", "mean")
 INJECTIONS = ("output", "input", "both")
-
-
-def _choice(config, key: str, allowed: tuple[str, ...]) -> str:
-    value = config[key]
-    if value not in allowed:
-        raise RecBoleMMError(f"{key}: {value!r} is not one of {', '.join(allowed)}; fix the model config")
-    return value
 
 
 class MMGEF(MultiModalRecommender):
@@ -42,9 +35,9 @@ class MMGEF(MultiModalRecommender):
         self.n_item_layers = config["n_item_layers"]
         self.n_ui_layers = config["n_ui_layers"]
         self.reg_weight = config["reg_weight"]
-        self.fusion = _choice(config, "fusion", FUSIONS)
-        self.graph_attention = _choice(config, "graph_attention", ATTENTIONS)
-        self.inject = _choice(config, "inject", INJECTIONS)
+        self.fusion = config_choice(config, "fusion", FUSIONS)
+        self.graph_attention = config_choice(config, "graph_attention", ATTENTIONS)
+        self.inject = config_choice(config, "inject", INJECTIONS)
         self.graphs = [g for g, on in (("mm", config["use_mm_graph"]), ("cf", config["use_cf_graph"])) if on]
         if not self.graphs:
             raise RecBoleMMError("use_mm_graph and use_cf_graph are both False; keep at least one item graph")
