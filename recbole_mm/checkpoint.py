@@ -138,6 +138,13 @@ def config_from_plain(data: dict) -> Any:
     return config
 
 
+def save_atomically(state: dict, path: str) -> None:
+    """``torch.save`` to a temporary file, then rename: an interrupted save never leaves a truncated file."""
+    tmp_file = f"{path}.tmp"
+    torch.save(state, tmp_file)
+    os.replace(tmp_file, path)
+
+
 def save_trainer_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
     """Drop-in for RecBole's ``Trainer._save_checkpoint`` that writes a weights-only-loadable file."""
     if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -152,10 +159,7 @@ def save_trainer_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwarg
         "other_parameter": encode_other_parameter(self.model.other_parameter()),
         "optimizer": self.optimizer.state_dict(),
     }
-    # Write then rename, so an interrupted save never leaves a truncated best checkpoint.
-    tmp_file = f"{saved_model_file}.tmp"
-    torch.save(state, tmp_file)
-    os.replace(tmp_file, saved_model_file)
+    save_atomically(state, saved_model_file)
     if verbose:
         from recbole.utils import set_color
 
@@ -193,9 +197,7 @@ def convert_checkpoint(src: str, dst: str, trust_pickle: bool = False) -> None:
     checkpoint["config"] = config_to_plain(checkpoint["config"])
     checkpoint["other_parameter"] = encode_other_parameter(checkpoint.get("other_parameter") or {})
     checkpoint["best_valid_score"] = float(checkpoint["best_valid_score"])
-    tmp_file = f"{dst}.tmp"
-    torch.save(checkpoint, tmp_file)
-    os.replace(tmp_file, dst)
+    save_atomically(checkpoint, dst)
 
 
 def main(argv: list[str] | None = None) -> None:
