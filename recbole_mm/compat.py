@@ -241,6 +241,31 @@ def _init_device(self: Any) -> None:
         config["verbose"] = False
 
 
+def ensure_dir(dir_path: str) -> None:
+    """Create ``dir_path`` if missing; safe when several processes create it at once."""
+    import os
+
+    os.makedirs(dir_path, exist_ok=True)
+
+
+def _install_ensure_dir() -> None:
+    # utils/utils.py:44 ensure_dir checks os.path.exists, then os.makedirs: DDP ranks starting together
+    # race on ./log or ./saved and one dies with FileExistsError (seen in run(nproc=2) on CPU).
+    # RecBole imported it by name into these modules; replace every reference to the original.
+    import recbole.data.dataset.dataset
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    original = recbole.utils.utils.ensure_dir
+    for module in (recbole.utils.utils, recbole.utils, recbole.utils.logger, recbole.data.utils,
+                   recbole.data.dataset.dataset, recbole.trainer.trainer):
+        if getattr(module, "ensure_dir", None) is original:
+            module.ensure_dir = ensure_dir
+
+
 def _install_distributed() -> None:
     import os
     import uuid
@@ -306,5 +331,6 @@ def install() -> None:
 
     hyper_tuning.exhaustive_search = exhaustive_search
     _install_distributed()
+    _install_ensure_dir()
     _installed = True
     _install_checkpoints()

@@ -236,3 +236,23 @@ def test_runs_started_in_the_same_second_get_different_checkpoints(planted):
     model = get_model("BPR")(config, train_data._dataset)
     names = {Trainer(config, model).saved_model_file for _ in range(3)}
     assert len(names) == 3 and all(name.endswith(".pth") and "BPR-" in name for name in names)
+
+
+def test_ensure_dir_is_safe_for_concurrent_processes(tmp_path):
+    """RecBole's ensure_dir (exists-check, then makedirs) let one DDP rank die with FileExistsError when
+    another created ./log first; every module that imported it now has the race-free version."""
+    import recbole.data.dataset.dataset
+    import recbole.data.utils
+    import recbole.trainer.trainer
+    import recbole.utils
+    import recbole.utils.logger
+    import recbole.utils.utils
+
+    modules = (recbole.utils.utils, recbole.utils, recbole.utils.logger, recbole.data.utils,
+               recbole.data.dataset.dataset, recbole.trainer.trainer)
+    assert all(m.ensure_dir is compat.ensure_dir for m in modules)
+    target = tmp_path / "log"
+    target.mkdir()  # the other rank won the race
+    recbole.utils.logger.ensure_dir(str(target))  # must not raise FileExistsError
+    compat.ensure_dir(str(tmp_path / "a" / "b"))
+    assert (tmp_path / "a" / "b").is_dir()
