@@ -1,13 +1,15 @@
 """One-command comparison of models on datasets over seeds, through run_recbole's protocol.
 
     python -m recbole_mm.benchmark --datasets tiktok --models BPR LightGCN VBPR GUME MMGEF --seeds 999 1000 1001
-    python -m recbole_mm.benchmark --plan benchmarks/tiktok.yaml
+    python -m recbole_mm.benchmark --plan benchmarks/tiktok.yaml benchmarks/amazon-baby.yaml --jobs 2
 
 A plan (yaml) names ``datasets``, ``seeds`` and ``runs``: label → ``{model: NAME, <config overrides>,
-grid: {key: [values, ...]}}``. Each cell (dataset, label, grid point, seed) runs in a fresh process,
-its result is cached in ``<out>/<dataset>.cells.json`` (a rerun skips finished cells; a failed cell is
-recorded with its error, not dropped). A grid is searched with the first seed and its point chosen by
-the best **validation** score; the remaining seeds then run that point. Writes
+grid: {key: [values, ...]}, seeds: [...]}`` (a run's own ``seeds`` replace the plan's, e.g. one seed for
+ablations). Each cell (dataset, label, grid point, seed) runs in a fresh process, its result is cached
+in ``<out>/<dataset>.cells.json`` (a rerun skips finished cells; a failed cell is recorded with its
+error, not dropped). A grid is searched with the first seed and its point chosen by the best
+**validation** score; the remaining seeds then run that point. ``--jobs N`` runs N cells at a time,
+each with cores/N threads (full-seed runs before single-seed extras). Writes
 ``<out>/<dataset>.md`` / ``.csv`` (test metrics at the best-validation epoch, mean ± std over seeds,
 best epoch, seconds per training epoch and per evaluation, peak memory, parameter count, the exact
 config of every run), ``<dataset>-curves.png`` (loss and valid score per epoch) and, with
@@ -19,12 +21,16 @@ from __future__ import annotations
 import argparse
 import csv
 import fcntl
+import heapq
 import itertools
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import yaml
@@ -35,12 +41,15 @@ METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "prec
 
 
 # ---- plan -----------------------------------------------------------------------------------------
-def load_plan(args: argparse.Namespace) -> dict:
-    """The plan from --plan (yaml) and/or --datasets/--models/--seeds (command line wins)."""
+def load_plan(args: argparse.Namespace, path: str | None = None) -> dict:
+    """The plan from a yaml file and/or --datasets/--models/--seeds (command line wins)."""
     plan: dict = {}
-    if args.plan:
-        with open(args.plan, encoding="utf-8") as f:
-            plan = yaml.safe_load(f) or {}
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                plan = yaml.safe_load(f) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise RecBoleMMError(f"benchmark plan {path}: {err}") from err
     if args.datasets:
         plan["datasets"] = args.datasets
     if args.seeds:
@@ -51,23 +60,32 @@ def load_plan(args: argparse.Namespace) -> dict:
         plan.setdefault("config", {})["epochs"] = args.epochs
     for key in ("datasets", "runs"):
         if not plan.get(key):
-            raise RecBoleMMError(f"benchmark plan has no {key}; give --{'models' if key == 'runs' else key} or a --plan yaml")
+            raise RecBoleMMError(f"benchmark plan {path or ''} has no {key}; "
+                                 f"give --{'models' if key == 'runs' else key} or a --plan yaml")
     plan.setdefault("seeds", [999])
     for label, run in plan["runs"].items():
         if not isinstance(run, dict) or "model" not in run:
-            raise RecBoleMMError(f"benchmark plan: run '{label}' needs a model, e.g. {{model: GUME}}")
+            raise RecBoleMMError(f"benchmark plan {path or ''}: run '{label}' needs a model, e.g. {{model: GUME}}")
     return plan
 
 
+def run_seeds(plan: dict, run: dict) -> list[int]:
+    """A run's seeds: its own ``seeds`` or the plan's."""
+    return list(run.get("seeds") or plan["seeds"])
+
+
 def grid_points(run: dict) -> list[dict]:
-    """The cartesian product of a run's grid (one empty point without a grid)."""
+    """A run's grid points: the cartesian product of ``{key: [values]}``, or a list of points as given
+    (``[{key: value, ...}, ...]``, for settings that only make sense together); one empty point without a grid."""
     grid = run.get("grid") or {}
+    if isinstance(grid, list):
+        return [dict(point) for point in grid]
     keys = sorted(grid)
     return [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
 
 
 def cell_config(plan: dict, run: dict, point: dict, seed: int) -> dict:
-    config = {**(plan.get("config") or {}), **{k: v for k, v in run.items() if k not in ("model", "grid")}}
+    config = {**(plan.get("config") or {}), **{k: v for k, v in run.items() if k not in ("model", "grid", "seeds")}}
     return {**config, **point, "seed": seed, "show_progress": False}
 
 
@@ -91,6 +109,7 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
         "best_valid_score": float(result["best_valid_score"]),
         "best_epoch": result["best_epoch"],
         "epochs": len(history),
+        "wall_seconds": result["wall_seconds"],
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "peak_memory_mb": result["peak_memory_mb"],
@@ -101,14 +120,48 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
     }
 
 
-def _run_in_subprocess(model: str, dataset: str, config: dict, workdir: Path) -> dict:
+class Slots:
+    """At most ``n`` cells at once; waiting cells start in priority order (lowest first)."""
+
+    def __init__(self, n: int):
+        self.free, self.waiting, self.cond = n, [], threading.Condition()
+        self.counter = itertools.count()
+
+    def __call__(self, priority: tuple):
+        slots = self
+
+        class _Held:
+            def __enter__(self):
+                ticket = (priority, next(slots.counter))
+                with slots.cond:
+                    heapq.heappush(slots.waiting, ticket)
+                    slots.cond.wait_for(lambda: slots.free > 0 and slots.waiting[0] == ticket)
+                    heapq.heappop(slots.waiting)
+                    slots.free -= 1
+                    slots.cond.notify_all()
+
+            def __exit__(self, *exc):
+                with slots.cond:
+                    slots.free += 1
+                    slots.cond.notify_all()
+
+        return _Held()
+
+
+def _run_in_subprocess(model: str, dataset: str, config: dict, workdir: Path, threads: int | None = None) -> dict:
     request = json.dumps({"model": model, "dataset": dataset, "config": config})
+    env = dict(os.environ)
+    if threads:
+        # Parallel cells each get their share of the cores; oversubscribed OpenMP makes every cell slower.
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    started = time.time()
     out = subprocess.run([sys.executable, "-m", "recbole_mm.benchmark", "--cell", request],
-                         capture_output=True, text=True, cwd=workdir)
+                         capture_output=True, text=True, cwd=workdir, env=env)
+    timing = {"started": started, "finished": time.time(), "threads": threads}
     if out.returncode != 0:
         lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
-        return {"failed": lines[-1] if lines else f"exit status {out.returncode}"}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        return {"failed": lines[-1] if lines else f"exit status {out.returncode}", **timing}
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), **timing}
 
 
 # ---- the cache ------------------------------------------------------------------------------------
@@ -126,37 +179,87 @@ def update_cache(path: Path, key: str | None = None, value: dict | None = None) 
         return cells
 
 
-def run_dataset(plan: dict, dataset: str, out: Path, workdir: Path) -> dict:
-    """Run every missing cell of one dataset; returns label → {point, cells by seed}."""
-    cache = out / f"{dataset}.cells.json"
-    seeds = plan["seeds"]
-    chosen = {}
-    for label, run in plan["runs"].items():
-        points = grid_points(run)
-        for point in points:
-            _ensure(cache, label, run, point, seeds[0], plan, dataset, workdir)
+class Runner:
+    """Runs the missing cells of benchmark plans, ``jobs`` at a time, into the per-dataset caches."""
+
+    def __init__(self, out: Path, workdir: Path, jobs: int = 1):
+        self.out, self.workdir, self.jobs = out, workdir, max(1, jobs)
+        self.threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
+        self.slots = Slots(self.jobs)
+        self.print_lock = threading.Lock()
+
+    def run_label(self, plan: dict, dataset: str, label: str, priority: tuple) -> dict:
+        """Grid on the first seed, choose on validation, then the other seeds; the chosen entry."""
+        run, cache = plan["runs"][label], self.out / f"{dataset}.cells.json"
+        seeds, points = run_seeds(plan, run), grid_points(run)
+        self._ensure_all(cache, [(label, run, p, seeds[0]) for p in points], plan, dataset, priority)
         cells = update_cache(cache)
         scores = {json.dumps(p, sort_keys=True): cells[cell_key(label, p, seeds[0])] for p in points}
         ok = {p: c for p, c in scores.items() if "failed" not in c}
         # Grid selection on the validation score only (MMRec selects on test: its issue #64).
         best = max(ok, key=lambda p: ok[p]["best_valid_score"]) if ok else json.dumps(points[0], sort_keys=True)
         point = json.loads(best)
-        for seed in seeds[1:]:
-            _ensure(cache, label, run, point, seed, plan, dataset, workdir)
+        self._ensure_all(cache, [(label, run, point, s) for s in seeds[1:]], plan, dataset, priority)
         cells = update_cache(cache)
-        chosen[label] = {"point": point, "grid": run.get("grid"), "model": run["model"],
-                         "cells": [cells[cell_key(label, point, s)] for s in seeds]}
-    return chosen
+        return {"point": point, "grid": run.get("grid"), "model": run["model"], "seeds": seeds,
+                "cells": [cells[cell_key(label, point, s)] for s in seeds]}
+
+    def _ensure_all(self, cache: Path, todo: list, plan: dict, dataset: str, priority: tuple) -> None:
+        if self.jobs == 1:
+            for item in todo:
+                self._ensure(cache, *item, plan, dataset, priority)
+            return
+        threads = [threading.Thread(target=self._ensure, args=(cache, *item, plan, dataset, priority))
+                   for item in todo]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _ensure(self, cache: Path, label: str, run: dict, point: dict, seed: int, plan: dict, dataset: str,
+                priority: tuple) -> None:
+        key = cell_key(label, point, seed)
+        if key in update_cache(cache):
+            return
+        with self.slots(priority):
+            with self.print_lock:
+                print(f"[{dataset}] {label} {point or ''} seed {seed}", flush=True)
+            result = _run_in_subprocess(run["model"], dataset, cell_config(plan, run, point, seed), self.workdir,
+                                        self.threads)
+        update_cache(cache, key, result)
+
+    def run_plans(self, plans: list[dict]) -> dict:
+        """Every (dataset, label) of every plan; returns dataset → label → chosen entry, in plan order."""
+        tasks = []
+        for i, plan in enumerate(plans):
+            for dataset in plan["datasets"]:
+                for j, (label, run) in enumerate(plan["runs"].items()):
+                    # Runs with the plan's full seeds first; single-seed extras (ablations) after them.
+                    extra = len(run_seeds(plan, run)) < len(plan["seeds"])
+                    tasks.append((plan, dataset, label, (int(extra), i, j)))
+        results: dict = {}
+        if self.jobs == 1:
+            for plan, dataset, label, priority in tasks:
+                results[(dataset, label)] = self.run_label(plan, dataset, label, priority)
+        else:
+            def work(task):
+                plan, dataset, label, priority = task
+                results[(dataset, label)] = self.run_label(plan, dataset, label, priority)
+
+            threads = [threading.Thread(target=work, args=(task,)) for task in tasks]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        chosen: dict = {}
+        for plan, dataset, label, _ in tasks:
+            chosen.setdefault(dataset, {})[label] = results[(dataset, label)]
+        return chosen
 
 
-def _ensure(cache: Path, label: str, run: dict, point: dict, seed: int, plan: dict, dataset: str,
-            workdir: Path) -> None:
-    key = cell_key(label, point, seed)
-    if key in update_cache(cache):
-        return
-    print(f"[{dataset}] {label} {point or ''} seed {seed}", flush=True)
-    result = _run_in_subprocess(run["model"], dataset, cell_config(plan, run, point, seed), workdir)
-    update_cache(cache, key, result)
+def run_dataset(plan: dict, dataset: str, out: Path, workdir: Path, jobs: int = 1) -> dict:
+    """Run every missing cell of one dataset; returns label → {point, cells by seed}."""
+    return Runner(out, workdir, jobs).run_plans([{**plan, "datasets": [dataset]}])[dataset]
 
 
 # ---- reports --------------------------------------------------------------------------------------
@@ -188,14 +291,41 @@ def _cell(value, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images: list[str]) -> tuple[Path, Path]:
-    """``<dataset>.md`` and ``<dataset>.csv``; a failed run appears as failed with its error."""
+def wall_time(chosen: dict) -> tuple[float, float] | None:
+    """(elapsed from the first cell's start to the last cell's end, sum of the cells' times), seconds."""
+    cells = [c for e in chosen.values() for c in e["cells"] if "started" in c]
+    if not cells:
+        return None
+    elapsed = max(c["finished"] for c in cells) - min(c["started"] for c in cells)
+    return elapsed, sum(c["finished"] - c["started"] for c in cells)
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(round(seconds)), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images: list[str],
+                 command: str = "python -m recbole_mm.benchmark") -> tuple[Path, Path]:
+    """``<dataset>.md`` and ``<dataset>.csv``; a failed run appears as failed with its error.
+
+    ``<out>/<dataset>.notes.md``, when it exists, is appended to the markdown (hand-written reading of
+    the numbers; the numbers themselves all come from the cells)."""
     header = ["model", *[f"test {m}" for m in METRICS], "best epoch", "s/train epoch", "s/eval",
               "peak RSS MiB", "parameters", "seeds"]
     md = [f"# Benchmark on {dataset}", "",
-          f"Test metrics at the best-validation epoch, mean ± std over seeds {seeds}; generated by "
-          "`python -m recbole_mm.benchmark`. Grids are chosen on validation only.", "",
-          "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+          f"Test metrics at the best-validation epoch, mean ± std over seeds {seeds} (a row's own seeds where "
+          "it lists fewer); full ranking over all items, RecBole's evaluators. Grids are chosen on validation "
+          f"only. Generated by `{command}`; the exact config of every run is listed under Runs."]
+    timing = wall_time(chosen)
+    if timing:
+        threads = sorted({c.get("threads") for e in chosen.values() for c in e["cells"] if "started" in c},
+                         key=str)
+        md += ["", f"Wall time: {_duration(timing[0])} from the first run's start to the last run's end "
+                   f"({_duration(timing[1])} of runs in all; threads per run: "
+                   f"{', '.join('all' if t is None else str(t) for t in threads)}; {os.cpu_count()}-core machine). "
+                   "s/train epoch and s/eval are medians over epochs; peak RSS is the run's whole process."]
+    md += ["", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     rows = []
     for label, entry in chosen.items():
         row = summarize(entry["cells"])
@@ -210,15 +340,20 @@ def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images
                   + f" | {row['best_epoch']:.1f} | {_cell(row['train_seconds'], 2)} | {_cell(row['eval_seconds'], 2)}"
                   + f" | {row['peak_rss_mb']:.0f} | {row['parameters'] or '-'} | {values[-1]} |")
         rows.append([label, *[_cell(v) for v in values]])
-    md += ["", *[f"![{Path(i).stem}]({Path(i).name})" for i in images], "", "## Runs", ""]
+    md += ["", *[f"![{Path(i).stem}]({Path(i).name})" for i in images]]
+    notes = out / f"{dataset}.notes.md"
+    if notes.exists():
+        md += ["", notes.read_text().rstrip()]
+    md += ["", "## Runs", ""]
     for label, entry in chosen.items():
         grid = f", grid {entry['grid']} → chose {entry['point']} on validation" if entry["grid"] else ""
         md.append(f"- **{label}** (model {entry['model']}{grid})")
-        for seed, cell in zip(seeds, entry["cells"]):
+        for seed, cell in zip(entry.get("seeds", seeds), entry["cells"]):
             if "failed" in cell:
                 md.append(f"  - seed {seed}: failed: {cell['failed']}")
             else:
-                md.append(f"  - seed {seed}: config `{json.dumps(cell['config'], sort_keys=True, default=str)}`")
+                md.append(f"  - seed {seed}: valid {cell['best_valid_score']:.4f}, best epoch {cell['best_epoch']} "
+                          f"of {cell['epochs']}; config `{json.dumps(cell['config'], sort_keys=True, default=str)}`")
     md_path, csv_path = out / f"{dataset}.md", out / f"{dataset}.csv"
     md_path.write_text("\n".join(md) + "\n")
     with open(csv_path, "w", newline="") as f:
@@ -260,11 +395,12 @@ def plot_curves(dataset: str, chosen: dict, out: Path) -> Path | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m recbole_mm.benchmark", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--plan", help="yaml with datasets, seeds, runs (label → {model, overrides, grid})")
+    parser.add_argument("--plan", nargs="*", help="yaml files with datasets, seeds, runs (label → {model, overrides, grid, seeds})")
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--models", nargs="*", help="shorthand: one run per model, no overrides")
     parser.add_argument("--seeds", nargs="*", type=int)
     parser.add_argument("--epochs", type=int, help="cap epochs (smoke runs)")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at a time, each with cores/jobs threads")
     parser.add_argument("--out", default="results")
     parser.add_argument("--longtail", action="store_true", help="also chart per-popularity-group metrics")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print its JSON
@@ -273,11 +409,12 @@ def main(argv: list[str] | None = None) -> None:
         request = json.loads(args.cell)
         print(json.dumps(run_cell(request["model"], request["dataset"], request["config"]), default=str))
         return
-    plan = load_plan(args)
+    plans = [load_plan(args, path) for path in args.plan] if args.plan else [load_plan(args)]
+    command = shlex.join(["python", "-m", "recbole_mm.benchmark", *(sys.argv[1:] if argv is None else argv)])
     out = Path(args.out).resolve()
-    workdir = Path.cwd()
-    for dataset in plan["datasets"]:
-        chosen = run_dataset(plan, dataset, out, workdir)
+    chosen_by_dataset = Runner(out, Path.cwd(), args.jobs).run_plans(plans)
+    for dataset, chosen in chosen_by_dataset.items():
+        seeds = next(p["seeds"] for p in plans if dataset in p["datasets"])
         images = [p for p in [plot_curves(dataset, chosen, out)] if p]
         if args.longtail:
             from recbole_mm.analysis import longtail, write_report
@@ -286,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
             if first:
                 report = [longtail(cell["checkpoint"], label=label) for label, cell in first.items()]
                 images.append(write_report(report, str(out / f"{dataset}-longtail"))[1])
-        md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images])
+        md, _ = write_tables(dataset, chosen, seeds, out, [str(i) for i in images], command)
         print(f"wrote {md}")
 
 

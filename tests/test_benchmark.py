@@ -25,7 +25,7 @@ def fake_cell(valid: float, test: float) -> dict:
 def test_grid_is_chosen_on_validation_and_cells_are_resumable(tmp_path, monkeypatch):
     calls = []
 
-    def fake_run(model, dataset, config, workdir):
+    def fake_run(model, dataset, config, workdir, threads=None):
         calls.append((model, config["reg_weight"], config["seed"]))
         # reg 0.1 is best on validation, reg 0.0 would be best on test: validation must win.
         return fake_cell(valid=0.3 if config["reg_weight"] == 0.1 else 0.2,
