@@ -127,7 +127,7 @@ class Slots:
         self.free, self.waiting, self.cond = n, [], threading.Condition()
         self.counter = itertools.count()
 
-    def __call__(self, priority: tuple):
+    def __call__(self, priority: tuple, on_queued=None):
         slots = self
 
         class _Held:
@@ -135,6 +135,9 @@ class Slots:
                 ticket = (priority, next(slots.counter))
                 with slots.cond:
                     heapq.heappush(slots.waiting, ticket)
+                    if on_queued:
+                        on_queued()
+                    slots.cond.notify_all()
                     slots.cond.wait_for(lambda: slots.free > 0 and slots.waiting[0] == ticket)
                     heapq.heappop(slots.waiting)
                     slots.free -= 1
@@ -192,27 +195,43 @@ class Runner:
         """Grid on the first seed, choose on validation, then the other seeds; the chosen entry."""
         run, cache = plan["runs"][label], self.out / f"{dataset}.cells.json"
         seeds, points = run_seeds(plan, run), grid_points(run)
-        self._ensure_all(cache, [(label, run, p, seeds[0]) for p in points], plan, dataset, priority)
+        if len(points) == 1:  # nothing to choose: every seed can start at once
+            self._ensure_all(cache, [(label, run, points[0], s) for s in seeds], plan, dataset, priority)
+            self._submitted(priority)
+        else:
+            self._ensure_all(cache, [(label, run, p, seeds[0]) for p in points], plan, dataset, priority)
         cells = update_cache(cache)
         scores = {json.dumps(p, sort_keys=True): cells[cell_key(label, p, seeds[0])] for p in points}
         ok = {p: c for p, c in scores.items() if "failed" not in c}
         # Grid selection on the validation score only (MMRec selects on test: its issue #64).
         best = max(ok, key=lambda p: ok[p]["best_valid_score"]) if ok else json.dumps(points[0], sort_keys=True)
         point = json.loads(best)
-        self._ensure_all(cache, [(label, run, point, s) for s in seeds[1:]], plan, dataset, priority)
+        if len(points) > 1:
+            self._ensure_all(cache, [(label, run, point, s) for s in seeds[1:]], plan, dataset, priority,
+                             submitted=True)
         cells = update_cache(cache)
         return {"point": point, "grid": run.get("grid"), "model": run["model"], "seeds": seeds,
                 "cells": [cells[cell_key(label, point, s)] for s in seeds]}
 
-    def _ensure_all(self, cache: Path, todo: list, plan: dict, dataset: str, priority: tuple) -> None:
-        if self.jobs == 1:
-            for item in todo:
-                self._ensure(cache, *item, plan, dataset, priority)
-            return
+    def _submitted(self, priority: tuple) -> None:
+        """A full-seed run has queued its last cells: once all have, single-seed extras may start."""
+        if not priority[0]:
+            with self.slots.cond:
+                self.mains_left -= 1
+                self.slots.cond.notify_all()
+
+    def _ensure_all(self, cache: Path, todo: list, plan: dict, dataset: str, priority: tuple,
+                    submitted: bool = False) -> None:
         threads = [threading.Thread(target=self._ensure, args=(cache, *item, plan, dataset, priority))
                    for item in todo]
         for t in threads:
             t.start()
+        if submitted:
+            # Wait until those cells are queued (or skipped) before letting extras in behind them.
+            with self.slots.cond:  # a thread that found its cell cached ends without a notify: poll
+                while not all(not t.is_alive() or t.ident in self.queued for t in threads):
+                    self.slots.cond.wait(0.05)
+            self._submitted(priority)
         for t in threads:
             t.join()
 
@@ -221,7 +240,10 @@ class Runner:
         key = cell_key(label, point, seed)
         if key in update_cache(cache):
             return
-        with self.slots(priority):
+        if priority[0]:  # an extra: not before every full-seed run has queued all its cells
+            with self.slots.cond:
+                self.slots.cond.wait_for(lambda: self.mains_left == 0)
+        with self.slots(priority, on_queued=lambda: self.queued.add(threading.get_ident())):
             with self.print_lock:
                 print(f"[{dataset}] {label} {point or ''} seed {seed}", flush=True)
             result = _run_in_subprocess(run["model"], dataset, cell_config(plan, run, point, seed), self.workdir,
@@ -230,27 +252,25 @@ class Runner:
 
     def run_plans(self, plans: list[dict]) -> dict:
         """Every (dataset, label) of every plan; returns dataset → label → chosen entry, in plan order."""
-        tasks = []
+        tasks, self.queued = [], set()
         for i, plan in enumerate(plans):
             for dataset in plan["datasets"]:
                 for j, (label, run) in enumerate(plan["runs"].items()):
                     # Runs with the plan's full seeds first; single-seed extras (ablations) after them.
                     extra = len(run_seeds(plan, run)) < len(plan["seeds"])
                     tasks.append((plan, dataset, label, (int(extra), i, j)))
+        self.mains_left = sum(1 for task in tasks if not task[3][0])
         results: dict = {}
-        if self.jobs == 1:
-            for plan, dataset, label, priority in tasks:
-                results[(dataset, label)] = self.run_label(plan, dataset, label, priority)
-        else:
-            def work(task):
-                plan, dataset, label, priority = task
-                results[(dataset, label)] = self.run_label(plan, dataset, label, priority)
 
-            threads = [threading.Thread(target=work, args=(task,)) for task in tasks]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+        def work(task):
+            plan, dataset, label, priority = task
+            results[(dataset, label)] = self.run_label(plan, dataset, label, priority)
+
+        threads = [threading.Thread(target=work, args=(task,)) for task in tasks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
         chosen: dict = {}
         for plan, dataset, label, _ in tasks:
             chosen.setdefault(dataset, {})[label] = results[(dataset, label)]
