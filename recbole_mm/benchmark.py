@@ -6,8 +6,8 @@
 A plan (yaml) names ``datasets``, ``seeds`` and ``runs``: label → ``{model: NAME, <config overrides>,
 grid: {key: [values, ...]}, seeds: [...]}`` (a run's own ``seeds`` replace the plan's, e.g. one seed for
 ablations). Each cell (dataset, label, grid point, seed) runs in a fresh process, its result is cached
-in ``<out>/<dataset>.cells.json`` (a rerun skips finished cells; a failed cell is recorded with its
-error, not dropped). A grid is searched with the first seed and its point chosen by the best
+in ``<out>/<dataset>.cells.json`` (a rerun skips finished cells and tries failed ones again; a failed
+cell is reported with its error, not dropped). A grid is searched with the first seed and its point chosen by the best
 **validation** score; the remaining seeds then run that point. ``--jobs N`` runs N cells at a time,
 each with cores/N threads (full-seed runs before single-seed extras). Writes
 ``<out>/<dataset>.md`` / ``.csv`` (test metrics at the best-validation epoch, mean ± std over seeds,
@@ -229,7 +229,7 @@ class Runner:
         if submitted:
             # Wait until those cells are queued (or skipped) before letting extras in behind them.
             with self.slots.cond:  # a thread that found its cell cached ends without a notify: poll
-                while not all(not t.is_alive() or t.ident in self.queued for t in threads):
+                while not all(not t.is_alive() or t in self.queued for t in threads):
                     self.slots.cond.wait(0.05)
             self._submitted(priority)
         for t in threads:
@@ -238,12 +238,12 @@ class Runner:
     def _ensure(self, cache: Path, label: str, run: dict, point: dict, seed: int, plan: dict, dataset: str,
                 priority: tuple) -> None:
         key = cell_key(label, point, seed)
-        if key in update_cache(cache):
-            return
+        if "failed" not in update_cache(cache).get(key, {"failed": "not run"}):
+            return  # finished; a failed cell is tried again (its error may have been transient or fixed)
         if priority[0]:  # an extra: not before every full-seed run has queued all its cells
             with self.slots.cond:
                 self.slots.cond.wait_for(lambda: self.mains_left == 0)
-        with self.slots(priority, on_queued=lambda: self.queued.add(threading.get_ident())):
+        with self.slots(priority, on_queued=lambda: self.queued.add(threading.current_thread())):
             with self.print_lock:
                 print(f"[{dataset}] {label} {point or ''} seed {seed}", flush=True)
             result = _run_in_subprocess(run["model"], dataset, cell_config(plan, run, point, seed), self.workdir,

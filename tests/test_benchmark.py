@@ -39,6 +39,18 @@ def test_grid_is_chosen_on_validation_and_cells_are_resumable(tmp_path, monkeypa
     benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
     assert len(calls) == 4  # a rerun skips finished cells
 
+    def failing_run(model, dataset, config, workdir, threads=None):
+        calls.append((model, config["reg_weight"], config["seed"]))
+        return {"failed": "RuntimeError: out of memory"}
+
+    monkeypatch.setattr(benchmark, "_run_in_subprocess", failing_run)
+    plan["seeds"] = [1, 2, 3, 4]
+    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    assert calls[4:] == [("M", 0.1, 4)] and chosen["M"]["cells"][3] == {"failed": "RuntimeError: out of memory"}
+    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
+    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    assert calls[5:] == [("M", 0.1, 4)] and "failed" not in chosen["M"]["cells"][3]  # a failed cell is retried
+
 
 def test_table_writer_reports_failed_runs_and_mean_std(tmp_path):
     chosen = {
