@@ -13,7 +13,8 @@ each with cores/N threads (full-seed runs before single-seed extras). Writes
 ``<out>/<dataset>.md`` / ``.csv`` (test metrics at the best-validation epoch, mean ± std over seeds,
 best epoch, seconds per training epoch and per evaluation, peak memory, parameter count, the exact
 config of every run), ``<dataset>-curves.png`` (loss and valid score per epoch) and, with
-``--longtail``, ``<dataset>-longtail.png`` (per-popularity-group metrics of each run's first seed).
+``--longtail``, ``<dataset>-longtail.png`` (per-popularity-group metrics of each run's first seed; a
+plan's ``longtail: [label, ...]`` charts only those runs).
 """
 
 from __future__ import annotations
@@ -66,6 +67,10 @@ def load_plan(args: argparse.Namespace, path: str | None = None) -> dict:
     for label, run in plan["runs"].items():
         if not isinstance(run, dict) or "model" not in run:
             raise RecBoleMMError(f"benchmark plan {path or ''}: run '{label}' needs a model, e.g. {{model: GUME}}")
+    unknown = [label for label in plan.get("longtail") or [] if label not in plan["runs"]]
+    if unknown:
+        raise RecBoleMMError(f"benchmark plan {path or ''}: longtail names {unknown}, which are not among its runs "
+                             f"{list(plan['runs'])}")
     return plan
 
 
@@ -434,16 +439,18 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out).resolve()
     chosen_by_dataset = Runner(out, Path.cwd(), args.jobs).run_plans(plans)
     for dataset, chosen in chosen_by_dataset.items():
-        seeds = next(p["seeds"] for p in plans if dataset in p["datasets"])
+        plan = next(p for p in plans if dataset in p["datasets"])
         images = [p for p in [plot_curves(dataset, chosen, out)] if p]
         if args.longtail:
             from recbole_mm.analysis import longtail, write_report
 
-            first = {label: e["cells"][0] for label, e in chosen.items() if "failed" not in e["cells"][0]}
+            charted = plan.get("longtail") or list(chosen)  # a plan may chart a subset of its runs
+            first = {label: chosen[label]["cells"][0] for label in charted
+                     if label in chosen and "failed" not in chosen[label]["cells"][0]}
             if first:
                 report = [longtail(cell["checkpoint"], label=label) for label, cell in first.items()]
                 images.append(write_report(report, str(out / f"{dataset}-longtail"))[1])
-        md, _ = write_tables(dataset, chosen, seeds, out, [str(i) for i in images], command)
+        md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images], command)
         print(f"wrote {md}")
 
 

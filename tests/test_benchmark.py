@@ -151,3 +151,22 @@ def test_slots_start_waiting_cells_in_priority_order():
     for t in [first, *waiters]:
         t.join()
     assert order == [(1,), (2,), (3,)]
+
+
+def test_plan_errors_name_the_file_and_the_fix(tmp_path):
+    import argparse
+
+    import pytest
+
+    from recbole_mm.errors import RecBoleMMError
+
+    args = argparse.Namespace(datasets=None, seeds=None, models=None, epochs=None)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"datasets": ["d"], "runs": {"A": {"model": "BPR"}}, "longtail": ["B"]}))
+    with pytest.raises(RecBoleMMError, match=r"bad.yaml: longtail names \['B'\]"):
+        benchmark.load_plan(args, str(bad))
+    bad.write_text(yaml.safe_dump({"datasets": ["d"], "runs": {"A": {"lr": 1}}}))
+    with pytest.raises(RecBoleMMError, match="run 'A' needs a model"):
+        benchmark.load_plan(args, str(bad))
+    with pytest.raises(RecBoleMMError, match="missing.yaml"):
+        benchmark.load_plan(args, str(tmp_path / "missing.yaml"))
