@@ -201,8 +201,8 @@ class Runner:
         run, cache = plan["runs"][label], self.out / f"{dataset}.cells.json"
         seeds, points = run_seeds(plan, run), grid_points(run)
         if len(points) == 1:  # nothing to choose: every seed can start at once
-            self._ensure_all(cache, [(label, run, points[0], s) for s in seeds], plan, dataset, priority)
-            self._submitted(priority)
+            self._ensure_all(cache, [(label, run, points[0], s) for s in seeds], plan, dataset, priority,
+                             submitted=True)
         else:
             self._ensure_all(cache, [(label, run, p, seeds[0]) for p in points], plan, dataset, priority)
         cells = update_cache(cache)

@@ -170,3 +170,22 @@ def test_plan_errors_name_the_file_and_the_fix(tmp_path):
         benchmark.load_plan(args, str(bad))
     with pytest.raises(RecBoleMMError, match="missing.yaml"):
         benchmark.load_plan(args, str(tmp_path / "missing.yaml"))
+
+
+def test_extras_fill_a_free_worker_while_the_last_full_seed_run_is_still_running(tmp_path, monkeypatch):
+    import time
+
+    spans = {}
+
+    def fake_run(model, dataset, config, workdir, threads=None):
+        started = time.time()
+        time.sleep(0.6 if model == "Long" else 0.05)
+        spans[(model, config["seed"])] = (started, time.time())
+        return fake_cell(valid=0.2, test=0.1)
+
+    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
+    plan = {"datasets": ["d"], "seeds": [1, 2],
+            "runs": {"Long": {"model": "Long", "seeds": [1, 2]}, "Extra": {"model": "Extra", "seeds": [1]}}}
+    benchmark.Runner(tmp_path, tmp_path, jobs=3).run_plans([plan])
+    # Both Long cells are queued at once, so the third worker takes the extra without waiting for them.
+    assert spans[("Extra", 1)][0] < min(spans[("Long", 1)][1], spans[("Long", 2)][1])
