@@ -297,7 +297,8 @@ def summarize(cells: list[dict]) -> dict:
     for metric in METRICS:
         values = [c["test"][metric] for c in ok if metric in c["test"]]
         if values:
-            row[metric] = (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0)
+            # One seed has no spread: its value alone, not a misleading "± 0".
+            row[metric] = (statistics.mean(values), statistics.stdev(values)) if len(values) > 1 else values[0]
     row["best_epoch"] = statistics.mean(c["best_epoch"] or 0 for c in ok)
     row["train_seconds"] = statistics.median(c["train_seconds"] for c in ok if c["train_seconds"] is not None)
     evals = [c["eval_seconds"] for c in ok if c["eval_seconds"] is not None]

@@ -57,9 +57,11 @@ def test_table_writer_reports_failed_runs_and_mean_std(tmp_path):
         "good": {"model": "A", "grid": None, "point": {}, "cells": [fake_cell(0.2, 0.1), fake_cell(0.2, 0.3)]},
         "broken": {"model": "B", "grid": None, "point": {}, "cells": [{"failed": "DataError: x.npy missing"}] * 2},
     }
+    chosen["single"] = {"model": "A", "grid": None, "point": {}, "seeds": [1], "cells": [fake_cell(0.2, 0.1)]}
     md, csv_path = benchmark.write_tables("d", chosen, [1, 2], tmp_path, [])
     text = md.read_text()
     assert "| good | " in text and "0.2000 ± 0.1414" in text  # recall@20 mean ± sample std of 0.1, 0.3
+    assert "| single | - | 0.1000 | - | 0.0500 |" in text  # one seed: its value, no "± 0"
     assert "| broken | failed: DataError: x.npy missing |" in text
     rows = list(csv.reader(open(csv_path)))
     assert rows[2][:2] == ["broken", "failed: DataError: x.npy missing"]
