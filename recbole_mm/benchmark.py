@@ -400,18 +400,26 @@ def plot_curves(dataset: str, chosen: dict, out: Path) -> Path | None:
     runs = {label: cells for label, cells in runs.items() if cells}
     if not runs:
         return None
-    fig, axes = plt.subplots(2, len(runs), figsize=(3.2 * len(runs), 5.2), squeeze=False)
+    # Wrapped into lines of at most 5 runs, each run a loss panel above its valid-score panel.
+    cols = min(5, len(runs))
+    lines = -(-len(runs) // cols)
+    fig, axes = plt.subplots(2 * lines, cols, figsize=(3.2 * cols, 2.7 * 2 * lines), squeeze=False)
     for j, (label, cells) in enumerate(runs.items()):
+        loss_ax, valid_ax = axes[2 * (j // cols)][j % cols], axes[2 * (j // cols) + 1][j % cols]
         for cell in cells:
             epochs = [h["epoch"] for h in cell["history"]]
             seed = f"seed {cell['config'].get('seed')}"
-            axes[0][j].plot(epochs, [h["train_loss"] for h in cell["history"]], lw=1, label=seed)
-            axes[1][j].plot(epochs, [h.get("valid_score") for h in cell["history"]], lw=1, label=seed)
-        axes[0][j].set_title(label, fontsize=9)
-        axes[1][j].set_xlabel("epoch")
+            loss_ax.plot(epochs, [h["train_loss"] for h in cell["history"]], lw=1, label=seed)
+            valid_ax.plot(epochs, [h.get("valid_score") for h in cell["history"]], lw=1, label=seed)
+        loss_ax.set_title(label, fontsize=9)
+        valid_ax.set_xlabel("epoch")
+        if j % cols == 0:
+            loss_ax.set_ylabel("training loss")
+            valid_ax.set_ylabel("valid score")
+    for j in range(len(runs), lines * cols):  # the empty places of the last line
+        axes[2 * (j // cols)][j % cols].set_visible(False)
+        axes[2 * (j // cols) + 1][j % cols].set_visible(False)
     axes[0][0].legend(fontsize=7)
-    axes[0][0].set_ylabel("training loss")
-    axes[1][0].set_ylabel("valid score")
     fig.tight_layout()
     path = out / f"{dataset}-curves.png"
     fig.savefig(path, dpi=110)
