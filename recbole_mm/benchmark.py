@@ -215,8 +215,9 @@ class Runner:
             self._ensure_all(cache, [(label, run, point, s) for s in seeds[1:]], plan, dataset, priority,
                              submitted=True)
         cells = update_cache(cache)
+        tried = [cells[cell_key(label, p, seeds[0])] for p in points if p != point]
         return {"point": point, "grid": run.get("grid"), "model": run["model"], "seeds": seeds,
-                "cells": [cells[cell_key(label, point, s)] for s in seeds]}
+                "cells": [cells[cell_key(label, point, s)] for s in seeds], "grid_cells": tried}
 
     def _submitted(self, priority: tuple) -> None:
         """A full-seed run has queued its last cells: once all have, single-seed extras may start."""
@@ -318,8 +319,9 @@ def _cell(value, digits: int = 4) -> str:
 
 
 def wall_time(chosen: dict) -> tuple[float, float] | None:
-    """(elapsed from the first cell's start to the last cell's end, sum of the cells' times), seconds."""
-    cells = [c for e in chosen.values() for c in e["cells"] if "started" in c]
+    """(elapsed from the first cell's start to the last cell's end, sum of the cells' times), seconds;
+    the grid points that were not chosen count too."""
+    cells = [c for e in chosen.values() for c in e["cells"] + e.get("grid_cells", []) if "started" in c]
     if not cells:
         return None
     elapsed = max(c["finished"] for c in cells) - min(c["started"] for c in cells)
