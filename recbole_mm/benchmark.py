@@ -20,6 +20,7 @@ plan's ``longtail: [label, ...]`` charts only those runs).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import fcntl
 import heapq
@@ -114,7 +115,6 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
         "best_valid_score": float(result["best_valid_score"]),
         "best_epoch": result["best_epoch"],
         "epochs": len(history),
-        "wall_seconds": result["wall_seconds"],
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "peak_memory_mb": result["peak_memory_mb"],
@@ -126,34 +126,37 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
 
 
 class Slots:
-    """At most ``n`` cells at once; waiting cells start in priority order (lowest first)."""
+    """At most ``n`` cells at once; queued cells start in priority order (lowest first).
+
+    Queueing (``enqueue``) is separate from waiting for a slot (``hold``), so that a driver can queue
+    all of a run's cells before it tells lower-priority work that the run has nothing more to queue."""
 
     def __init__(self, n: int):
         self.free, self.waiting, self.cond = n, [], threading.Condition()
         self.counter = itertools.count()
 
-    def __call__(self, priority: tuple, on_queued=None):
-        slots = self
+    def enqueue(self, priority: tuple) -> tuple:
+        """A ticket in the queue, to be passed to :meth:`hold`."""
+        ticket = (priority, next(self.counter))
+        with self.cond:
+            heapq.heappush(self.waiting, ticket)
+            self.cond.notify_all()
+        return ticket
 
-        class _Held:
-            def __enter__(self):
-                ticket = (priority, next(slots.counter))
-                with slots.cond:
-                    heapq.heappush(slots.waiting, ticket)
-                    if on_queued:
-                        on_queued()
-                    slots.cond.notify_all()
-                    slots.cond.wait_for(lambda: slots.free > 0 and slots.waiting[0] == ticket)
-                    heapq.heappop(slots.waiting)
-                    slots.free -= 1
-                    slots.cond.notify_all()
-
-            def __exit__(self, *exc):
-                with slots.cond:
-                    slots.free += 1
-                    slots.cond.notify_all()
-
-        return _Held()
+    @contextlib.contextmanager
+    def hold(self, ticket: tuple):
+        """Wait until the ticket is first in the queue and a slot is free; hold the slot meanwhile."""
+        with self.cond:
+            self.cond.wait_for(lambda: self.free > 0 and self.waiting[0] == ticket)
+            heapq.heappop(self.waiting)
+            self.free -= 1
+            self.cond.notify_all()
+        try:
+            yield
+        finally:
+            with self.cond:
+                self.free += 1
+                self.cond.notify_all()
 
 
 def _run_in_subprocess(model: str, dataset: str, config: dict, workdir: Path, threads: int | None = None) -> dict:
@@ -163,7 +166,7 @@ def _run_in_subprocess(model: str, dataset: str, config: dict, workdir: Path, th
         # Parallel cells each get their share of the cores; oversubscribed OpenMP makes every cell slower.
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     started = time.time()
-    out = subprocess.run([sys.executable, "-m", "recbole_mm.benchmark", "--cell", request],
+    out = subprocess.run([sys.executable, "-m", "recbole_mm.benchmark", "--cell", request], check=False,
                          capture_output=True, text=True, cwd=workdir, env=env)
     timing = {"started": started, "finished": time.time(), "threads": threads}
     if out.returncode != 0:
@@ -201,8 +204,7 @@ class Runner:
         run, cache = plan["runs"][label], self.out / f"{dataset}.cells.json"
         seeds, points = run_seeds(plan, run), grid_points(run)
         if len(points) == 1:  # nothing to choose: every seed can start at once
-            self._ensure_all(cache, [(label, run, points[0], s) for s in seeds], plan, dataset, priority,
-                             submitted=True)
+            self._ensure_all(cache, [(label, run, points[0], s) for s in seeds], plan, dataset, priority, last=True)
         else:
             self._ensure_all(cache, [(label, run, p, seeds[0]) for p in points], plan, dataset, priority)
         cells = update_cache(cache)
@@ -212,53 +214,45 @@ class Runner:
         best = max(ok, key=lambda p: ok[p]["best_valid_score"]) if ok else json.dumps(points[0], sort_keys=True)
         point = json.loads(best)
         if len(points) > 1:
-            self._ensure_all(cache, [(label, run, point, s) for s in seeds[1:]], plan, dataset, priority,
-                             submitted=True)
+            self._ensure_all(cache, [(label, run, point, s) for s in seeds[1:]], plan, dataset, priority, last=True)
         cells = update_cache(cache)
         tried = [cells[cell_key(label, p, seeds[0])] for p in points if p != point]
         return {"point": point, "grid": run.get("grid"), "model": run["model"], "seeds": seeds,
                 "cells": [cells[cell_key(label, point, s)] for s in seeds], "grid_cells": tried}
 
-    def _submitted(self, priority: tuple) -> None:
-        """A full-seed run has queued its last cells: once all have, single-seed extras may start."""
-        if not priority[0]:
-            with self.slots.cond:
+    def _ensure_all(self, cache: Path, todo: list, plan: dict, dataset: str, priority: tuple,
+                    last: bool = False) -> None:
+        """Run the cells of ``todo`` that are not finished (a failed cell is tried again: its error may
+        have been transient or fixed). ``last``: these are the run's final cells."""
+        cached = update_cache(cache)
+        missing = [item for item in todo if "failed" in cached.get(cell_key(item[0], item[2], item[3]), {"failed": ""})]
+        extra = bool(priority[0])
+        with self.slots.cond:
+            if extra:  # not before every full-seed run has queued all its cells
+                self.slots.cond.wait_for(lambda: self.mains_left == 0)
+            tickets = [self.slots.enqueue(priority) for _ in missing]
+            if last and not extra:
                 self.mains_left -= 1
                 self.slots.cond.notify_all()
-
-    def _ensure_all(self, cache: Path, todo: list, plan: dict, dataset: str, priority: tuple,
-                    submitted: bool = False) -> None:
-        threads = [threading.Thread(target=self._ensure, args=(cache, *item, plan, dataset, priority))
-                   for item in todo]
+        threads = [threading.Thread(target=self._run, args=(cache, ticket, *item, plan, dataset))
+                   for ticket, item in zip(tickets, missing)]
         for t in threads:
             t.start()
-        if submitted:
-            # Wait until those cells are queued (or skipped) before letting extras in behind them.
-            with self.slots.cond:  # a thread that found its cell cached ends without a notify: poll
-                while not all(not t.is_alive() or t in self.queued for t in threads):
-                    self.slots.cond.wait(0.05)
-            self._submitted(priority)
         for t in threads:
             t.join()
 
-    def _ensure(self, cache: Path, label: str, run: dict, point: dict, seed: int, plan: dict, dataset: str,
-                priority: tuple) -> None:
-        key = cell_key(label, point, seed)
-        if "failed" not in update_cache(cache).get(key, {"failed": "not run"}):
-            return  # finished; a failed cell is tried again (its error may have been transient or fixed)
-        if priority[0]:  # an extra: not before every full-seed run has queued all its cells
-            with self.slots.cond:
-                self.slots.cond.wait_for(lambda: self.mains_left == 0)
-        with self.slots(priority, on_queued=lambda: self.queued.add(threading.current_thread())):
+    def _run(self, cache: Path, ticket: tuple, label: str, run: dict, point: dict, seed: int, plan: dict,
+             dataset: str) -> None:
+        with self.slots.hold(ticket):
             with self.print_lock:
                 print(f"[{dataset}] {label} {point or ''} seed {seed}", flush=True)
             result = _run_in_subprocess(run["model"], dataset, cell_config(plan, run, point, seed), self.workdir,
                                         self.threads)
-        update_cache(cache, key, result)
+        update_cache(cache, cell_key(label, point, seed), result)
 
     def run_plans(self, plans: list[dict]) -> dict:
         """Every (dataset, label) of every plan; returns dataset → label → chosen entry, in plan order."""
-        tasks, self.queued = [], set()
+        tasks = []
         for i, plan in enumerate(plans):
             for dataset in plan["datasets"]:
                 for j, (label, run) in enumerate(plan["runs"].items()):
@@ -329,7 +323,7 @@ def wall_time(chosen: dict) -> tuple[float, float] | None:
 
 
 def _duration(seconds: float) -> str:
-    hours, rest = divmod(int(round(seconds)), 3600)
+    hours, rest = divmod(round(seconds), 3600)
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
@@ -342,17 +336,17 @@ def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images
     header = ["model", *[f"test {m}" for m in METRICS], "best epoch", "s/train epoch", "s/eval",
               "peak RSS MiB", "parameters", "seeds"]
     md = [f"# Benchmark on {dataset}", "",
-          f"Test metrics at the best-validation epoch, mean ± std over seeds {seeds} (a row's own seeds where "
+          (f"Test metrics at the best-validation epoch, mean ± std over seeds {seeds} (a row's own seeds where "
           "it lists fewer); full ranking over all items, RecBole's evaluators. Grids are chosen on validation "
-          f"only. Generated by `{command}`; the exact config of every run is listed under Runs."]
+          f"only. Generated by `{command}`; the exact config of every run is listed under Runs.")]
     timing = wall_time(chosen)
     if timing:
         threads = sorted({c.get("threads") for e in chosen.values() for c in e["cells"] if "started" in c},
                          key=str)
-        md += ["", f"Wall time: {_duration(timing[0])} from the first run's start to the last run's end "
+        md += ["", (f"Wall time: {_duration(timing[0])} from the first run's start to the last run's end "
                    f"({_duration(timing[1])} of runs in all; threads per run: "
                    f"{', '.join('all' if t is None else str(t) for t in threads)}; {os.cpu_count()}-core machine). "
-                   "s/train epoch and s/eval are medians over epochs; peak RSS is the run's whole process."]
+                   "s/train epoch and s/eval are medians over epochs; peak RSS is the run's whole process.")]
     md += ["", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     rows = []
     for label, entry in chosen.items():

@@ -139,21 +139,21 @@ def test_slots_start_waiting_cells_in_priority_order():
     slots, order = benchmark.Slots(1), []
     gate = threading.Event()
 
-    def holder():
-        with slots((0,)):
+    def holder(ticket):
+        with slots.hold(ticket):
             gate.wait()
 
-    first = threading.Thread(target=holder)
+    def waiter(ticket, priority):
+        with slots.hold(ticket):
+            order.append(priority)
+
+    first = threading.Thread(target=holder, args=(slots.enqueue((0,)),))
     first.start()
     while slots.free:
         pass
-    waiters = []
-    for priority in [(2,), (1,), (3,)]:
-        t = threading.Thread(target=lambda p=priority: (slots(p).__enter__(), order.append(p), slots(p).__exit__()))
+    waiters = [threading.Thread(target=waiter, args=(slots.enqueue(p), p)) for p in [(2,), (1,), (3,)]]
+    for t in waiters:
         t.start()
-        waiters.append(t)
-        while len(slots.waiting) < len(waiters):
-            pass
     gate.set()
     for t in [first, *waiters]:
         t.join()
