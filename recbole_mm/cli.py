@@ -32,6 +32,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dataset", "-d", default="tiktok", help="dataset name, e.g. tiktok, amazon-baby")
     parser.add_argument("--config_files", default=None,
                         help="extra yaml files, separated by spaces or commas (later ones win)")
+    # RecBole's multi-process keys (RecBole's own run() takes them as arguments, not from the config).
+    distributed = parser.add_argument_group("multi-process runs (torch.distributed: gloo on CPU, nccl on GPUs)")
+    distributed.add_argument("--nproc", default="1", help="processes on this machine (default 1)")
+    distributed.add_argument("--world_size", default="-1", help="processes on all machines (default: nproc)")
+    distributed.add_argument("--ip", default="localhost", help="address of the machine that runs rank 0")
+    distributed.add_argument("--port", default="5678", help="a free TCP port on that machine")
+    distributed.add_argument("--offset", default="0", help="global rank of this machine's first process")
     args, rest = parser.parse_known_args(argv)
     unusable = [a for a in rest if not _KEY_VALUE.match(a)]
     if unusable:
@@ -67,11 +74,15 @@ def format_results(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``run_recbole_mm.py``; RecBole reads ``--key=value`` options from ``sys.argv``."""
-    from recbole_mm.quick_start import run_recbole
+    from recbole_mm.quick_start import run
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     config_files = re.split(r"[,\s]+", args.config_files.strip()) if args.config_files else None
-    result = run_recbole(model=args.model, dataset=args.dataset, config_file_list=config_files)
+    result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, nproc=args.nproc,
+                 world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.offset)
+    if result is None:
+        raise RecBoleMMError("no process on this machine returned results; see the log of local rank 0")
     config = result["config"]
-    print(f"\n{config['model']} on {config['dataset']} — test metrics at the best validation epoch")
+    processes = "" if config["single_spec"] else f" ({config['world_size']} processes)"
+    print(f"\n{config['model']} on {config['dataset']}{processes} — test metrics at the best validation epoch")
     print(format_results(result))

@@ -283,6 +283,11 @@ def _install_distributed() -> None:
         self.model = model
         if not config["single_spec"]:
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # recbole_mm's models keep data-derived buffers (features, sparse graphs) out of DDP's
+            # broadcasts; they are made equal on every rank here, once (MultiModalRecommender).
+            broadcast_data_buffers = getattr(self.model, "broadcast_data_buffers", None)
+            if broadcast_data_buffers is not None:
+                broadcast_data_buffers()
             on_cuda = config["device"].type == "cuda"
             self.distributed_model = DistributedDataParallel(
                 self.model, device_ids=[config["local_rank"]] if on_cuda else None

@@ -4,10 +4,13 @@ They differ from RecBole's in three ways: general models read their data through
 :class:`~recbole_mm.data.MultiModalDataset` (MMRec layout and item features), the dataset and its
 feature files are validated before anything is written (log, checkpoint), and training runs on
 recbole_mm's :class:`~recbole_mm.trainer.Trainer`, which records the best epoch and timings.
+:func:`run` is RecBole's multi-process entry point (``nproc``, ``world_size``, ``ip``, ``port``,
+``group_offset``) with :func:`run_recbole` in every process.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from logging import getLogger
 from time import perf_counter
@@ -22,6 +25,7 @@ from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_s
 from recbole_mm.checkpoint import load_checkpoint
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.data.protocol import apply_protocol
+from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.registry import canonical_model_name
 from recbole_mm.trainer import Trainer
@@ -74,9 +78,56 @@ def _load_checked_dataset(config: Config):
     return dataset
 
 
+def global_rank(config: Config) -> int:
+    """This process's rank among all processes of a run (0 for a single-process run)."""
+    return 0 if config["single_spec"] else config["local_rank"] + (config["offset"] or 0)
+
+
 def _build_model(config: Config, train_data):
-    init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
+    # RecBole seeds with seed + local_rank, which repeats on every node of a multi-node run (the local
+    # ranks 0 of two nodes would draw the same negatives); the global rank is unique. DDP replaces the
+    # other ranks' initial weights by rank 0's, and rank 0's seed is the single-process one.
+    init_seed(config["seed"] + global_rank(config), config["reproducibility"])
     return get_model(config["model"])(config, train_data._dataset).to(config["device"])
+
+
+def _fingerprint(tensors) -> str:
+    """sha256 of the tensors' bytes (sparse ones by indices and values): equal iff bit-identical."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        tensor = tensor.detach()
+        parts = (tensor.coalesce().indices(), tensor.coalesce().values()) if tensor.is_sparse else (tensor,)
+        for part in parts:
+            digest.update(part.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def ranks_agree(tensors) -> bool:
+    """True when every process of the run holds bit-identical ``tensors`` (a collective: all ranks call it)."""
+    import torch.distributed as dist
+
+    mine = _fingerprint(tensors)
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return all(other == mine for other in everyone)
+
+
+def _distributed_checks(config: Config, model, stage: str, checks: dict) -> None:
+    """Record (and warn on rank 0) whether all ranks hold identical data buffers (``built``: before the
+    trainer broadcasts rank 0's) or identical parameters (``trained``: DDP must keep them in sync)."""
+    if config["single_spec"]:
+        return
+    if stage == "built":
+        names = model.data_buffer_names() if isinstance(model, MultiModalRecommender) else []
+        checks["data_buffers_identical"] = ranks_agree([getattr(model, name) for name in names])
+        if not checks["data_buffers_identical"]:
+            getLogger().warning("the processes built different item features or graphs (floating-point "
+                                "rounding across machines can flip kNN ties); rank 0's copies are used")
+    else:
+        checks["parameters_identical"] = ranks_agree(list(model.parameters()))
+        if not checks["parameters_identical"]:
+            getLogger().warning("the processes ended training with different parameters; DDP did not "
+                                "keep them in sync, so the test metrics mix different models")
 
 
 def peak_memory_mb(device: Any) -> dict:
@@ -110,11 +161,18 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     train_data, valid_data, test_data = prepare_data(config, dataset)
     model = _build_model(config, train_data)
     logger.info(model)
+    distributed = {}
+    _distributed_checks(config, model, "built", distributed)
     trainer = make_trainer(config, model)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
+    _distributed_checks(config, model, "trained", distributed)
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    if not config["single_spec"]:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
     return {
         "best_valid_score": best_valid_score,
         "valid_score_bigger": config["valid_metric_bigger"],
@@ -127,7 +185,86 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
         "peak_memory_mb": peak_memory_mb(config["device"]),
         "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config": config,
+        "distributed": distributed or None,
     }
+
+
+def check_distributed_args(nproc: Any, world_size: Any = -1, group_offset: Any = 0,
+                           port: Any = "5678") -> tuple[int, int, int]:
+    """``(nproc, world_size, group_offset)`` as ints, or one-line :class:`RecBoleMMError` naming the bad key.
+
+    RecBole's semantics: ``nproc`` processes start on this machine with global ranks ``group_offset`` …
+    ``group_offset + nproc - 1`` out of ``world_size`` (-1: ``nproc``, a one-machine run).
+    """
+    def as_int(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+            raise RecBoleMMError(f"{key}: {value!r} is not an integer; give e.g. --{key}=2")
+        return int(value)
+
+    nproc, world_size, offset = as_int("nproc", nproc), as_int("world_size", world_size), as_int("offset", group_offset)
+    if nproc < 1:
+        raise RecBoleMMError(f"nproc: {nproc} must be at least 1 (processes on this machine); give e.g. --nproc=2")
+    if world_size != -1 and world_size < 1:
+        raise RecBoleMMError(f"world_size: {world_size} must be -1 (= nproc) or the total number of processes")
+    if offset < 0:
+        raise RecBoleMMError(f"offset: {offset} must be >= 0 (the global rank of this machine's first process)")
+    if world_size != -1 and offset + nproc > world_size:
+        raise RecBoleMMError(f"offset + nproc = {offset + nproc} exceeds world_size = {world_size}; "
+                             "this machine's ranks must lie in 0 … world_size - 1")
+    if not str(port).isdigit() or not 0 < int(port) < 65536:
+        raise RecBoleMMError(f"port: {port!r} is not a TCP port (1-65535); give e.g. --port=29500")
+    return nproc, world_size, offset
+
+
+def _run_rank(local_rank: int, model: Any, dataset: Any, config_file_list: Any, config_dict: dict,
+              saved: bool, queue: Any) -> None:
+    """One process of :func:`run` (RecBole's ``run_recboles`` with recbole_mm's :func:`run_recbole`)."""
+    try:
+        result = run_recbole(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, saved)
+    except RecBoleMMError as exc:
+        queue.put(("error", exc))  # the parent raises it as one line, as in a one-process run
+        raise
+    if local_rank == 0:
+        queue.put(("result", result))
+
+
+def run(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
+        config_dict: dict | None = None, saved: bool = True, nproc: int = 1, world_size: int = -1,
+        ip: str = "localhost", port: str = "5678", group_offset: int = 0) -> dict | None:
+    """RecBole's ``run``: :func:`run_recbole` in one process, or in ``nproc`` processes of a
+    torch.distributed job (gloo on CPU, nccl on GPUs; see the README's *Multi-process runs*).
+
+    Returns the result of this machine's first process (metrics are gathered over all processes, so
+    every machine gets the same numbers); a :class:`RecBoleMMError` in a process is raised here.
+    """
+    nproc, world_size, group_offset = check_distributed_args(nproc, world_size, group_offset, port)
+    if nproc == 1 and world_size <= 0:
+        return run_recbole(model, dataset, config_file_list, config_dict, saved)
+    if isinstance(model, str):
+        model = canonical_model_name(model)  # an unknown name fails here, before any process starts
+    import torch.multiprocessing as mp
+
+    config_dict = {**(config_dict or {}), "world_size": nproc if world_size == -1 else world_size,
+                   "ip": ip, "port": port, "nproc": nproc, "offset": group_offset}
+    queue = mp.get_context("spawn").SimpleQueue()
+    processes = mp.start_processes(_run_rank, args=(model, dataset, config_file_list, config_dict, saved, queue),
+                                   nprocs=nproc, join=False, start_method="spawn")
+    messages = []
+    try:
+        # Read while waiting: a result bigger than the pipe's buffer would block its sender forever.
+        while not processes.join(timeout=0.5):
+            while not queue.empty():
+                messages.append(queue.get())
+    except mp.ProcessRaisedException as exc:
+        while not queue.empty():
+            messages.append(queue.get())
+        errors = [payload for kind, payload in messages if kind == "error"]
+        if errors:
+            raise errors[0] from exc  # bad input: the same one-line error as a one-process run
+        raise
+    while not queue.empty():
+        messages.append(queue.get())
+    return next((payload for kind, payload in messages if kind == "result"), None)
 
 
 def objective_function(config_dict: dict | None = None, config_file_list: list[str] | None = None,

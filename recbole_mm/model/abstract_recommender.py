@@ -75,8 +75,59 @@ class MultiModalRecommender(GeneralRecommender):
 
     def register_graph(self, name: str, graph: torch.Tensor) -> None:
         """Keep a sparse COO graph as a buffer (it follows ``.to(device)``; not in checkpoints: it is
-        rebuilt from the data)."""
+        rebuilt from the data; not synchronised by DDP, see :meth:`broadcast_data_buffers`)."""
         self.register_buffer(name, graph.coalesce(), persistent=False)
+
+    # ---- multi-process (DDP) runs ---------------------------------------------------------------
+    def data_buffer_names(self) -> list[str]:
+        """The model's own non-persistent buffers: item features, graphs and whatever else a model
+        derives from the dataset (MM-GEF's fused inputs). They are the ones checkpoints leave out."""
+        return sorted(self._non_persistent_buffers_set)
+
+    @property
+    def _ddp_params_and_buffers_to_ignore(self) -> list[str]:
+        """Read by ``DistributedDataParallel`` when it wraps the model: these buffers are not broadcast,
+        neither at wrapping (its ``_sync_module_states`` cannot broadcast sparse tensors: "No support for
+        sparse tensors") nor before every training step (``broadcast_buffers``, which would send all
+        item features, hundreds of MB on real data, once per batch). Every rank builds them from the same
+        files, and :meth:`broadcast_data_buffers` makes rank 0's copy everyone's once, before wrapping."""
+        return self.data_buffer_names() + list(self.__dict__.get("_ddp_extra_ignored", ()))
+
+    @_ddp_params_and_buffers_to_ignore.setter
+    def _ddp_params_and_buffers_to_ignore(self, names) -> None:
+        # DistributedDataParallel._set_params_and_buffers_to_ignore_for_model assigns the attribute;
+        # names given that way are ignored in addition to the data buffers.
+        self.__dict__["_ddp_extra_ignored"] = list(names)
+
+    def broadcast_data_buffers(self, src: int = 0) -> None:
+        """Replace every rank's data buffers by rank ``src``'s (a collective: all ranks call it).
+
+        On one machine the copies are already identical (same files, same deterministic builders; the
+        2-process test checks it bit for bit), but across machines the similarity matmuls behind the kNN
+        graphs may round differently and flip a tie, giving ranks different graphs. Sparse graphs are
+        sent as (indices, values), which any backend can broadcast.
+        """
+        import torch.distributed as dist
+
+        for name in self.data_buffer_names():
+            buffer = getattr(self, name)
+            if not buffer.is_sparse:
+                dist.broadcast(buffer, src)
+                continue
+            buffer = buffer.coalesce()
+            nnz = torch.tensor([buffer._nnz()], device=buffer.device)
+            dist.broadcast(nnz, src)
+            indices = buffer.indices().contiguous()
+            values = buffer.values().contiguous()
+            if dist.get_rank() != src:
+                indices = indices.new_empty((indices.shape[0], int(nnz)))
+                values = values.new_empty((int(nnz),))
+            dist.broadcast(indices, src)
+            dist.broadcast(values, src)
+            graph = torch.sparse_coo_tensor(indices, values, buffer.shape, is_coalesced=True)
+            self.register_buffer(name, graph, persistent=False)
+        self._csr.clear()
+        self._cache.clear()
 
     def propagate(self, name: str, dense: torch.Tensor) -> torch.Tensor:
         """``graph @ dense`` for a graph registered with :meth:`register_graph`, through CSR copies of
