@@ -305,6 +305,14 @@ def load_data_and_model(model_file: str, trust_pickle: bool = False) -> tuple:
     """
     checkpoint = load_checkpoint(model_file, trust_pickle=trust_pickle)
     config = checkpoint["config"]
+    if not config["single_spec"]:
+        # Written by rank 0 of a multi-process run; loaded here into this one process (no process
+        # group: RecBole's dataloaders and evaluate() would otherwise split and gather over ranks).
+        import torch
+
+        config["single_spec"], config["local_rank"] = True, 0
+        if config["device"].type == "cuda":
+            config["device"] = torch.device("cuda")
     init_seed(config["seed"], config["reproducibility"])
     init_logger(config)
     logger = getLogger()

@@ -124,7 +124,7 @@ class MultiModalRecommender(GeneralRecommender):
                 values = values.new_empty((int(nnz),))
             dist.broadcast(indices, src)
             dist.broadcast(values, src)
-            graph = torch.sparse_coo_tensor(indices, values, buffer.shape, is_coalesced=True)
+            graph = torch.sparse_coo_tensor(indices, values, buffer.shape, is_coalesced=True, check_invariants=False)
             self.register_buffer(name, graph, persistent=False)
         self._csr.clear()
         self._cache.clear()
