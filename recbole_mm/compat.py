@@ -224,7 +224,10 @@ def _init_device(self: Any) -> None:
         return
     rank = config["local_rank"]
     if use_cuda and len(config["gpu_id"].split(",")) < config["nproc"]:
-        raise ValueError(f"nproc={config['nproc']} needs as many gpu_id entries, got '{config['gpu_id']}'")
+        from recbole_mm.errors import RecBoleMMError
+
+        raise RecBoleMMError(f"gpu_id: '{config['gpu_id']}' lists fewer GPUs than nproc={config['nproc']} "
+                             "processes; give one per process, e.g. --gpu_id=0,1 for --nproc=2")
     torch.distributed.init_process_group(
         backend=config.get("dist_backend") or ("nccl" if use_cuda else "gloo"),
         rank=rank + config["offset"],

@@ -11,6 +11,7 @@ recbole_mm's :class:`~recbole_mm.trainer.Trainer`, which records the best epoch 
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from logging import getLogger
 from time import perf_counter
@@ -93,12 +94,13 @@ def _build_model(config: Config, train_data):
 
 def _fingerprint(tensors) -> str:
     """sha256 of the tensors' bytes (sparse ones by indices and values): equal iff bit-identical."""
+    import torch
+
     digest = hashlib.sha256()
     for tensor in tensors:
-        tensor = tensor.detach()
-        parts = (tensor.coalesce().indices(), tensor.coalesce().values()) if tensor.is_sparse else (tensor,)
-        for part in parts:
-            digest.update(part.cpu().contiguous().numpy().tobytes())
+        tensor = tensor.detach().coalesce() if tensor.is_sparse else tensor.detach()
+        for part in (tensor.indices(), tensor.values()) if tensor.is_sparse else (tensor,):
+            digest.update(part.cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -112,22 +114,14 @@ def ranks_agree(tensors) -> bool:
     return all(other == mine for other in everyone)
 
 
-def _distributed_checks(config: Config, model, stage: str, checks: dict) -> None:
-    """Record (and warn on rank 0) whether all ranks hold identical data buffers (``built``: before the
-    trainer broadcasts rank 0's) or identical parameters (``trained``: DDP must keep them in sync)."""
+def _agree_or_warn(config: Config, tensors, warning: str) -> bool | None:
+    """:func:`ranks_agree` in a multi-process run (logging ``warning`` when they differ); None otherwise."""
     if config["single_spec"]:
-        return
-    if stage == "built":
-        names = model.data_buffer_names() if isinstance(model, MultiModalRecommender) else []
-        checks["data_buffers_identical"] = ranks_agree([getattr(model, name) for name in names])
-        if not checks["data_buffers_identical"]:
-            getLogger().warning("the processes built different item features or graphs (floating-point "
-                                "rounding across machines can flip kNN ties); rank 0's copies are used")
-    else:
-        checks["parameters_identical"] = ranks_agree(list(model.parameters()))
-        if not checks["parameters_identical"]:
-            getLogger().warning("the processes ended training with different parameters; DDP did not "
-                                "keep them in sync, so the test metrics mix different models")
+        return None
+    agree = ranks_agree(tensors)
+    if not agree:
+        getLogger().warning(warning)
+    return agree
 
 
 def peak_memory_mb(device: Any) -> dict:
@@ -161,13 +155,19 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     train_data, valid_data, test_data = prepare_data(config, dataset)
     model = _build_model(config, train_data)
     logger.info(model)
-    distributed = {}
-    _distributed_checks(config, model, "built", distributed)
+    # Multi-process runs: the data buffers as each process built them (before the trainer makes rank 0's
+    # everyone's), and the parameters after training (DDP must keep them in sync).
+    buffers = model.data_buffer_names() if isinstance(model, MultiModalRecommender) else []
+    built_alike = _agree_or_warn(config, [getattr(model, name) for name in buffers],
+                                 "the processes built different item features or graphs (float rounding "
+                                 "across machines can flip kNN ties); rank 0's copies are used") if buffers else None
     trainer = make_trainer(config, model)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
-    _distributed_checks(config, model, "trained", distributed)
+    trained_alike = _agree_or_warn(config, list(model.parameters()),
+                                   "the processes ended training with different parameters: DDP did not keep "
+                                   "them in sync, so the test metrics mix different models")
     test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     if not config["single_spec"]:
         import torch.distributed as dist
@@ -185,7 +185,8 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
         "peak_memory_mb": peak_memory_mb(config["device"]),
         "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config": config,
-        "distributed": distributed or None,
+        "distributed": None if config["single_spec"] else {"data_buffers_identical": built_alike,
+                                                            "parameters_identical": trained_alike},
     }
 
 
@@ -197,7 +198,8 @@ def check_distributed_args(nproc: Any, world_size: Any = -1, group_offset: Any =
     ``group_offset + nproc - 1`` out of ``world_size`` (-1: ``nproc``, a one-machine run).
     """
     def as_int(key: str, value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).strip().lstrip("-").isdigit():
+        integral = isinstance(value, (int, str)) and not isinstance(value, bool)
+        if not integral or not re.fullmatch(r"-?\d+", str(value).strip()):
             raise RecBoleMMError(f"{key}: {value!r} is not an integer; give e.g. --{key}=2")
         return int(value)
 
