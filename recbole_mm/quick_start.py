@@ -218,9 +218,15 @@ def check_distributed_args(nproc: Any, world_size: Any = -1, group_offset: Any =
     return nproc, world_size, offset
 
 
+_LAUNCH_KEYS = ("nproc", "world_size", "ip", "port", "offset")
+
+
 def _run_rank(local_rank: int, model: Any, dataset: Any, config_file_list: Any, config_dict: dict,
               saved: bool, queue: Any) -> None:
     """One process of :func:`run` (RecBole's ``run_recboles`` with recbole_mm's :func:`run_recbole`)."""
+    # RecBole's Config also reads sys.argv (spawned processes inherit the parent's) and lets it win over
+    # config_dict: drop the launch keys there, so the checked values (world_size -1 resolved) are used.
+    sys.argv = [arg for arg in sys.argv if not arg.startswith(tuple(f"--{key}=" for key in _LAUNCH_KEYS))]
     try:
         result = run_recbole(model, dataset, config_file_list, {**config_dict, "local_rank": local_rank}, saved)
     except RecBoleMMError as exc:

@@ -124,13 +124,14 @@ def test_gume_two_processes_match_one(planted):
 
 
 def test_mmgef_two_processes_through_the_cli(tmp_path):
-    """`run_recbole_mm.py --nproc=2` runs two processes and prints the table once."""
+    """`run_recbole_mm.py --nproc=2` runs two processes and prints the table once; an explicit
+    `--world_size=-1` (= nproc) is resolved, although RecBole's Config would read -1 from sys.argv."""
     import subprocess
     import sys
 
     write_planted_dataset(tmp_path / "data")
     out = subprocess.run(
-        [sys.executable, str(REPO / "run_recbole_mm.py"), "--model=MMGEF", "--dataset=planted", "--nproc=2",
+        [sys.executable, str(REPO / "run_recbole_mm.py"), "--model=MMGEF", "--dataset=planted", "--nproc=2", "--world_size=-1",
          f"--port={free_port()}", f"--data_path={tmp_path / 'data'}", "--USER_ID_FIELD=userID",
          "--ITEM_ID_FIELD=itemID", "--modalities={'image': 'image_feat.npy', 'text': 'text_feat.npy'}",
          "--fusion=concat", "--knn_k=5", "--epochs=1", "--show_progress=False", "--topk=[10]",
