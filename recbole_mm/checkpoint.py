@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recbole_mm.errors import CheckpointError
+from recbole_mm.errors import CheckpointError, exit_on_user_error
 
 _PLAIN = (bool, int, float, str, type(None))
 _TRUSTED_MODULES = ("recbole.", "recbole_mm.")
@@ -215,6 +215,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from recbole_mm.cli import exit_on_user_error
-
     exit_on_user_error(main)

@@ -5,21 +5,10 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Callable
-
-from recbole_mm.errors import RecBoleMMError
+from recbole_mm.errors import exit_on_user_error  # noqa: F401  (re-exported: recbole_mm.cli.exit_on_user_error)
 from recbole_mm.trainer import median_epoch_seconds
 
 _KEY_VALUE = re.compile(r"^--[A-Za-z_][\w.]*=")
-
-
-def exit_on_user_error(main: Callable[[], object]) -> None:
-    """Run ``main``; a :class:`RecBoleMMError` becomes one ``error:`` line on stderr and exit status 2."""
-    try:
-        main()
-    except RecBoleMMError as exc:
-        print(f"recbole_mm: error: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:

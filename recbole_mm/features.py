@@ -30,7 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from recbole_mm.cli import exit_on_user_error
+from recbole_mm.errors import exit_on_user_error
 from recbole_mm.errors import RecBoleMMError
 
 MODALITIES = ("text", "image")
