@@ -20,6 +20,7 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_seed
 
 from recbole_mm.checkpoint import load_checkpoint
+from recbole_mm.config_check import check_against_dataset, make_checked_config
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.data.protocol import apply_protocol
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
@@ -29,10 +30,11 @@ from recbole_mm.trainer import Trainer
 
 def make_config(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
                 config_dict: dict | None = None) -> Config:
-    """RecBole's ``Config``, after checking the model name (aliases resolved, unknown names refused)."""
+    """RecBole's ``Config``, after checking the model name (aliases resolved, unknown names refused),
+    with every value checked (:mod:`recbole_mm.config_check`) before anything is written."""
     if isinstance(model, str):
         model = canonical_model_name(model)
-    return Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    return make_checked_config(model, dataset, config_file_list, config_dict)
 
 
 def create_dataset(config: Config):
@@ -71,6 +73,7 @@ def _load_checked_dataset(config: Config):
     dataset = create_dataset(config)
     if needs_item_features(config):
         _ = dataset.item_features  # read and validate feature files now, before training starts
+    check_against_dataset(config, dataset)
     return dataset
 
 

@@ -46,7 +46,14 @@ def canonical_model_name(name: str) -> str:
         return name
     for sub in _RECBOLE_SUBPACKAGES:
         if importlib.util.find_spec(f"recbole.model.{sub}.{name.lower()}") is not None:
-            return name
+            # RecBole finds the module by the lower-cased name but the class by the exact one.
+            classes = [c for c in dir(importlib.import_module(f"recbole.model.{sub}.{name.lower()}"))
+                       if c.lower() == name.lower()]
+            if name in classes:
+                return name
+            if classes:
+                raise UnknownModelError(f"unknown model '{name}': model names are case-sensitive; "
+                                        f"did you mean --model={classes[0]}?")
     raise UnknownModelError(
         f"unknown model '{name}': not a RecBole model nor one of recbole_mm's "
         f"({', '.join(sorted(PLUGIN_MODELS))}); model names are case-sensitive, e.g. --model=LightGCN"
