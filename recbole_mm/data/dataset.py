@@ -40,12 +40,16 @@ class MultiModalDataset(Dataset):
     def _load_data(self, token, dataset_path):
         if not os.path.isdir(dataset_path):
             # RecBole would try to download an unknown dataset here; say what is wrong instead.
+            from recbole_mm.resources import bundled_data_root
+
             root = os.path.dirname(os.path.abspath(dataset_path))
             found = files.available_datasets(root)
-            there = (f"datasets in {root}: {', '.join(found)} (names are case-sensitive)" if found
-                     else f"{root} holds no dataset folders")
-            raise DataError(f"{dataset_path}: dataset folder not found; {there}; "
-                            f"or set data_path to the folder that holds '{token}/'")
+            there = f"datasets in {root}: {', '.join(found)}" if found else f"{root} holds no datasets"
+            shipped = files.available_datasets(str(bundled_data_root()))
+            if shipped and os.path.abspath(str(bundled_data_root())) != root:
+                there += f"; shipped with recbole_mm: {', '.join(shipped)}"
+            raise DataError(f"{dataset_path}: dataset folder not found ({there}; names are case-sensitive); "
+                            f"set --dataset to one of them or data_path to the folder that holds '{token}/'")
         super()._load_data(token, dataset_path)
 
     def _load_feat(self, filepath, source):
