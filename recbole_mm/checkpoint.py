@@ -32,10 +32,10 @@ def to_plain(value: Any, key: str = "") -> Any:
     if isinstance(value, enum.Enum):
         cls = type(value)
         return {"__enum__": f"{cls.__module__}:{cls.__qualname__}", "name": value.name}
+    if isinstance(value, np.generic):  # before _PLAIN: np.float64 subclasses float, yet torch refuses it
+        return value.item()
     if isinstance(value, _PLAIN):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, torch.device):
         return {"__device__": str(value)}
     if isinstance(value, dict):

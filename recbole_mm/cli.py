@@ -21,6 +21,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--dataset", "-d", default="tiktok", help="dataset name, e.g. tiktok, amazon-baby")
     parser.add_argument("--config_files", default=None,
                         help="extra yaml files, separated by spaces or commas (later ones win)")
+    parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                        help="continue a killed run from its checkpoint (saved/<Model>-….pth or its .last.pth), "
+                        "given the run's other arguments")
     args, rest = parser.parse_known_args(argv)
     unusable = [a for a in rest if not _KEY_VALUE.match(a)]
     if unusable:
@@ -60,7 +63,8 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parse_args(sys.argv[1:] if argv is None else argv)
     config_files = re.split(r"[,\s]+", args.config_files.strip()) if args.config_files else None
-    result = run_recbole(model=args.model, dataset=args.dataset, config_file_list=config_files)
+    result = run_recbole(model=args.model, dataset=args.dataset, config_file_list=config_files,
+                         resume=args.resume)
     config = result["config"]
     print(f"\n{config['model']} on {config['dataset']} — test metrics at the best validation epoch")
     print(format_results(result))

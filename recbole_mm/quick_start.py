@@ -25,7 +25,7 @@ from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.data.protocol import apply_protocol
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.registry import canonical_model_name
-from recbole_mm.trainer import Trainer
+from recbole_mm.trainer import Trainer, check_resume_file
 
 
 def make_config(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
@@ -95,12 +95,15 @@ def peak_memory_mb(device: Any) -> dict:
 
 
 def run_recbole(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
-                config_dict: dict | None = None, saved: bool = True) -> dict:
+                config_dict: dict | None = None, saved: bool = True, resume: str | None = None) -> dict:
     """Train and test a model; returns RecBole's result dict plus ``best_epoch``, ``history``,
-    ``saved_model_file`` and ``wall_seconds``.
+    ``saved_model_file`` and ``wall_seconds``. ``resume``: a checkpoint of a killed run with the same
+    settings (``<name>.pth`` or ``<name>.last.pth``); training continues after its last epoch.
     """
     start = perf_counter()
     config = make_config(model, dataset, config_file_list, config_dict)
+    if resume:
+        check_resume_file(resume)
     init_seed(config["seed"], config["reproducibility"])
     # Data and features are checked before init_logger writes anything, so bad input leaves no files.
     dataset = _load_checked_dataset(config)
@@ -114,6 +117,8 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     model = _build_model(config, train_data)
     logger.info(model)
     trainer = make_trainer(config, model)
+    if resume:
+        trainer.resume_checkpoint(resume)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )

@@ -78,6 +78,7 @@ CONFIG_CASES = [
     (("--model=lightgcn",), ["case-sensitive", "--model=LightGCN"]),
     (("--model=NoSuchModel",), ["unknown model 'NoSuchModel'"]),
     (("--model=GUME", "--config_files=nothere.yaml"), ["nothere.yaml not found", "--config_files"]),
+    (("--model=GUME", "--resume=nothere.pth"), ["nothere.pth does not exist"]),
 ]
 
 

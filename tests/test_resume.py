@@ -1,0 +1,106 @@
+"""Kill and resume: a run SIGKILLed mid-training resumes from its last checkpoint and ends exactly as an
+uninterrupted run with the same seed (GUME on the planted set: lr schedule, noise in L_UM, negative
+sampling and shuffling all consume state that must come back)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import REPO, planted_config, write_planted_dataset
+
+from recbole_mm.errors import RecBoleMMError
+
+EPOCHS = 6
+KILL_DURING_WRITE_OF = 3  # the kill lands while epoch 3's last checkpoint is half written
+
+
+def _config(root) -> dict:
+    # stopping_step large: all epochs run, so the best epoch can come after the kill.
+    return planted_config(root, epochs=EPOCHS, stopping_step=50, learning_rate=0.01,
+                          learning_rate_scheduler=[0.5, 2], train_batch_size=128)
+
+
+KILLED_RUN = textwrap.dedent("""
+    import json, os, signal, sys
+    import torch
+    torch.set_num_threads(1)
+    import recbole_mm
+    from recbole_mm import checkpoint
+    from recbole_mm.quick_start import run_recbole
+
+    config, kill_epoch = json.loads(sys.argv[1]), int(sys.argv[2])
+    real_save = torch.save
+
+    def save_then_die(state, f, *args, **kwargs):
+        name = getattr(f, "name", str(f))
+        if name.endswith(".last.pth.tmp") and state.get("epoch") == kill_epoch:
+            f.write(b"PK\\x03\\x04 half a checkpoint")  # the write has begun ...
+            f.flush()
+            os.kill(os.getpid(), signal.SIGKILL)  # ... and the process dies: no clean shutdown
+        return real_save(state, f, *args, **kwargs)
+
+    checkpoint.torch.save = save_then_die
+    run_recbole("GUME", "planted", config_dict=config)
+""")
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+    from recbole_mm.quick_start import run_recbole
+
+    monkeypatch.chdir(tmp_path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the killed subprocess runs on one thread too: identical arithmetic
+    try:
+        root = tmp_path / "data"
+        write_planted_dataset(root)
+        config = _config(root)
+        uninterrupted = run_recbole("GUME", "planted", config_dict=config)
+
+        killed_dir = tmp_path / "killed"
+        config_killed = {**config, "checkpoint_dir": str(killed_dir)}
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([sys.executable, "-c", KILLED_RUN, json.dumps(config_killed), str(KILL_DURING_WRITE_OF)],
+                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+        assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
+        [last] = killed_dir.glob("*.last.pth")
+        assert last.with_name(last.name + ".tmp").exists()  # the half-written file ...
+        state = torch.load(last, weights_only=True)  # ... did not replace the last good one
+        assert state["epoch"] == KILL_DURING_WRITE_OF - 1
+
+        resumed = run_recbole("GUME", "planted", config_dict=config_killed, resume=str(last))
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed["best_epoch"] == uninterrupted["best_epoch"]
+    assert resumed["best_valid_result"] == uninterrupted["best_valid_result"]
+    assert resumed["test_result"] == uninterrupted["test_result"]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in uninterrupted["history"]]
+    assert [h["learning_rate"] for h in resumed["history"]] == [h["learning_rate"] for h in uninterrupted["history"]]
+    assert len(resumed["history"]) == EPOCHS
+    # The resumed run tested, and wrote its improvements into, the killed run's own best checkpoint.
+    assert resumed["saved_model_file"] == str(last).replace(".last.pth", ".pth")
+
+    # A finished run has nothing to resume: one line, naming its best model.
+    with pytest.raises(RecBoleMMError, match="finished"):
+        run_recbole("GUME", "planted", config_dict=config_killed, resume=str(last))
+
+
+def test_resume_refuses_other_model_and_damaged_file(planted, tmp_path):
+    from recbole_mm.quick_start import run_recbole
+
+    root, config = planted
+    result = run_recbole("BPR", "planted", config_dict={**config, "epochs": 2})
+    best = result["saved_model_file"]
+    with pytest.raises(RecBoleMMError, match="resume with --model=BPR"):
+        # The run finished, but the model check comes first and names the fix.
+        run_recbole("LightGCN", "planted", config_dict={**config, "epochs": 2}, resume=best)
+    damaged = tmp_path / "damaged.pth"
+    damaged.write_bytes(open(best, "rb").read()[:100])
+    with pytest.raises(RecBoleMMError, match="damaged"):
+        run_recbole("BPR", "planted", config_dict=config, resume=str(damaged))
