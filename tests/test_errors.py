@@ -7,7 +7,11 @@ Most cases call the command line's ``main`` in-process (as ``run_recbole_mm.py``
 from __future__ import annotations
 
 import ast
+import contextlib
+import io
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -253,3 +257,47 @@ def test_damaged_checkpoints_are_one_line(bad_checkpoints, tmp_path, monkeypatch
             lines = capsys.readouterr().err.strip().splitlines()
             assert len(lines) == 1 and str(path) in lines[0], (name, lines)
     assert not (tmp_path / "out.pth").exists() and not list(tmp_path.glob("lt*")) and not (tmp_path / "log").exists()
+
+
+# ---- the README's bad-input table: generated from CONFIG_CASES, so it cannot drift ---------------
+README = REPO / "README.md"
+TABLE_BEGIN = "<!-- bad-input table: written by `python tests/test_errors.py`; test_readme_bad_input_table checks it -->"
+TABLE_END = "<!-- end of bad-input table -->"
+
+
+def observed_line(args: tuple[str, ...], cwd: Path) -> str:
+    """What the user sees on stderr for ``run_recbole_mm.py ARGS`` run in ``cwd`` (paths shortened)."""
+    err, argv, here = io.StringIO(), sys.argv, os.getcwd()
+    sys.argv = ["run_recbole_mm.py", *args]
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stderr(err), pytest.raises(SystemExit):
+            exit_on_user_error(cli.main)
+    finally:
+        sys.argv = argv
+        os.chdir(here)
+    return err.getvalue().strip().replace(str(cwd), ".").replace(str(REPO), "<checkout>")
+
+
+def bad_input_table() -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [(" ".join([*args, *TIKTOK]), observed_line((*args, *TIKTOK), Path(tmp))) for args, _ in CONFIG_CASES]
+    lines = ["| `run_recbole_mm.py` arguments | what you see (exit status 2, nothing written) |", "|---|---|"]
+    lines += [f"| `{cmd}` | {msg.replace('|', chr(92) + '|')} |" for cmd, msg in rows]
+    return "\n".join(lines)
+
+
+def _readme_table() -> str:
+    text = README.read_text()
+    return text[text.index(TABLE_BEGIN) + len(TABLE_BEGIN):text.index(TABLE_END)].strip()
+
+
+def test_readme_bad_input_table():
+    assert _readme_table() == bad_input_table(), "README's bad-input table is stale: run python tests/test_errors.py"
+
+
+if __name__ == "__main__":  # rewrite the README's table from what the cases print today
+    text = README.read_text()
+    start, end = text.index(TABLE_BEGIN) + len(TABLE_BEGIN), text.index(TABLE_END)
+    README.write_text(text[:start] + "\n" + bad_input_table() + "\n" + text[end:])
+    print(f"wrote the bad-input table into {README}")
