@@ -25,7 +25,7 @@ from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.data.protocol import apply_protocol
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.registry import canonical_model_name
-from recbole_mm.trainer import Trainer, check_resume_file
+from recbole_mm.trainer import PROTOCOL_MARK, Trainer, check_resume_file
 
 
 def make_config(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
@@ -66,7 +66,9 @@ def make_trainer(config: Config, model):
 def prepare_data(config: Config, dataset) -> tuple:
     """RecBole's ``data_preparation`` plus recbole_mm's protocol switches (``test_masking``,
     ``negative_items``; see :mod:`recbole_mm.data.protocol`)."""
-    return apply_protocol(config, *data_preparation(config, dataset))
+    train_data, valid_data, test_data = apply_protocol(config, *data_preparation(config, dataset))
+    setattr(train_data, PROTOCOL_MARK, True)
+    return train_data, valid_data, test_data
 
 
 def _load_checked_dataset(config: Config):

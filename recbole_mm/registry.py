@@ -118,4 +118,7 @@ def register() -> None:
         sys.modules[f"recbole.model.general_recommender.{name.lower()}"] = module
         setattr(recbole_datasets, f"{name}Dataset", getattr(module, "dataset_class", MultiModalDataset))
     Config._load_internal_config_dict = _extend_internal_config(Config._load_internal_config_dict)
+    from recbole_mm.trainer import register_trainers
+
+    register_trainers(PLUGIN_MODELS)  # RecBole's run_recbole trains them with recbole_mm's Trainer
     _registered = True

@@ -82,6 +82,22 @@ def lr_factor(epoch: int, decay: float, every: float) -> float:
     return decay ** (epoch / every)
 
 
+PROTOCOL_MARK = "_recbole_mm_protocol"  # set on a train loader once recbole_mm's protocol switches are applied
+
+
+def check_protocol_applied(config: Any, train_data: Any) -> None:
+    """Refuse to train when ``test_masking: train`` or ``negative_items: train`` is set but the loaders
+    came from RecBole's own ``data_preparation`` (RecBole's ``run_recbole``), which ignores both."""
+    if getattr(train_data, PROTOCOL_MARK, False):
+        return
+    asked = [f"{key}: {config[key]}" for key, default in (("test_masking", "train_valid"), ("negative_items", "all"))
+             if (config[key] or default) != default]
+    if asked:
+        raise RecBoleMMError(
+            f"{' and '.join(asked)} would be ignored: these dataloaders come from RecBole's data_preparation; "
+            "use recbole_mm.run_recbole (or recbole_mm.quick_start.prepare_data) instead of RecBole's run_recbole")
+
+
 class Trainer(RecBoleTrainer):
     """RecBole's ``Trainer`` that
 
@@ -93,6 +109,9 @@ class Trainer(RecBoleTrainer):
       ``<name>.last.pth`` after every epoch (atomically: a kill during the write leaves the previous
       one), holding the model, optimizer, lr schedule, early-stopping counter, best result so far,
       history and every random state; :meth:`resume_checkpoint` of either file continues from it.
+
+    RecBole's own ``run_recbole`` finds it for plugin models through its ``<Model>Trainer`` lookup
+    (:func:`register_trainers`), so that path trains with the same trainer as recbole_mm's.
     """
 
     def __init__(self, config, model):
@@ -207,6 +226,7 @@ class Trainer(RecBoleTrainer):
             if callback_fn:
                 callback_fn(epoch_idx, valid_score)
 
+        check_protocol_applied(self.config, train_data)
         if self._pending_rng is not None:
             # Every random state as it was after the epoch the resumed run stopped at.
             set_rng_state(self._pending_rng, getattr(train_data, "generator", None))
@@ -217,3 +237,13 @@ class Trainer(RecBoleTrainer):
                                show_progress=show_progress, callback_fn=record_best)
         finally:
             self._saving = False
+
+
+def register_trainers(models: Any) -> None:
+    """Make RecBole's ``get_trainer`` (``recbole.trainer.<Model>Trainer``) find this trainer for ``models``,
+    unless RecBole already has a trainer of that name."""
+    import recbole.trainer
+
+    for name in models:
+        if not hasattr(recbole.trainer, f"{name}Trainer"):
+            setattr(recbole.trainer, f"{name}Trainer", Trainer)

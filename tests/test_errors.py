@@ -301,3 +301,21 @@ if __name__ == "__main__":  # rewrite the README's table from what the cases pri
     start, end = text.index(TABLE_BEGIN) + len(TABLE_BEGIN), text.index(TABLE_END)
     README.write_text(text[:start] + "\n" + bad_input_table() + "\n" + text[end:])
     print(f"wrote the bad-input table into {README}")
+
+
+# ---- silent differences ------------------------------------------------------------------------
+def test_recbole_run_recbole_finds_our_trainer_and_refuses_ignored_switches(planted):
+    """RecBole's own run_recbole looks up <Model>Trainer: for plugin models it gets recbole_mm's Trainer
+    (learning-rate schedule, history, resume), and protocol switches its data_preparation would ignore
+    stop the run with one line instead of changing the result silently."""
+    from recbole.quick_start import run_recbole as recbole_run
+    from recbole.utils import ModelType, get_trainer
+
+    from recbole_mm.trainer import Trainer
+
+    assert get_trainer(ModelType.GENERAL, "GUME") is Trainer
+    root, config = planted
+    with pytest.raises(RecBoleMMError, match="test_masking: train would be ignored"):
+        recbole_run(model="VBPR", dataset="planted", config_dict={**config, "test_masking": "train"})
+    result = recbole_run(model="VBPR", dataset="planted", config_dict=config)
+    assert result["test_result"]["recall@10"] >= 0
