@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from recbole_mm.errors import exit_on_user_error  # noqa: F401  (re-exported: recbole_mm.cli.exit_on_user_error)
 from recbole_mm.trainer import median_epoch_seconds
 
@@ -31,6 +32,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def process_seconds() -> float | None:
+    """Seconds since this process started (imports and start-up included), None if unknown."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except (ImportError, OSError):
+        return None
+
+
 def format_results(result: dict) -> str:
     """The best-valid epoch's valid and test metrics as an aligned text table, with median timings."""
     valid, test = result["best_valid_result"] or {}, result["test_result"] or {}
@@ -47,7 +58,9 @@ def format_results(result: dict) -> str:
         summary.append(f"{train_s:.2f} s per training epoch")
     if eval_s is not None:
         summary.append(f"{eval_s:.2f} s per validation pass")
-    summary.append(f"wall time {result['wall_seconds']:.1f} s")
+    process = result.get("process_seconds")
+    summary.append(f"wall time {result['wall_seconds']:.1f} s"
+                   + (f" ({process:.1f} s with start-up)" if process is not None else ""))
     peak = result.get("peak_memory_mb") or {}
     if peak:
         summary.append("peak memory " + ", ".join(f"{kind} {mb:.0f} MiB" for kind, mb in peak.items()))
@@ -65,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     config_files = re.split(r"[,\s]+", args.config_files.strip()) if args.config_files else None
     result = run_recbole(model=args.model, dataset=args.dataset, config_file_list=config_files,
                          resume=args.resume)
+    result["process_seconds"] = process_seconds()
     config = result["config"]
     print(f"\n{config['model']} on {config['dataset']} — test metrics at the best validation epoch")
     print(format_results(result))

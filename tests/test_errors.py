@@ -199,6 +199,10 @@ def test_atomic_file_with_bom_trains(tmp_path, monkeypatch):
     del config["USER_ID_FIELD"], config["ITEM_ID_FIELD"]
     result = run_recbole("BPR", "planted", config_dict=config, saved=False)
     assert result["test_result"]["recall@10"] >= 0
+    # MMRec-split switches on an atomic file were ignored silently; now they are one line.
+    for key, value in (("filter_cold_start_users", True), ("cold_start_items", 0.2)):
+        with pytest.raises(RecBoleMMError, match=f"{key}: .* needs an MMRec-layout"):
+            run_recbole("BPR", "planted", config_dict={**config, key: value}, saved=False)
 
 
 def test_gpu_asked_without_cuda_warns_once_then_cpu(monkeypatch, capsys):
@@ -319,3 +323,12 @@ def test_recbole_run_recbole_finds_our_trainer_and_refuses_ignored_switches(plan
         recbole_run(model="VBPR", dataset="planted", config_dict={**config, "test_masking": "train"})
     result = recbole_run(model="VBPR", dataset="planted", config_dict=config)
     assert result["test_result"]["recall@10"] >= 0
+
+
+def test_wall_time_includes_start_up():
+    from recbole_mm.cli import format_results, process_seconds
+
+    assert process_seconds() > 0
+    result = {"best_valid_result": {"recall@10": 0.5}, "test_result": {"recall@10": 0.4}, "history": [],
+              "wall_seconds": 8.0, "process_seconds": 16.8, "best_epoch": 0}
+    assert "wall time 8.0 s (16.8 s with start-up)" in format_results(result)

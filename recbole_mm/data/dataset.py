@@ -78,6 +78,12 @@ class MultiModalDataset(Dataset):
 
     def _load_inter_feat(self, token, dataset_path):
         if self._layout(token, dataset_path) == "atomic":
+            for key in ("cold_start_items", "filter_cold_start_users"):
+                if self.config[key]:
+                    # They act on MMRec's x_label split, which an atomic file does not have.
+                    raise DataError(f"{key}: {self.config[key]!r} needs an MMRec-layout .inter (userID itemID "
+                                    f"x_label), but {self._inter_file(token, dataset_path)} is RecBole's atomic "
+                                    f"format; unset {key} for this dataset")
             benchmark = self.config["benchmark_filename"]
             names = [f"{token}.{part}.inter" for part in benchmark] if benchmark else [f"{token}.inter"]
             for name in names:
