@@ -332,3 +332,32 @@ def test_wall_time_includes_start_up():
     result = {"best_valid_result": {"recall@10": 0.5}, "test_result": {"recall@10": 0.4}, "history": [],
               "wall_seconds": 8.0, "process_seconds": 16.8, "best_epoch": 0}
     assert "wall time 8.0 s (16.8 s with start-up)" in format_results(result)
+
+
+def test_item_content_files_for_feature_extraction(tmp_path):
+    from recbole_mm import features
+
+    comma = tmp_path / "items.tsv"
+    comma.write_text("itemID,text\n0,hello\n")
+    with pytest.raises(RecBoleMMError, match="not tab-separated .* comma-separated"):
+        features.read_items(str(comma))
+    spreadsheet = tmp_path / "excel.tsv"
+    spreadsheet.write_bytes(b"\xef\xbb\xbfitemID\ttext\r\n0\thello\r\n1\tworld\r\n")
+    assert list(features.read_items(str(spreadsheet)).ids) == [0, 1]
+    with pytest.raises(RecBoleMMError, match="item file not found"):
+        features.read_items(str(tmp_path / "nothere.tsv"))
+
+
+def test_benchmark_plan_errors_name_the_file(tmp_path, monkeypatch, capsys):
+    from recbole_mm import benchmark
+
+    monkeypatch.chdir(tmp_path)
+    broken = tmp_path / "plan.yaml"
+    broken.write_text("runs: [\n")
+    for plan in (tmp_path / "nothere.yaml", broken):
+        with pytest.raises(SystemExit) as stop:
+            exit_on_user_error(lambda: benchmark.main(["--plan", str(plan), "--out", str(tmp_path / "out")]))
+        assert stop.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and str(plan) in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -69,7 +69,7 @@ def is_mmrec_layout(path: str) -> bool:
     return not all(":" in column for column in header)
 
 
-def _not_tab_separated(path: str, header: str, expected: str) -> DataError | None:
+def not_tab_separated(path: str, header: str, expected: str) -> DataError | None:
     """The error for a header that is one column although it looks comma/semicolon/space separated."""
     if "\t" in header:
         return None
@@ -88,7 +88,7 @@ def read_mmrec_inter(path: str, user_field: str, item_field: str) -> pd.DataFram
     check_readable(path, "interaction file", "put the dataset's .inter file there or set data_path / inter_file_name")
     expected = "\\t".join((user_field, item_field, SPLIT_LABEL))
     header = _header_line(path)
-    wrong_separator = _not_tab_separated(path, header, expected)
+    wrong_separator = not_tab_separated(path, header, expected)
     if wrong_separator is not None:
         raise wrong_separator
     try:
