@@ -361,3 +361,18 @@ def test_benchmark_plan_errors_name_the_file(tmp_path, monkeypatch, capsys):
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and str(plan) in lines[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_damaged_feature_files_are_one_line(tmp_path):
+    import numpy as np
+
+    from recbole_mm.data.files import open_feature_file
+
+    good = tmp_path / "good.npy"
+    np.save(good, np.ones((5, 3), dtype=np.float32))
+    data = good.read_bytes()
+    for name, content in (("truncated", data[:-10]), ("empty", b""), ("text", b"1 2 3\n")):
+        path = tmp_path / f"{name}.npy"
+        path.write_bytes(content)
+        with pytest.raises(RecBoleMMError, match="not a readable .npy array"):
+            open_feature_file(str(path), "image", 5)

@@ -173,7 +173,7 @@ def open_feature_file(path: str, modality: str, n_rows: int) -> tuple[np.ndarray
         raise DataError(f"{path}: feature file for modality '{modality}' not found; put it there or fix 'modalities' in the dataset config")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:  # cut short, empty, unreadable
         raise DataError(f"{path}: not a readable .npy array ({exc}); save features with numpy.save") from exc
     if array.ndim != 2 or array.shape[1] == 0:
         raise DataError(f"{path}: features must be 2-D [items, dim] with dim >= 1, got shape {array.shape}; "
