@@ -30,6 +30,11 @@ PLUGIN_MODELS: dict[str, str] = {
 # Other spellings accepted by recbole_mm's entry points.
 MODEL_ALIASES: dict[str, str] = {"MM-GEF": "MMGEF"}
 
+# recbole_mm's dataset keys: they change the data, so RecBole's save_dataset / save_dataloaders reuse
+# check (which compares RecBole's dataset_arguments) must compare them too.
+DATASET_ARGUMENTS = ("inter_file_name", "data_format", "modalities", "missing_feature", "filter_cold_start_users",
+                     "cold_start_items", "cold_start_seed")
+
 _RECBOLE_SUBPACKAGES = (
     "general_recommender",
     "context_aware_recommender",
@@ -118,6 +123,18 @@ def register() -> None:
         sys.modules[f"recbole.model.general_recommender.{name.lower()}"] = module
         setattr(recbole_datasets, f"{name}Dataset", getattr(module, "dataset_class", MultiModalDataset))
     Config._load_internal_config_dict = _extend_internal_config(Config._load_internal_config_dict)
+    original_categories = Config._init_parameters_category
+
+    def _init_parameters_category(self):
+        original_categories(self)
+        # RecBole hands every Config its global argument lists and then extends them in place with each
+        # dataset yaml's keys; a Config's own copies keep the globals as declared.
+        self.parameters = {category: list(keys) for category, keys in self.parameters.items()}
+
+    Config._init_parameters_category = _init_parameters_category
+    from recbole.utils.argument_list import dataset_arguments
+
+    dataset_arguments.extend(k for k in DATASET_ARGUMENTS if k not in dataset_arguments)
     from recbole_mm.trainer import register_trainers
 
     register_trainers(PLUGIN_MODELS)  # RecBole's run_recbole trains them with recbole_mm's Trainer

@@ -376,3 +376,19 @@ def test_damaged_feature_files_are_one_line(tmp_path):
         path.write_bytes(content)
         with pytest.raises(RecBoleMMError, match="not a readable .npy array"):
             open_feature_file(str(path), "image", 5)
+
+
+def test_dataset_arguments_are_declared_not_accumulated(monkeypatch):
+    """recbole_mm's dataset keys take part in RecBole's saved-dataset/dataloader reuse check, and building
+    configs no longer grows RecBole's global argument list with every dataset yaml's keys."""
+    from recbole.utils.argument_list import dataset_arguments
+
+    from recbole_mm.quick_start import make_config
+
+    monkeypatch.setattr(sys, "argv", ["x"])
+    before = list(dataset_arguments)
+    for dataset in ("tiktok", "amazon-baby"):
+        config = make_config("BPR", dataset)
+    assert dataset_arguments == before
+    assert {"cold_start_items", "cold_start_seed", "filter_cold_start_users"} <= set(dataset_arguments)
+    assert "modalities" in config.parameters["Dataset"] and config.parameters["Dataset"] is not dataset_arguments
