@@ -171,28 +171,27 @@ class Trainer(RecBoleTrainer):
         ckpt.save_atomically(state, last_checkpoint_file(self.saved_model_file))
 
     def resume_checkpoint(self, resume_file):
-        """Continue a run from ``<name>.last.pth`` (given it or ``<name>.pth``); from a best-epoch-only
-        checkpoint (plain RecBole, or a run without a last file), RecBole's resume from the best epoch."""
+        """Continue a run from ``<name>.last.pth`` (given it, or ``<name>.pth`` of a run that did not
+        finish); otherwise (plain RecBole's checkpoint, a finished run's ``<name>.pth``) RecBole's resume
+        from the checkpoint named."""
         resume_file = str(resume_file)
         last = resume_file if resume_file.endswith(LAST_SUFFIX) else last_checkpoint_file(resume_file)
-        if not os.path.isfile(last):
-            ckpt.load_checkpoint(resume_file, map_location=self.device)  # one clear line if damaged
-            self.logger.warning(f"no {last}: resuming from the best epoch in {resume_file}, not the last one")
+        use_last = os.path.isfile(last) and (last == resume_file or not ckpt.load_checkpoint(last).get("finished"))
+        state = ckpt.load_checkpoint(last if use_last else resume_file, map_location=self.device)
+        for key in ("model", "dataset"):
+            if str(state["config"][key]) != str(self.config[key]):
+                raise CheckpointError(f"{last if use_last else resume_file} is a checkpoint of {key} "
+                                      f"{state['config'][key]}, not {self.config[key]}; resume with "
+                                      f"--{key}={state['config'][key]} (and the run's other settings)")
+        if not use_last:
+            if not os.path.isfile(last):
+                self.logger.warning(f"no {last}: resuming from the best epoch in {resume_file}, not the last one")
             super().resume_checkpoint(resume_file)
             if self.lr_scheduler is not None:
                 # Continue the schedule where it stopped: the rate for start_epoch, not for epoch 0.
                 self.lr_scheduler.last_epoch = self.start_epoch - 1
                 self.lr_scheduler.step()
             return
-        state = ckpt.load_checkpoint(last, map_location=self.device)
-        saved = state["config"]
-        for key in ("model", "dataset"):
-            if str(saved[key]) != str(self.config[key]):
-                raise CheckpointError(f"{last} is a checkpoint of {key} {saved[key]}, not {self.config[key]}; "
-                                      f"resume with --{key}={saved[key]} (and the run's other settings)")
-        if state.get("finished"):
-            raise CheckpointError(f"{last}: that run finished (epoch {state['epoch']}); nothing to resume — "
-                                  "its best model is " + best_checkpoint_file(last))
         self.model.load_state_dict(state["state_dict"])
         self.model.load_other_parameter(state.get("other_parameter"))
         self.optimizer.load_state_dict(state["optimizer"])

@@ -86,9 +86,9 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     # The resumed run tested, and wrote its improvements into, the killed run's own best checkpoint.
     assert resumed["saved_model_file"] == str(last).replace(".last.pth", ".pth")
 
-    # A finished run has nothing to resume: one line, naming its best model.
-    with pytest.raises(RecBoleMMError, match="finished"):
-        run_recbole("GUME", "planted", config_dict=config_killed, resume=str(last))
+    # The finished run's last checkpoint has no epoch left to train: resuming it only tests again.
+    again = run_recbole("GUME", "planted", config_dict=config_killed, resume=str(last))
+    assert again["test_result"] == uninterrupted["test_result"] and len(again["history"]) == EPOCHS
 
 
 def test_resume_refuses_other_model_and_damaged_file(planted, tmp_path):
