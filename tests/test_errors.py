@@ -392,3 +392,16 @@ def test_dataset_arguments_are_declared_not_accumulated(monkeypatch):
     assert dataset_arguments == before
     assert {"cold_start_items", "cold_start_seed", "filter_cold_start_users"} <= set(dataset_arguments)
     assert "modalities" in config.parameters["Dataset"] and config.parameters["Dataset"] is not dataset_arguments
+
+
+def test_config_dump_shows_the_split_and_device_used(planted):
+    """The logged config tells the truth: the file's x_label split, and use_gpu False on a CPU run."""
+    from recbole_mm.quick_start import make_config, _load_checked_dataset
+
+    root, config_dict = planted
+    config = make_config("BPR", "planted", config_dict=config_dict)
+    dataset = _load_checked_dataset(config)
+    split = config["eval_args"]["split"]["x_label"]
+    assert split == {"train": 720, "valid": 120, "test": 120} and sum(split.values()) == len(dataset.inter_feat)
+    if not torch.cuda.is_available():
+        assert config["use_gpu"] is False and config["device"].type == "cpu"

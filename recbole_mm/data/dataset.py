@@ -111,6 +111,11 @@ class MultiModalDataset(Dataset):
         # RecBole's benchmark mechanism: build() cuts inter_feat into these consecutive parts.
         self.file_size_list = [len(part) for part in parts]
         self.benchmark_filename_list = list(files.SPLITS)
+        # The config dump should show the split used: the file's x_label split, not RecBole's default
+        # RS ratios (which build() never reads once a benchmark split is set).
+        eval_args = dict(self.config["eval_args"] or {})
+        eval_args["split"] = {"x_label": dict(zip(files.SPLITS, self.file_size_list))}
+        self.config["eval_args"] = eval_args
         self.logger.debug(f"MMRec interactions loaded from [{path}]: {self.file_size_list}")
 
     # ---- item features --------------------------------------------------------------------------
