@@ -108,6 +108,23 @@ def _extend_internal_config(original):
     return _load_internal_config_dict
 
 
+def _refuse_untyped_files(original):
+    def _load_feat(self, filepath, source):
+        from recbole_mm.data import files
+        from recbole_mm.errors import DataError
+
+        if filepath and os.path.isfile(filepath) and files.is_mmrec_layout(filepath):
+            # RecBole would fail with "not enough values to unpack" on the untyped MMRec header.
+            raise DataError(
+                f"{filepath}: an untyped (MMRec-layout) header, which RecBole's own Dataset cannot read; "
+                "train through recbole_mm (recbole_mm.run_recbole or run_recbole_mm.py, README 'From an "
+                "existing RecBole script'), or give the file RecBole's typed header (e.g. user_id:token)")
+        return original(self, filepath, source)
+
+    _load_feat.__wrapped__ = original
+    return _load_feat
+
+
 def register() -> None:
     """Alias plugin models into RecBole's model packages and hook the config defaults; idempotent."""
     global _registered
@@ -132,6 +149,7 @@ def register() -> None:
         self.parameters = {category: list(keys) for category, keys in self.parameters.items()}
 
     Config._init_parameters_category = _init_parameters_category
+    recbole_datasets.Dataset._load_feat = _refuse_untyped_files(recbole_datasets.Dataset._load_feat)
     from recbole.utils.argument_list import dataset_arguments
 
     dataset_arguments.extend(k for k in DATASET_ARGUMENTS if k not in dataset_arguments)

@@ -405,3 +405,13 @@ def test_config_dump_shows_the_split_and_device_used(planted):
     assert split == {"train": 720, "valid": 120, "test": 120} and sum(split.values()) == len(dataset.inter_feat)
     if not torch.cuda.is_available():
         assert config["use_gpu"] is False and config["device"].type == "cpu"
+
+
+def test_recbole_dataset_on_mmrec_file_is_one_line(planted):
+    """RecBole's own run_recbole for a RecBole model on an MMRec-layout folder failed with 'not enough
+    values to unpack'; now one line that points to recbole_mm's entry points."""
+    from recbole.quick_start import run_recbole as recbole_run
+
+    root, config = planted
+    with pytest.raises(RecBoleMMError, match="untyped .*MMRec-layout.*recbole_mm.run_recbole"):
+        recbole_run(model="LightGCN", dataset="planted", config_dict=config)
