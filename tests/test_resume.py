@@ -13,8 +13,10 @@ import textwrap
 
 import pytest
 import torch
+import yaml
 from conftest import REPO, planted_config, write_planted_dataset
 
+from recbole_mm import cli
 from recbole_mm.errors import RecBoleMMError
 
 EPOCHS = 6
@@ -51,7 +53,7 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
+def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys):
     from recbole_mm.quick_start import run_recbole
 
     monkeypatch.chdir(tmp_path)
@@ -87,8 +89,17 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch):
     assert resumed["saved_model_file"] == str(last).replace(".last.pth", ".pth")
 
     # The finished run's last checkpoint has no epoch left to train: resuming it only tests again.
-    again = run_recbole("GUME", "planted", config_dict=config_killed, resume=str(last))
-    assert again["test_result"] == uninterrupted["test_result"] and len(again["history"]) == EPOCHS
+    # Through the command line, as a user resumes (--resume on run_recbole_mm.py's parser).
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_dump(config_killed))
+    monkeypatch.setattr(sys, "argv", ["run_recbole_mm.py", "--model=GUME", "--dataset=planted",
+                                      f"--config_files={settings}", f"--resume={last}"])
+    cli.main()
+    table = capsys.readouterr().out.split("test metrics at the best validation epoch")[1]
+    assert f"best valid epoch: {uninterrupted['best_epoch']} ({EPOCHS} epochs trained)" in table
+    test_recall = uninterrupted["test_result"]["recall@10"]
+    assert any(line.split()[:1] == ["recall@10"] and float(line.split()[2]) == round(test_recall, 4)
+               for line in table.splitlines())
 
 
 def test_resume_refuses_other_model_and_damaged_file(planted, tmp_path):
