@@ -122,6 +122,7 @@ class Trainer(RecBoleTrainer):
         self._has_valid = False
         self._pending_rng: dict | None = None  # restored at the start of the resumed fit
         self._resumed_last = False
+        self._resumed_finished = False
         schedule = config["learning_rate_scheduler"]
         self.lr_scheduler = None
         if schedule is not None:
@@ -206,6 +207,7 @@ class Trainer(RecBoleTrainer):
         self.history = ckpt.from_plain(state["history"])
         self._pending_rng = state["rng"]
         self._resumed_last = True
+        self._resumed_finished = bool(state.get("finished"))
         # Later improvements overwrite, and the test loads, the run's own best checkpoint.
         self.saved_model_file = os.path.join(os.path.dirname(last), state["best_model_file"])
         self.logger.info(f"Resuming from {last}: epoch {self.start_epoch}")
@@ -228,8 +230,9 @@ class Trainer(RecBoleTrainer):
                 callback_fn(epoch_idx, valid_score)
 
         check_protocol_applied(self.config, train_data)
-        if self._resumed_last and self.start_epoch >= self.epochs:
-            # Nothing left to train. RecBole would save the current (last-epoch) model over the best one.
+        if self._resumed_last and (self._resumed_finished or self.start_epoch >= self.epochs):
+            # The run had ended (epochs or early stopping): nothing left to train. RecBole would save the
+            # current (last-epoch) model over the best one.
             return self.best_valid_score, self.best_valid_result
         if self._pending_rng is not None:
             # Every random state as it was after the epoch the resumed run stopped at.

@@ -19,13 +19,15 @@ from conftest import REPO, planted_config, write_planted_dataset
 from recbole_mm import cli
 from recbole_mm.errors import RecBoleMMError
 
-EPOCHS = 6
-KILL_DURING_WRITE_OF = 3  # the kill lands while epoch 3's last checkpoint is half written
+EPOCHS = 8
+KILL_DURING_WRITE_OF = 4  # the kill lands while epoch 4's last checkpoint is half written
 
 
 def _config(root) -> dict:
-    # stopping_step large: all epochs run, so the best epoch can come after the kill.
-    return planted_config(root, epochs=EPOCHS, stopping_step=50, learning_rate=0.01,
+    # Uninterrupted, this run peaks on valid NDCG@10 at epoch 2 and early stopping (patience 2) ends it
+    # after epoch 5: the kill falls between the best epoch and the stop, with the patience counter at 1,
+    # so the best checkpoint, the best result and the counter must all come back.
+    return planted_config(root, epochs=EPOCHS, stopping_step=2, learning_rate=0.01, valid_metric="NDCG@10",
                           learning_rate_scheduler=[0.5, 2], train_batch_size=128)
 
 
@@ -84,11 +86,13 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys):
     assert resumed["test_result"] == uninterrupted["test_result"]
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in uninterrupted["history"]]
     assert [h["learning_rate"] for h in resumed["history"]] == [h["learning_rate"] for h in uninterrupted["history"]]
-    assert len(resumed["history"]) == EPOCHS
+    trained = len(uninterrupted["history"])
+    assert uninterrupted["best_epoch"] < KILL_DURING_WRITE_OF - 1 < trained - 1 < EPOCHS - 1  # the premise above
+    assert len(resumed["history"]) == trained
     # The resumed run tested, and wrote its improvements into, the killed run's own best checkpoint.
     assert resumed["saved_model_file"] == str(last).replace(".last.pth", ".pth")
 
-    # The finished run's last checkpoint has no epoch left to train: resuming it only tests again.
+    # The finished (early-stopped) run's last checkpoint has nothing left to train: resuming only tests again.
     # Through the command line, as a user resumes (--resume on run_recbole_mm.py's parser).
     settings = tmp_path / "settings.yaml"
     settings.write_text(yaml.safe_dump(config_killed))
@@ -96,7 +100,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys):
                                       f"--config_files={settings}", f"--resume={last}"])
     cli.main()
     table = capsys.readouterr().out.split("test metrics at the best validation epoch")[1]
-    assert f"best valid epoch: {uninterrupted['best_epoch']} ({EPOCHS} epochs trained)" in table
+    assert f"best valid epoch: {uninterrupted['best_epoch']} ({trained} epochs trained)" in table
     test_recall = uninterrupted["test_result"]["recall@10"]
     assert any(line.split()[:1] == ["recall@10"] and float(line.split()[2]) == round(test_recall, 4)
                for line in table.splitlines())
