@@ -7,8 +7,8 @@ Where the declarations live:
 - each plugin model's own keys: a ``config_schema`` class attribute on the model, next to its code,
   e.g. ``config_schema = {"knn_k": Int(min=1), "fusion": Choice("mean", "concat")}``. A key of the
   model's ``properties/model/<Model>.yaml`` without a declaration is checked against the type of its
-  default there (an int default wants an int, a float a number, a bool a bool), so a new model is
-  covered without touching this module; its ``config_schema`` adds the ranges.
+  default there (a number wants a number, a bool a bool, a string a string), so a new model is covered
+  without touching this module; its ``config_schema`` adds integer types and ranges.
 
 :func:`check_config` runs on the merged values before RecBole's own validation (see
 :class:`CheckedConfig`), so a wrong value is one line naming the key, the value, what is allowed and
@@ -209,15 +209,14 @@ _VALUE_METRICS_NOTE = "value metrics (AUC, MAE, ...) take no @k"
 
 
 def _inferred_spec(default: Any, strict: bool = True) -> Spec | None:
-    """A spec from the type of a model yaml's default value (``strict``: an int default wants an int;
-    RecBole's own yamls write some float keys with int defaults, so there any number passes)."""
+    """A spec from the type of a model yaml's default value: a bool default wants a bool, a number any
+    number (a weight written ``0`` in a yaml is a float key; declare ``Int`` in ``config_schema`` for
+    counts), a string a string (``strict`` only: RecBole's own yamls are looser)."""
     if isinstance(default, bool):
         return Bool()
-    if _is_int(default):
-        return Int() if strict else Float()
-    if isinstance(default, float):
+    if _is_number(default):
         return Float()
-    if isinstance(default, str):
+    if isinstance(default, str) and strict:
         return Str()
     return None
 
