@@ -212,12 +212,13 @@ def _inferred_spec(default: Any, strict: bool = True) -> Spec | None:
     """A spec from the type of a model yaml's default value: a bool default wants a bool, a number any
     number (a weight written ``0`` in a yaml is a float key; declare ``Int`` in ``config_schema`` for
     counts), a string a string (``strict`` only: RecBole's own yamls are looser)."""
+    # none_ok: a model may read an unset key as "off"; declared specs say so explicitly.
     if isinstance(default, bool):
-        return Bool()
+        return Bool(none_ok=True)
     if _is_number(default):
-        return Float()
+        return Float(none_ok=True)
     if isinstance(default, str) and strict:
-        return Str()
+        return Str(none_ok=True)
     return None
 
 
