@@ -25,11 +25,6 @@ def last_checkpoint_file(best_file: str) -> str:
     return stem + LAST_SUFFIX
 
 
-def best_checkpoint_file(last_file: str) -> str:
-    """Inverse of :func:`last_checkpoint_file`."""
-    return last_file[: -len(LAST_SUFFIX)] + ".pth"
-
-
 def check_resume_file(resume_file: str) -> str:
     """The checkpoint a resume will read (``<name>.last.pth`` when present), loaded once to check it,
     so a missing or damaged file is one line before anything is written."""
