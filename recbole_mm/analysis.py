@@ -170,6 +170,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from recbole_mm.cli import exit_on_user_error
+    from recbole_mm.errors import exit_on_user_error
 
     exit_on_user_error(main)

@@ -461,6 +461,6 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     import recbole_mm  # noqa: F401  (shims before anything imports recbole)
-    from recbole_mm.cli import exit_on_user_error
+    from recbole_mm.errors import exit_on_user_error
 
     exit_on_user_error(main)

@@ -14,13 +14,14 @@ import enum
 import importlib
 import os
 import pickle
+import zipfile
 from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
-from recbole_mm.errors import CheckpointError
+from recbole_mm.errors import CheckpointError, exit_on_user_error
 
 _PLAIN = (bool, int, float, str, type(None))
 _TRUSTED_MODULES = ("recbole.", "recbole_mm.")
@@ -31,10 +32,10 @@ def to_plain(value: Any, key: str = "") -> Any:
     if isinstance(value, enum.Enum):
         cls = type(value)
         return {"__enum__": f"{cls.__module__}:{cls.__qualname__}", "name": value.name}
+    if isinstance(value, np.generic):  # before _PLAIN: np.float64 subclasses float, yet torch refuses it
+        return value.item()
     if isinstance(value, _PLAIN):
         return value
-    if isinstance(value, np.generic):
-        return value.item()
     if isinstance(value, torch.device):
         return {"__device__": str(value)}
     if isinstance(value, dict):
@@ -141,8 +142,17 @@ def config_from_plain(data: dict) -> Any:
 def save_atomically(state: dict, path: str) -> None:
     """``torch.save`` to a temporary file, then rename: an interrupted save never leaves a truncated file."""
     tmp_file = f"{path}.tmp"
-    torch.save(state, tmp_file)
-    os.replace(tmp_file, path)
+    try:
+        with open(tmp_file, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
+        os.replace(tmp_file, path)
+    except OSError as exc:
+        if os.path.exists(tmp_file):
+            os.remove(tmp_file)
+        raise CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); "
+                              "check that its folder exists and has space") from exc
 
 
 def save_trainer_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
@@ -174,10 +184,19 @@ def load_checkpoint(path: str, map_location: Any = None, trust_pickle: bool = Fa
     """
     path = str(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a saved .pth file")
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise CheckpointError(f"checkpoint {path} {what}; pass the path of a saved .pth file")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"checkpoint {path} is not readable (permission denied); fix its permissions")
+    kind = _file_kind(path)
+    if kind is None:
+        raise CheckpointError(f"{path} is not a checkpoint (neither torch's zip format nor a pickle); "
+                              "pass a .pth file written by RecBole or recbole_mm")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
+        if kind == "zip" and "Weights only load failed" not in str(exc):
+            raise _damaged(path, exc) from exc
         if not trust_pickle:
             raise CheckpointError(
                 f"{path} pickles Python objects (as checkpoints of plain RecBole do) and was not loaded, "
@@ -185,10 +204,45 @@ def load_checkpoint(path: str, map_location: Any = None, trust_pickle: bool = Fa
                 "trust_pickle=True or convert it once: python -m recbole_mm.checkpoint --trust-pickle "
                 f"{path} NEW.pth"
             ) from exc
-        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        try:
+            checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        except _LOAD_ERRORS as exc2:
+            raise _damaged(path, exc2) from exc2
+    except _LOAD_ERRORS as exc:
+        raise _damaged(path, exc) from exc
+    if not (isinstance(checkpoint, dict) and "state_dict" in checkpoint and "config" in checkpoint):
+        raise CheckpointError(f"{path} holds a {type(checkpoint).__name__} without 'state_dict' and 'config', "
+                              "so it is not a RecBole checkpoint; pass a .pth file written by a training run")
     if isinstance(checkpoint.get("config"), dict):
-        checkpoint["config"] = config_from_plain(checkpoint["config"])
+        try:
+            checkpoint["config"] = config_from_plain(checkpoint["config"])
+        except (KeyError, ValueError, AttributeError, ImportError) as exc:
+            raise CheckpointError(f"{path}: its config cannot be rebuilt ({type(exc).__name__}: {exc}); "
+                                  "was it written by another version of RecBole or recbole_mm?") from exc
     return checkpoint
+
+
+# What torch.load raises on a truncated or damaged file (a zip without its directory, a pickle cut short).
+_LOAD_ERRORS = (RuntimeError, EOFError, KeyError, ValueError, IndexError, zipfile.BadZipFile, OSError,
+                pickle.UnpicklingError, UnicodeDecodeError)
+
+
+def _file_kind(path: str) -> str | None:
+    """``zip`` (torch's format), ``pickle`` (torch's legacy format, plain pickles) or None."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head.startswith(b"PK"):
+        return "zip"
+    if head[:1] == b"\x80":
+        return "pickle"
+    return None
+
+
+def _damaged(path: str, exc: BaseException) -> CheckpointError:
+    size = os.path.getsize(path)
+    reason = " ".join(str(exc).split()).split(". ")[0][:100] or type(exc).__name__
+    return CheckpointError(f"{path} is damaged or truncated ({size} bytes; torch: {reason}); "
+                           "use another checkpoint, e.g. the run's .last.pth or a rerun's")
 
 
 def convert_checkpoint(src: str, dst: str, trust_pickle: bool = False) -> None:
@@ -215,6 +269,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    from recbole_mm.cli import exit_on_user_error
-
     exit_on_user_error(main)

@@ -5,21 +5,13 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-from typing import Callable
+import time
 
 from recbole_mm.errors import RecBoleMMError
+from recbole_mm.errors import exit_on_user_error  # noqa: F401  (re-exported: recbole_mm.cli.exit_on_user_error)
 from recbole_mm.trainer import median_epoch_seconds
 
 _KEY_VALUE = re.compile(r"^--[A-Za-z_][\w.]*=")
-
-
-def exit_on_user_error(main: Callable[[], object]) -> None:
-    """Run ``main``; a :class:`RecBoleMMError` becomes one ``error:`` line on stderr and exit status 2."""
-    try:
-        main()
-    except RecBoleMMError as exc:
-        print(f"recbole_mm: error: {exc}", file=sys.stderr)
-        sys.exit(2)
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,11 +31,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     distributed.add_argument("--ip", default="localhost", help="address of the machine that runs rank 0")
     distributed.add_argument("--port", default="5678", help="a free TCP port on that machine")
     distributed.add_argument("--offset", default="0", help="global rank of this machine's first process")
+    parser.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                        help="continue a killed run from its checkpoint (saved/<Model>-….pth or its .last.pth), "
+                        "given the run's other arguments")
     args, rest = parser.parse_known_args(argv)
     unusable = [a for a in rest if not _KEY_VALUE.match(a)]
     if unusable:
         parser.error(f"unrecognised argument(s) {' '.join(unusable)}; give RecBole parameters as --key=value")
     return args
+
+
+def process_seconds() -> float | None:
+    """Seconds since this process started (imports and start-up included), None if unknown."""
+    try:
+        import psutil
+
+        return time.time() - psutil.Process().create_time()
+    except (ImportError, OSError):
+        return None
 
 
 def format_results(result: dict) -> str:
@@ -62,7 +67,9 @@ def format_results(result: dict) -> str:
         summary.append(f"{train_s:.2f} s per training epoch")
     if eval_s is not None:
         summary.append(f"{eval_s:.2f} s per validation pass")
-    summary.append(f"wall time {result['wall_seconds']:.1f} s")
+    process = result.get("process_seconds")
+    summary.append(f"wall time {result['wall_seconds']:.1f} s"
+                   + (f" ({process:.1f} s with start-up)" if process is not None else ""))
     peak = result.get("peak_memory_mb") or {}
     if peak:
         summary.append("peak memory " + ", ".join(f"{kind} {mb:.0f} MiB" for kind, mb in peak.items()))
@@ -79,9 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     config_files = re.split(r"[,\s]+", args.config_files.strip()) if args.config_files else None
     result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, nproc=args.nproc,
-                 world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.offset)
+                 world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.offset,
+                 resume=args.resume)
     if result is None:
         raise RecBoleMMError("no process on this machine returned results; see the log of local rank 0")
+    result["process_seconds"] = process_seconds()
     config = result["config"]
     processes = "" if config["single_spec"] else f" ({config['world_size']} processes)"
     print(f"\n{config['model']} on {config['dataset']}{processes} — test metrics at the best validation epoch")

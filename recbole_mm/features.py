@@ -30,8 +30,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from recbole_mm.cli import exit_on_user_error
-from recbole_mm.errors import RecBoleMMError
+from recbole_mm.errors import RecBoleMMError, exit_on_user_error
 
 MODALITIES = ("text", "image")
 ITEM_FILE_FORMATS = (".tsv", ".csv", ".jsonl")
@@ -69,7 +68,7 @@ class ItemTable:
 
 def _read_jsonl(path: str) -> pd.DataFrame:
     records = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -94,7 +93,9 @@ def _read_table(path: str) -> pd.DataFrame:
     if ext == ".jsonl":
         return _read_jsonl(path)
     try:
-        return pd.read_csv(path, sep="\t" if ext == ".tsv" else ",", dtype=str, keep_default_na=False)
+        # utf-8-sig: a byte-order mark (as spreadsheet exports write) is not part of the first column's name.
+        return pd.read_csv(path, sep="\t" if ext == ".tsv" else ",", dtype=str, keep_default_na=False,
+                           encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
@@ -115,6 +116,12 @@ def read_items(path: str, item_column: str = "itemID", text_columns: Sequence[st
     """
     table = _read_table(path)
     if item_column not in table.columns:
+        if len(table.columns) == 1 and str(path).lower().endswith(".tsv"):
+            from recbole_mm.data import files  # here: importing this module stays cheap
+
+            wrong_separator = files.not_tab_separated(path, str(table.columns[0]), f"{item_column}, text, image")
+            if wrong_separator is not None:
+                raise FeatureError(str(wrong_separator))
         has = ", ".join(map(str, table.columns)) or "no columns"
         raise FeatureError(f"{path}: no '{item_column}' column (has {has}); the item file needs an item id "
                            "column (name it with --item-column) and one row per item")

@@ -24,20 +24,22 @@ from recbole.trainer import Trainer as RecBoleTrainer
 from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_seed
 
 from recbole_mm.checkpoint import load_checkpoint
+from recbole_mm.config_check import check_against_dataset, make_checked_config
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.data.protocol import apply_protocol
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.registry import canonical_model_name
-from recbole_mm.trainer import Trainer
+from recbole_mm.trainer import PROTOCOL_MARK, Trainer, check_resume_file
 
 
 def make_config(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
                 config_dict: dict | None = None) -> Config:
-    """RecBole's ``Config``, after checking the model name (aliases resolved, unknown names refused)."""
+    """RecBole's ``Config``, after checking the model name (aliases resolved, unknown names refused),
+    with every value checked (:mod:`recbole_mm.config_check`) before anything is written."""
     if isinstance(model, str):
         model = canonical_model_name(model)
-    return Config(model=model, dataset=dataset, config_file_list=config_file_list, config_dict=config_dict)
+    return make_checked_config(model, dataset, config_file_list, config_dict)
 
 
 def create_dataset(config: Config):
@@ -69,13 +71,16 @@ def make_trainer(config: Config, model):
 def prepare_data(config: Config, dataset) -> tuple:
     """RecBole's ``data_preparation`` plus recbole_mm's protocol switches (``test_masking``,
     ``negative_items``; see :mod:`recbole_mm.data.protocol`)."""
-    return apply_protocol(config, *data_preparation(config, dataset))
+    train_data, valid_data, test_data = apply_protocol(config, *data_preparation(config, dataset))
+    setattr(train_data, PROTOCOL_MARK, True)
+    return train_data, valid_data, test_data
 
 
 def _load_checked_dataset(config: Config):
     dataset = create_dataset(config)
     if needs_item_features(config):
         _ = dataset.item_features  # read and validate feature files now, before training starts
+    check_against_dataset(config, dataset)
     return dataset
 
 
@@ -137,12 +142,15 @@ def peak_memory_mb(device: Any) -> dict:
 
 
 def run_recbole(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
-                config_dict: dict | None = None, saved: bool = True) -> dict:
+                config_dict: dict | None = None, saved: bool = True, resume: str | None = None) -> dict:
     """Train and test a model; returns RecBole's result dict plus ``best_epoch``, ``history``,
-    ``saved_model_file`` and ``wall_seconds``.
+    ``saved_model_file`` and ``wall_seconds``. ``resume``: a checkpoint of a killed run with the same
+    settings (``<name>.pth`` or ``<name>.last.pth``); training continues after its last epoch.
     """
     start = perf_counter()
     config = make_config(model, dataset, config_file_list, config_dict)
+    if resume:
+        check_resume_file(resume)
     init_seed(config["seed"], config["reproducibility"])
     # Data and features are checked before init_logger writes anything, so bad input leaves no files.
     dataset = _load_checked_dataset(config)
@@ -162,6 +170,8 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
                                  "the processes built different item features or graphs (float rounding "
                                  "across machines can flip kNN ties); rank 0's copies are used") if buffers else None
     trainer = make_trainer(config, model)
+    if resume:
+        trainer.resume_checkpoint(resume)
     best_valid_score, best_valid_result = trainer.fit(
         train_data, valid_data, saved=saved, show_progress=config["show_progress"]
     )
@@ -238,16 +248,19 @@ def _run_rank(local_rank: int, model: Any, dataset: Any, config_file_list: Any, 
 
 def run(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
         config_dict: dict | None = None, saved: bool = True, nproc: int = 1, world_size: int = -1,
-        ip: str = "localhost", port: str = "5678", group_offset: int = 0) -> dict | None:
+        ip: str = "localhost", port: str = "5678", group_offset: int = 0, resume: str | None = None) -> dict | None:
     """RecBole's ``run``: :func:`run_recbole` in one process, or in ``nproc`` processes of a
     torch.distributed job (gloo on CPU, nccl on GPUs; see the README's *Multi-process runs*).
 
     Returns the result of this machine's first process (metrics are gathered over all processes, so
     every machine gets the same numbers); a :class:`RecBoleMMError` in a process is raised here.
+    ``resume`` (a killed run's checkpoint) is for one-process runs.
     """
     nproc, world_size, group_offset = check_distributed_args(nproc, world_size, group_offset, port)
     if nproc == 1 and world_size <= 0:
-        return run_recbole(model, dataset, config_file_list, config_dict, saved)
+        return run_recbole(model, dataset, config_file_list, config_dict, saved, resume=resume)
+    if resume:
+        raise RecBoleMMError("--resume: resuming is supported for one-process runs only; drop --nproc/--world_size")
     if isinstance(model, str):
         model = canonical_model_name(model)  # an unknown name fails here, before any process starts
     import torch.multiprocessing as mp

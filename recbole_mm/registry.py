@@ -30,6 +30,11 @@ PLUGIN_MODELS: dict[str, str] = {
 # Other spellings accepted by recbole_mm's entry points.
 MODEL_ALIASES: dict[str, str] = {"MM-GEF": "MMGEF"}
 
+# recbole_mm's dataset keys: they change the data, so RecBole's save_dataset / save_dataloaders reuse
+# check (which compares RecBole's dataset_arguments) must compare them too.
+DATASET_ARGUMENTS = ("inter_file_name", "data_format", "modalities", "missing_feature", "filter_cold_start_users",
+                     "cold_start_items", "cold_start_seed")
+
 _RECBOLE_SUBPACKAGES = (
     "general_recommender",
     "context_aware_recommender",
@@ -46,7 +51,14 @@ def canonical_model_name(name: str) -> str:
         return name
     for sub in _RECBOLE_SUBPACKAGES:
         if importlib.util.find_spec(f"recbole.model.{sub}.{name.lower()}") is not None:
-            return name
+            # RecBole finds the module by the lower-cased name but the class by the exact one.
+            classes = [c for c in dir(importlib.import_module(f"recbole.model.{sub}.{name.lower()}"))
+                       if c.lower() == name.lower()]
+            if name in classes:
+                return name
+            if classes:
+                raise UnknownModelError(f"unknown model '{name}': model names are case-sensitive; "
+                                        f"did you mean --model={classes[0]}?")
     raise UnknownModelError(
         f"unknown model '{name}': not a RecBole model nor one of recbole_mm's "
         f"({', '.join(sorted(PLUGIN_MODELS))}); model names are case-sensitive, e.g. --model=LightGCN"
@@ -96,6 +108,23 @@ def _extend_internal_config(original):
     return _load_internal_config_dict
 
 
+def _refuse_untyped_files(original):
+    def _load_feat(self, filepath, source):
+        from recbole_mm.data import files
+        from recbole_mm.errors import DataError
+
+        if filepath and os.path.isfile(filepath) and files.is_mmrec_layout(filepath):
+            # RecBole would fail with "not enough values to unpack" on the untyped MMRec header.
+            raise DataError(
+                f"{filepath}: an untyped (MMRec-layout) header, which RecBole's own Dataset cannot read; "
+                "train through recbole_mm (recbole_mm.run_recbole or run_recbole_mm.py, README 'From an "
+                "existing RecBole script'), or give the file RecBole's typed header (e.g. user_id:token)")
+        return original(self, filepath, source)
+
+    _load_feat.__wrapped__ = original
+    return _load_feat
+
+
 def register() -> None:
     """Alias plugin models into RecBole's model packages and hook the config defaults; idempotent."""
     global _registered
@@ -111,4 +140,20 @@ def register() -> None:
         sys.modules[f"recbole.model.general_recommender.{name.lower()}"] = module
         setattr(recbole_datasets, f"{name}Dataset", getattr(module, "dataset_class", MultiModalDataset))
     Config._load_internal_config_dict = _extend_internal_config(Config._load_internal_config_dict)
+    original_categories = Config._init_parameters_category
+
+    def _init_parameters_category(self):
+        original_categories(self)
+        # RecBole hands every Config its global argument lists and then extends them in place with each
+        # dataset yaml's keys; a Config's own copies keep the globals as declared.
+        self.parameters = {category: list(keys) for category, keys in self.parameters.items()}
+
+    Config._init_parameters_category = _init_parameters_category
+    recbole_datasets.Dataset._load_feat = _refuse_untyped_files(recbole_datasets.Dataset._load_feat)
+    from recbole.utils.argument_list import dataset_arguments
+
+    dataset_arguments.extend(k for k in DATASET_ARGUMENTS if k not in dataset_arguments)
+    from recbole_mm.trainer import register_trainers
+
+    register_trainers(PLUGIN_MODELS)  # RecBole's run_recbole trains them with recbole_mm's Trainer
     _registered = True

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from recbole_mm import features
-from recbole_mm.cli import exit_on_user_error
+from recbole_mm.errors import exit_on_user_error
 from recbole_mm.errors import RecBoleMMError
 
 REPO = Path(__file__).resolve().parent.parent

@@ -40,8 +40,29 @@ class MultiModalDataset(Dataset):
     def _load_data(self, token, dataset_path):
         if not os.path.isdir(dataset_path):
             # RecBole would try to download an unknown dataset here; say what is wrong instead.
-            raise DataError(f"{dataset_path}: dataset folder not found; set data_path to the folder that holds '{token}/'")
+            from recbole_mm.resources import bundled_data_root
+
+            root = os.path.dirname(os.path.abspath(dataset_path))
+            found = files.available_datasets(root)
+            there = f"datasets in {root}: {', '.join(found)}" if found else f"{root} holds no datasets"
+            shipped = files.available_datasets(str(bundled_data_root()))
+            if shipped and os.path.abspath(str(bundled_data_root())) != root:
+                there += f"; shipped with recbole_mm: {', '.join(shipped)}"
+            raise DataError(f"{dataset_path}: dataset folder not found ({there}; names are case-sensitive); "
+                            f"set --dataset to one of them or data_path to the folder that holds '{token}/'")
         super()._load_data(token, dataset_path)
+
+    def _load_feat(self, filepath, source):
+        # RecBole reads atomic files as plain UTF-8, so a byte-order mark (as Excel writes) would become
+        # part of the first column's name; read such a file as utf-8-sig.
+        if not (filepath and os.path.isfile(filepath) and files.has_bom(filepath)):
+            return super()._load_feat(filepath, source)
+        encoding = self.config["encoding"]
+        self.config["encoding"] = "utf-8-sig"
+        try:
+            return super()._load_feat(filepath, source)
+        finally:
+            self.config["encoding"] = encoding
 
     def _inter_file(self, token: str, dataset_path: str) -> str:
         return os.path.join(dataset_path, self.config["inter_file_name"] or f"{token}.inter")
@@ -57,6 +78,18 @@ class MultiModalDataset(Dataset):
 
     def _load_inter_feat(self, token, dataset_path):
         if self._layout(token, dataset_path) == "atomic":
+            for key in ("cold_start_items", "filter_cold_start_users"):
+                if self.config[key]:
+                    # They act on MMRec's x_label split, which an atomic file does not have.
+                    raise DataError(f"{key}: {self.config[key]!r} needs an MMRec-layout .inter (userID itemID "
+                                    f"x_label), but {self._inter_file(token, dataset_path)} is RecBole's atomic "
+                                    f"format; unset {key} for this dataset")
+            benchmark = self.config["benchmark_filename"]
+            names = [f"{token}.{part}.inter" for part in benchmark] if benchmark else [f"{token}.inter"]
+            for name in names:
+                # RecBole would say only "File ... not exist." (and a traceback); CRLF/BOM are its to read.
+                files.check_readable(os.path.join(dataset_path, name), "interaction file",
+                                     "put the dataset's .inter file there or set data_path / inter_file_name")
             return super()._load_inter_feat(token, dataset_path)
         path = self._inter_file(token, dataset_path)
         table = files.read_mmrec_inter(path, self.uid_field, self.iid_field)
@@ -78,6 +111,11 @@ class MultiModalDataset(Dataset):
         # RecBole's benchmark mechanism: build() cuts inter_feat into these consecutive parts.
         self.file_size_list = [len(part) for part in parts]
         self.benchmark_filename_list = list(files.SPLITS)
+        # The config dump should show the split used: the file's x_label split, not RecBole's default
+        # RS ratios (which build() never reads once a benchmark split is set).
+        eval_args = dict(self.config["eval_args"] or {})
+        eval_args["split"] = {"x_label": dict(zip(files.SPLITS, self.file_size_list))}
+        self.config["eval_args"] = eval_args
         self.logger.debug(f"MMRec interactions loaded from [{path}]: {self.file_size_list}")
 
     # ---- item features --------------------------------------------------------------------------

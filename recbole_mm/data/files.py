@@ -21,21 +21,87 @@ MISSING_POLICIES = ("error", "mean", "zero")
 _ROW_CHUNK = 4096  # rows scanned at a time, so a memory-mapped file is never fully copied
 
 
+def check_readable(path: str, what: str, fix: str) -> None:
+    """A file the user named exists, is a file and can be read; else one line naming it and ``fix``."""
+    if not os.path.exists(path):
+        raise DataError(f"{path}: {what} not found; {fix}")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: {what} is a {'folder' if os.path.isdir(path) else 'special file'}, not a file; {fix}")
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: {what} is not readable (permission denied); fix its permissions")
+
+
+def available_datasets(root: str) -> list[str]:
+    """Sub-folders of ``root`` that hold a ``.inter`` file (the datasets a user can name)."""
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        folder = os.path.join(root, name)
+        try:
+            if os.path.isdir(folder) and any(f.endswith(".inter") for f in os.listdir(folder)):
+                found.append(name)
+        except OSError:
+            continue
+    return found
+
+
+def has_bom(path: str) -> bool:
+    """True when a file starts with a UTF-8 byte-order mark."""
+    with open(path, "rb") as f:
+        return f.read(3) == b"\xef\xbb\xbf"
+
+
+def _header_line(path: str) -> str:
+    """The first line of a text file, without a UTF-8 byte-order mark or a ``\\r\\n`` ending."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            return f.readline().rstrip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+
+
 def is_mmrec_layout(path: str) -> bool:
     """True unless the header is RecBole's typed one (every column ``name:type``); MMRec's is untyped."""
-    with open(path, encoding="utf-8") as f:
-        header = f.readline().rstrip("\r\n").split("\t")
+    header = _header_line(path).split("\t")
     return not all(":" in column for column in header)
 
 
+def not_tab_separated(path: str, header: str, expected: str) -> DataError | None:
+    """The error for a header that is one column although it looks comma/semicolon/space separated."""
+    if "\t" in header:
+        return None
+    for sep, name in ((",", "comma"), (";", "semicolon"), (" ", "space"), ("|", "pipe")):
+        if sep in header.strip():
+            return DataError(f"{path}: not tab-separated (the header {header.strip()!r} looks {name}-separated); "
+                             f"columns must be separated by tabs: {expected}")
+    return None
+
+
 def read_mmrec_inter(path: str, user_field: str, item_field: str) -> pd.DataFrame:
-    """Read ``userID itemID x_label`` rows (0/1/2 = train/valid/test) as int64 columns, validated."""
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: interaction file not found; put the dataset's .inter file there or set data_path")
+    """Read ``userID itemID x_label`` rows (0/1/2 = train/valid/test) as int64 columns, validated.
+
+    Accepts ``\\r\\n`` line endings (spreadsheet exports) and a UTF-8 byte-order mark.
+    """
+    check_readable(path, "interaction file", "put the dataset's .inter file there or set data_path / inter_file_name")
+    expected = "\\t".join((user_field, item_field, SPLIT_LABEL))
+    header = _header_line(path)
+    wrong_separator = not_tab_separated(path, header, expected)
+    if wrong_separator is not None:
+        raise wrong_separator
     try:
-        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         table = pd.DataFrame()
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{path}: not a table of tab-separated columns ({' '.join(str(exc).split())}); "
+                        f"every line needs {expected}") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    # Columns and cells as written: strip a stray '\r' (a file that mixes line endings) and spaces.
+    table.columns = [str(c).strip() for c in table.columns]
     if table.empty:
         raise DataError(f"{path}: no interaction rows; an MMRec .inter has a header and one row per interaction")
     missing = [c for c in (user_field, item_field, SPLIT_LABEL) if c not in table.columns]
@@ -47,7 +113,7 @@ def read_mmrec_inter(path: str, user_field: str, item_field: str) -> pd.DataFram
         )
     out = {}
     for column in (user_field, item_field, SPLIT_LABEL):
-        values = pd.to_numeric(table[column], errors="coerce")
+        values = pd.to_numeric(table[column].str.strip(), errors="coerce")
         # Ids must be exact integers: the 2**53 bound keeps them exact as floats and far inside int64.
         bad = values.isna() | (values < 0) | (values != values.round()) | (values >= 2**53)
         if column == SPLIT_LABEL:
@@ -107,7 +173,7 @@ def open_feature_file(path: str, modality: str, n_rows: int) -> tuple[np.ndarray
         raise DataError(f"{path}: feature file for modality '{modality}' not found; put it there or fix 'modalities' in the dataset config")
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, EOFError, OSError) as exc:  # cut short, empty, unreadable
         raise DataError(f"{path}: not a readable .npy array ({exc}); save features with numpy.save") from exc
     if array.ndim != 2 or array.shape[1] == 0:
         raise DataError(f"{path}: features must be 2-D [items, dim] with dim >= 1, got shape {array.shape}; "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 
+from recbole_mm.config_check import Choice
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.errors import DataError
 from recbole_mm.model.graphs import sparse_matmul
@@ -47,6 +48,9 @@ class MultiModalRecommender(GeneralRecommender):
     Evaluation caches: :meth:`cached` memoises full-graph results while the model is in eval mode,
     so ``full_sort_predict`` computes them once per evaluation pass; ``train()``/``eval()`` clear it.
     """
+
+    # Keys every multimodal model reads (recbole_mm.config_check); a subclass adds its own.
+    config_schema = {"feature_norm": Choice("none", "l2", "standard", none_ok=True)}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

@@ -17,6 +17,7 @@ import torch
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import augmented_adjacency, graph_from_neighbours, knn_neighbours, semantic_neighbours
 from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb, squared_l2
@@ -24,6 +25,14 @@ from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, pert
 
 class GUME(MultiModalRecommender):
     input_type = InputType.PAIRWISE
+    # Types and ranges of properties/model/GUME.yaml's keys (checked before anything runs); the
+    # switches' bool type comes from their defaults.
+    config_schema = {
+        "knn_k": Int(min=1), "n_layers": Int(min=0), "n_ui_layers": Int(min=0),
+        "reg_weight_1": Float(min=0), "reg_weight_2": Float(min=0), "vt_loss": Float(min=0),
+        "bm_loss": Float(min=0), "um_loss": Float(min=0), "bm_temp": Float(min=0, min_open=True),
+        "um_temp": Float(min=0, min_open=True), "um_noise_eps": Float(min=0),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

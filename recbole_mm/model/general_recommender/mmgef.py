@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.config_check import Choice, Float, Int
 from recbole_mm.errors import RecBoleMMError, config_choice
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import augmented_adjacency, cooccurrence_graph, graph_from_neighbours, knn_neighbours
@@ -27,6 +28,11 @@ INJECTIONS = ("output", "input", "both")
 
 class MMGEF(MultiModalRecommender):
     input_type = InputType.PAIRWISE
+    # Types and ranges of properties/model/MMGEF.yaml's keys (checked before anything runs).
+    config_schema = {
+        "knn_k": Int(min=1), "n_item_layers": Int(min=0), "n_ui_layers": Int(min=0), "reg_weight": Float(min=0),
+        "fusion": Choice(*FUSIONS), "graph_attention": Choice(*ATTENTIONS), "inject": Choice(*INJECTIONS),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

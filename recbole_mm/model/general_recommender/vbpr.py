@@ -12,11 +12,13 @@ from recbole.model.loss import BPRLoss, EmbLoss
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.config_check import Float
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 
 
 class VBPR(MultiModalRecommender):
     input_type = InputType.PAIRWISE
+    config_schema = {"reg_weight": Float(min=0)}  # types/ranges of properties/model/VBPR.yaml's keys
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
