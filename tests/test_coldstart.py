@@ -53,6 +53,22 @@ def test_split_holds_out_a_test_group_and_a_validation_group(root):
     assert np.array_equal(without["test"], with_valid["test"]) and len(without["valid"]) == 0
 
 
+def test_held_out_item_ids_carry_no_held_out_popularity(root, tmp_path):
+    # RecBole numbers items by first appearance; the held-out ones must get the same ids whatever the
+    # order (and so the counts) of their rows, or a tie-breaking ranker (Pop) would read test popularity
+    orders = []
+    for reverse in (False, True):
+        raw = pd.read_csv(root / "planted" / "planted.inter", sep="\t")
+        raw = raw.iloc[::-1] if reverse else raw
+        raw.to_csv(root / "planted" / "planted.inter", sep="\t", index=False)
+        _, dataset, _ = loaders(root, **COLD)
+        groups = dataset.cold_start_item_ids
+        orders.append([dataset.id2token("itemID", groups[name]).tolist() for name in ("valid", "test")])
+    assert orders[0] == orders[1]
+    tokens = np.asarray(orders[0][1], dtype=int)
+    assert not np.array_equal(tokens, np.sort(tokens))  # a seeded shuffle, not the raw-id order either
+
+
 class Oracle(GeneralRecommender):
     """Scores every warm item 100, each user's own held-out positives (valid or test) 1, the rest 0."""
 

@@ -63,6 +63,14 @@ def cold_start_split(table: pd.DataFrame, item_field: str, test_fraction: float,
     out = table[keep].copy()
     out.loc[out[item_field].isin(valid), SPLIT_LABEL] = 1
     out.loc[out[item_field].isin(test), SPLIT_LABEL] = 2
+    # RecBole numbers items in order of first appearance, and in file order a held-out item with many
+    # held-out rows tends to appear early: its internal id would carry its held-out popularity, which a
+    # ranker that breaks ties by id (Pop: every held-out item scores 0) would read. So the held-out
+    # rows come grouped by item, the items in a seeded random order, and ids carry nothing.
+    held_out = np.concatenate([valid, test])
+    rank = dict(zip(held_out.tolist(), (rng.permutation(len(held_out)) + 1).tolist()))
+    key = out[item_field].map(rank).where(out[SPLIT_LABEL] != 0, 0).to_numpy()
+    out = out.iloc[np.lexsort((np.arange(len(out)), key))]
     return out.reset_index(drop=True), {"valid": np.sort(valid), "test": np.sort(test)}
 
 
