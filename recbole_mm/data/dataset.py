@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 import torch
 from recbole.data.dataset import Dataset
 from recbole.utils import FeatureSource, FeatureType
 
-from recbole_mm.data import files
+from recbole_mm.data import files, protocol
 from recbole_mm.errors import DataError
 
 
@@ -23,8 +24,12 @@ class MultiModalDataset(Dataset):
     - ``modalities``: ``{name: file.npy}``; row i of each file holds the features of item id i.
     - ``missing_feature``: ``error`` (default), ``mean`` or ``zero`` for items whose row is all NaN.
     - ``filter_cold_start_users``: drop valid/test rows of users with no training row (MMRec).
-    - ``cold_start_items``: e.g. 0.2 — the cold-start protocol: that fraction of items (seeded by
-      ``cold_start_seed``) moves with all its interactions into test, and test holds only those items.
+    - ``cold_start_items``: e.g. 0.2 — the cold-start protocol (:mod:`recbole_mm.data.protocol`): that
+      fraction of the training items (seeded by ``cold_start_seed``) moves with all its interactions
+      into test, ``cold_start_valid_items`` (default 0.1) others into valid, and each split holds only
+      its group's items; ``cold_start_candidates`` says whether they are ranked among themselves.
+    - ``shuffle_features``: True permutes the feature rows across items (``shuffle_features_seed``),
+      the same permutation for every modality: the shuffled-content control.
     - ``feature_source``: where the feature files can be obtained, quoted when they are missing.
 
     The MMRec split is honoured exactly: train/valid/test become RecBole's benchmark parts.
@@ -95,9 +100,13 @@ class MultiModalDataset(Dataset):
         table = files.read_mmrec_inter(path, self.uid_field, self.iid_field)
         self._feature_rows = int(table[self.iid_field].max()) + 1  # MMRec: n_items = max id + 1
         if self.config["cold_start_items"]:
-            table = files.cold_start_split(table, self.iid_field, float(self.config["cold_start_items"]),
-                                           int(self.config["cold_start_seed"] or 2024))
+            valid_fraction = self.config["cold_start_valid_items"]
+            table, groups = protocol.cold_start_split(
+                table, self.iid_field, float(self.config["cold_start_items"]),
+                protocol.COLD_VALID_DEFAULT if valid_fraction is None else float(valid_fraction),
+                int(self.config["cold_start_seed"] or 2024))
             files.check_splits(table, path, reason=" after the cold-start split")
+            self._cold_start_tokens = {name: [str(item) for item in items] for name, items in groups.items()}
         if self.config["filter_cold_start_users"]:
             table = files.drop_cold_start_users(table, self.uid_field)
             files.check_splits(table, path, reason=" once users without training rows are dropped")
@@ -117,6 +126,17 @@ class MultiModalDataset(Dataset):
         eval_args["split"] = {"x_label": dict(zip(files.SPLITS, self.file_size_list))}
         self.config["eval_args"] = eval_args
         self.logger.debug(f"MMRec interactions loaded from [{path}]: {self.file_size_list}")
+
+    @property
+    def cold_start_item_ids(self) -> dict[str, np.ndarray] | None:
+        """Under the cold-start protocol, the internal ids of the items held out as ``valid`` and
+        ``test`` (those still in the data after user filtering); None otherwise."""
+        tokens = getattr(self, "_cold_start_tokens", None)
+        if tokens is None:
+            return None
+        ids = self.field2token_id[self.iid_field]
+        return {name: np.asarray(sorted(ids[t] for t in group if t in ids), dtype=np.int64)
+                for name, group in tokens.items()}
 
     # ---- item features --------------------------------------------------------------------------
     @property
@@ -163,6 +183,12 @@ class MultiModalDataset(Dataset):
             array, missing = files.open_feature_file(path, name, expected)
             policy = self.config["missing_feature"] or "error"
             features[name] = files.align_features(array, rows, missing, policy, path)
+        if self.config["shuffle_features"]:
+            # The content control: item i gets the features of item perm[i] in every modality; row 0
+            # (padding) stays. Seeded apart from the run's seed, so seeds vary training, not the shuffle.
+            rng = np.random.default_rng(int(self.config["shuffle_features_seed"] or 2024))
+            perm = torch.from_numpy(rng.permutation(len(tokens)) + 1)
+            features = {name: torch.cat([t[:1], t[perm]]) for name, t in features.items()}
         return features
 
     def feature_dims(self) -> dict[str, int]:

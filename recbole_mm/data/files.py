@@ -148,22 +148,6 @@ def drop_cold_start_users(table: pd.DataFrame, user_field: str) -> pd.DataFrame:
     return table[keep].reset_index(drop=True)
 
 
-def cold_start_split(table: pd.DataFrame, item_field: str, fraction: float, seed: int) -> pd.DataFrame:
-    """Cold-start protocol (MM-GEF's study): a seeded ``fraction`` of the items that occur in training
-    lose all their interactions to the test split, and the test split holds only those items'
-    interactions (the original test rows of other items are dropped), so test measures cold items.
-    """
-    if not 0 < fraction < 1:
-        raise DataError(f"cold_start_items: {fraction} must be a fraction between 0 and 1, e.g. 0.2")
-    train_items = np.unique(table.loc[table[SPLIT_LABEL] == 0, item_field].to_numpy())
-    rng = np.random.default_rng(seed)
-    cold = rng.choice(train_items, size=max(1, int(round(fraction * len(train_items)))), replace=False)
-    is_cold = table[item_field].isin(cold)
-    out = table[is_cold | (table[SPLIT_LABEL] != 2)].copy()
-    out.loc[out[item_field].isin(cold), SPLIT_LABEL] = 2
-    return out.reset_index(drop=True)
-
-
 def open_feature_file(path: str, modality: str, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Memory-map a 2-D ``.npy`` with ``n_rows`` rows; return it and the indices of all-NaN rows.
 
