@@ -34,10 +34,12 @@ import os
 import platform
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
@@ -166,8 +168,23 @@ def cell_main(request: dict) -> dict:
 
     torch.set_num_threads(request["threads"])
     import recbole_mm
-    from recbole_mm.trainer import median_epoch_seconds
+    from recbole_mm.trainer import Trainer, median_epoch_seconds
 
+    # CPU seconds of this process per epoch and per validation pass next to the trainer's wall seconds:
+    # on a machine shared with other work, a one-thread cell's CPU time is what it would take alone.
+    cpu: dict[str, list[float]] = {"train": [], "valid": []}
+
+    def timed(name: str, method):
+        def wrapper(self, *args, **kwargs):
+            start = time.process_time()
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                cpu[name].append(time.process_time() - start)
+        return wrapper
+
+    Trainer._train_epoch = timed("train", Trainer._train_epoch)
+    Trainer._valid_epoch = timed("valid", Trainer._valid_epoch)
     config = {**CELL_CONFIG, "epochs": request["epochs"], **request.get("config", {})}
     result = recbole_mm.run_recbole(model=request["model"], dataset=request["dataset"], config_dict=config,
                                     saved=bool(request.get("saved", False)))
@@ -183,10 +200,13 @@ def cell_main(request: dict) -> dict:
         "eval_seconds": valid,
         "train_seconds_all": [h["train_seconds"] for h in history],
         "eval_seconds_all": [h.get("valid_seconds") for h in history],
+        "train_cpu_seconds": statistics.median(cpu["train"]) if cpu["train"] else None,
+        "eval_cpu_seconds": statistics.median(cpu["valid"]) if cpu["valid"] else None,
         "train_loss": [h["train_loss"] for h in history],
         "valid_score": [h.get("valid_score") for h in history],
         "best_epoch": result["best_epoch"],
         "test": {k: float(v) for k, v in (result["test_result"] or {}).items()},
+        "checkpoint": result["saved_model_file"],
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # Linux: KiB
     }
     if getattr(device, "type", str(device)) == "cuda":
@@ -212,6 +232,10 @@ def max_relative_difference(a: list, b: list) -> float | None:
     return max(abs(x - y) / max(abs(y), 1e-12) for x, y in pairs)
 
 
+def _ratio(new: float | None, old: float | None) -> float | None:
+    return new / old if new is not None and old else None
+
+
 def ratios(after: list[dict], before: list[dict]) -> list[dict]:
     """Per cell present (and not failed) in both: after/before of epoch and eval seconds and peak RSS,
     and the largest relative difference of training losses and validation scores."""
@@ -224,8 +248,10 @@ def ratios(after: list[dict], before: list[dict]) -> list[dict]:
         ref = old[key]
         rows.append({
             "id": key,
-            "epoch": new["train_seconds"] / ref["train_seconds"] if ref["train_seconds"] else None,
-            "eval": new["eval_seconds"] / ref["eval_seconds"] if new["eval_seconds"] and ref["eval_seconds"] else None,
+            "epoch": _ratio(new["train_seconds"], ref["train_seconds"]),
+            "eval": _ratio(new["eval_seconds"], ref["eval_seconds"]),
+            "epoch_cpu": _ratio(new.get("train_cpu_seconds"), ref.get("train_cpu_seconds")),
+            "eval_cpu": _ratio(new.get("eval_cpu_seconds"), ref.get("eval_cpu_seconds")),
             "rss": new["peak_rss_mib"] / ref["peak_rss_mib"],
             "loss_diff": max_relative_difference(new["train_loss"], ref["train_loss"]),
             "valid_diff": max_relative_difference(new["valid_score"], ref["valid_score"]),
@@ -251,21 +277,24 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
     if note:
         lines += [note, ""]
     lines += ["s/epoch and s/eval: medians over the cell's epochs (recbole_mm's trainer history; the evaluation "
-              "is the full-sort validation pass after each epoch). Peak RSS: the whole cell process "
+              "is the full-sort validation pass after each epoch); CPU s: the process's CPU time over the same spans "
+              "(a one-thread cell's cost without the other work on a shared machine). Peak RSS: the whole cell process "
               "(one process per cell: data loading, model, training, evaluation, test). `baby` = the shipped "
               "Amazon-Baby interactions with **generated** 4096-d/384-d features (cost only, not accuracy).", ""]
     for run in runs:
         lines += [f"## {_checkout_line(run)}", "",
-                  "| dataset | model | threads | s/epoch | s/eval | peak RSS MiB | epochs | epoch-1 loss |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| dataset | model | threads | s/epoch | s/eval | CPU s/epoch | CPU s/eval | peak RSS MiB | epochs "
+                  "| epoch-1 loss |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for cell in run["cells"]:
             if "failed" in cell:
                 lines.append(f"| {cell['bench_dataset']} | {cell['model']} | {cell['threads']} | failed: "
-                             f"{cell['failed']} | | | | |")
+                             f"{cell['failed']} | | | | | | |")
                 continue
             loss = cell["train_loss"][0] if cell["train_loss"] else None
             lines.append(f"| {cell['bench_dataset']} | {cell['model']} | {cell['threads']} | "
                          f"{_num(cell['train_seconds'])} | {_num(cell['eval_seconds'], 3)} | "
+                         f"{_num(cell.get('train_cpu_seconds'))} | {_num(cell.get('eval_cpu_seconds'), 3)} | "
                          f"{_num(cell['peak_rss_mib'], 0)} | {len(cell['train_loss'])} | {_num(loss, 4)} |")
         lines.append("")
     for other in runs[1:]:
@@ -273,12 +302,12 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
         lines += [f"## Ratios: {runs[0]['checkout']['commit'][:12]} / {other['checkout']['commit'][:12]}", "",
                   "Below 1 = faster / smaller now. Loss and valid diff: largest relative difference over the "
                   "epochs of the per-epoch training loss and validation score (same function ⇒ ~0).", "",
-                  "| dataset | model | threads | epoch | eval | peak RSS | loss diff | valid diff |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| dataset | model | threads | epoch | eval | CPU epoch | CPU eval | peak RSS | loss diff | valid diff |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in rows:
             dataset, model, threads = row["id"]
             lines.append(f"| {dataset} | {model} | {threads} | {_num(row['epoch'])} | {_num(row['eval'])} | "
-                         f"{_num(row['rss'])} | {_num(row['loss_diff'], 6) if row['loss_diff'] is not None else '—'} | "
+                         f"{_num(row['epoch_cpu'])} | {_num(row['eval_cpu'])} | {_num(row['rss'])} | {_num(row['loss_diff'], 6) if row['loss_diff'] is not None else '—'} | "
                          f"{_num(row['valid_diff'], 6) if row['valid_diff'] is not None else '—'} |")
         lines.append("")
     return "\n".join(lines)
@@ -349,6 +378,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.cell:
         print(json.dumps(cell_main(json.loads(args.cell)), default=str))
         return
+    # A terminated run still removes the temporary worktrees it made (their finally blocks run).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command = "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.report:
         runs = [run for path in args.report for run in json.loads(Path(path).read_text())["runs"]]

@@ -19,6 +19,7 @@ spec.loader.exec_module(speed)
 def fake_cell(model: str, seconds: float, evals: float, rss: float, losses: list[float], threads: int = 1) -> dict:
     return {"bench_dataset": "tiktok", "dataset": "tiktok", "model": model, "threads": threads,
             "train_seconds": seconds, "eval_seconds": evals, "peak_rss_mib": rss,
+            "train_cpu_seconds": seconds / 2, "eval_cpu_seconds": evals / 2,
             "train_loss": losses, "valid_score": [0.1, 0.2]}
 
 
@@ -35,6 +36,7 @@ def test_ratios_pair_cells_and_compare_losses():
     assert [row["id"] for row in rows] == [("tiktok", "GUME", 1)]  # VBPR has no baseline; MMGEF failed
     row = rows[0]
     assert row["epoch"] == pytest.approx(0.5) and row["eval"] == pytest.approx(0.5)
+    assert row["epoch_cpu"] == pytest.approx(0.5) and row["eval_cpu"] == pytest.approx(0.5)
     assert row["rss"] == pytest.approx(0.75)
     assert row["loss_diff"] == pytest.approx(0.01 / 1.01) and row["valid_diff"] == 0
 
@@ -51,10 +53,10 @@ def test_report_has_tables_commit_dirty_flag_and_ratios():
     text = speed.format_report([new, old], "python benchmarks/speed.py --against bbb", note="shared machine")
     assert "`python benchmarks/speed.py --against bbb`" in text and "shared machine" in text
     assert f"`{'a' * 12}` (dirty" in text and f"`{'b' * 12}` —" in text
-    assert "| tiktok | GUME | 1 | 5.00 | 0.200 | 900 | 1 | 2.0000 |" in text
+    assert "| tiktok | GUME | 1 | 5.00 | 0.200 | 2.50 | 0.100 | 900 | 1 | 2.0000 |" in text
     assert "failed: ValueError: x" in text
     assert f"## Ratios: {'a' * 12} / {'b' * 12}" in text
-    assert "| tiktok | GUME | 1 | 0.50 | 0.50 | 0.75 | 0.000000 | 0.000000 |" in text
+    assert "| tiktok | GUME | 1 | 0.50 | 0.50 | 0.50 | 0.50 | 0.75 | 0.000000 | 0.000000 |" in text
     single = speed.format_report([old], "cmd")
     assert "Ratios" not in single
 
@@ -101,4 +103,5 @@ def test_one_cell_on_the_planted_set(planted):
     assert "failed" not in cell, cell.get("failed")
     assert cell["recbole_mm"] == str(REPO) and cell["torch_threads"] == 1
     assert len(cell["train_loss"]) == 1 and cell["train_seconds"] > 0 and cell["eval_seconds"] > 0
+    assert cell["train_cpu_seconds"] > 0 and cell["eval_cpu_seconds"] > 0
     assert cell["peak_rss_mib"] > 50 and "recall@10" in cell["test"]
