@@ -2,6 +2,7 @@
 
     python benchmarks/speed.py                                  # this checkout, defaults below
     python benchmarks/speed.py --against 4ebc365                # the same cells on an older commit too
+    python benchmarks/speed.py --repo HEAD --against main       # a committed snapshot against main
     python benchmarks/speed.py --models GUME VBPR --datasets tiktok --threads 1 --epochs 2
     python benchmarks/speed.py --report results/speed.json      # rewrite results/speed.md from saved cells
 
@@ -345,7 +346,8 @@ def run_all(args: argparse.Namespace) -> list[dict]:
     if "baby" in args.datasets:
         generate_baby(generated)
     with contextlib.ExitStack() as stack:
-        repos = [REPO] + [stack.enter_context(checkout(spec)) for spec in args.against]
+        first = REPO if args.repo is None else stack.enter_context(checkout(args.repo))
+        repos = [first] + [stack.enter_context(checkout(spec)) for spec in args.against]
         runs = [{"checkout": git_state(repo), "machine": machine(), "cells": []} for repo in repos]
         for cell in plan_cells(args, generated):
             for repo, run in zip(repos, runs):
@@ -365,6 +367,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=["tiktok"], choices=DATASETS)
     parser.add_argument("--threads", nargs="+", default=["1", "all"], help="thread counts, or 'all'")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per cell (each followed by validation)")
+    parser.add_argument("--repo", metavar="REV_OR_PATH",
+                        help="the checkout to time first (default: this one, as it is on disk)")
     parser.add_argument("--against", action="append", default=[], metavar="REV_OR_PATH",
                         help="another checkout to time back to back (a folder or a git revision)")
     parser.add_argument("--generated", default=str(REPO / "benchmarks" / "generated"),
