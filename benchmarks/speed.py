@@ -314,6 +314,18 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
     return "\n".join(lines)
 
 
+def merge_runs(runs: list[dict]) -> list[dict]:
+    """Runs of the same checkout (commit and dirty flag) from several files as one, in first-seen order."""
+    merged: dict[tuple, dict] = {}
+    for run in runs:
+        key = (run["checkout"]["commit"], run["checkout"].get("dirty"))
+        if key in merged:
+            merged[key]["cells"] = merged[key]["cells"] + run["cells"]
+        else:
+            merged[key] = {**run, "cells": list(run["cells"])}
+    return list(merged.values())
+
+
 def machine() -> dict:
     import torch
 
@@ -386,9 +398,11 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     command = "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.report:
-        runs = [run for path in args.report for run in json.loads(Path(path).read_text())["runs"]]
-        saved = json.loads(Path(args.report[0]).read_text())
-        command, note = saved.get("command", command), args.note or saved.get("note", "")
+        saved = [json.loads(Path(path).read_text()) for path in args.report]
+        runs = merge_runs([run for data in saved for run in data["runs"]])
+        commands = list(dict.fromkeys(data.get("command", command) for data in saved))
+        command = "`; then `".join(commands)
+        note = args.note or " ".join(dict.fromkeys(data.get("note", "") for data in saved))
     else:
         runs, note = run_all(args), args.note
         json_path = Path(args.json or Path(args.out).with_suffix(".json"))

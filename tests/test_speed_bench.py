@@ -105,3 +105,15 @@ def test_one_cell_on_the_planted_set(planted):
     assert len(cell["train_loss"]) == 1 and cell["train_seconds"] > 0 and cell["eval_seconds"] > 0
     assert cell["train_cpu_seconds"] > 0 and cell["eval_cpu_seconds"] > 0
     assert cell["peak_rss_mib"] > 50 and "recall@10" in cell["test"]
+
+
+def test_report_merges_files_of_the_same_checkouts(tmp_path):
+    for name, model in (("a", "GUME"), ("b", "VBPR")):
+        runs = [fake_run("n" * 40, [fake_cell(model, 1.0, 0.1, 500.0, [1.0])]),
+                fake_run("o" * 40, [fake_cell(model, 2.0, 0.2, 600.0, [1.0])])]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"command": f"cmd {name}", "note": "", "runs": runs}))
+    out = tmp_path / "speed.md"
+    speed.main(["--report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)])
+    text = out.read_text()
+    assert text.count("## `") == 2 and "cmd a`; then `cmd b" in text
+    assert "| tiktok | GUME | 1 | 0.50 |" in text and "| tiktok | VBPR | 1 | 0.50 |" in text
