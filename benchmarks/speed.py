@@ -344,16 +344,17 @@ def plan_cells(args: argparse.Namespace, generated: Path) -> list[dict]:
     cells = []
     for dataset in args.datasets:
         name, extra = dataset_request(dataset, generated)
-        for model in args.models:
-            for threads in args.threads:
+        for threads in args.threads:  # every model at one thread count before the next count
+            for model in args.models:
                 config = {**extra, **MODEL_SETTINGS.get((dataset, model), {})}
                 cells.append({"bench_dataset": dataset, "dataset": name, "model": model,
                               "threads": thread_count(threads), "epochs": args.epochs, "config": config})
     return cells
 
 
-def run_all(args: argparse.Namespace) -> list[dict]:
-    """Every cell on every checkout, alternating checkouts cell by cell (back to back)."""
+def run_all(args: argparse.Namespace, save=None) -> list[dict]:
+    """Every cell on every checkout, alternating checkouts cell by cell (back to back); ``save(runs)``
+    after each cell, so an interrupted run keeps what it measured."""
     generated = Path(args.generated).resolve()
     if "baby" in args.datasets:
         generate_baby(generated)
@@ -367,6 +368,8 @@ def run_all(args: argparse.Namespace) -> list[dict]:
                       f"{cell['threads']} thread(s)", flush=True)
                 result = run_cell_process(cell, repo)
                 run["cells"].append(result)
+                if save:
+                    save(runs)
                 print("  " + (f"failed: {result['failed']}" if "failed" in result else
                               f"{result['train_seconds']:.2f} s/epoch, {result['eval_seconds']:.3f} s/eval, "
                               f"{result['peak_rss_mib']:.0f} MiB"), flush=True)
@@ -404,10 +407,15 @@ def main(argv: list[str] | None = None) -> None:
         command = "`; then `".join(commands)
         note = args.note or " ".join(dict.fromkeys(data.get("note", "") for data in saved))
     else:
-        runs, note = run_all(args), args.note
+        note = args.note
         json_path = Path(args.json or Path(args.out).with_suffix(".json"))
         json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps({"command": command, "note": note, "runs": runs}, indent=1, default=str) + "\n")
+
+        def save(runs: list[dict]) -> None:
+            json_path.write_text(json.dumps({"command": command, "note": note, "runs": runs}, indent=1,
+                                            default=str) + "\n")
+
+        runs = run_all(args, save)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(format_report(runs, command, note) + "\n")
