@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=speed.MODELS)
     parser.add_argument("--baby-epochs", type=int, default=3)
     parser.add_argument("--no-baby", action="store_true", help="skip the Baby-shaped epoch times")
-    parser.add_argument("--budget-minutes", type=float, default=11.0,
+    parser.add_argument("--budget-minutes", type=float, default=8.0,
                         help="start no new run after this many minutes (the report lists what was skipped)")
     parser.add_argument("--out", default=str(speed.REPO / "results" / "gpu.md"))
     parser.add_argument("--reload", help=argparse.SUPPRESS)  # internal: test a checkpoint on CPU
