@@ -1,5 +1,5 @@
 """Cost of collecting one full-sort evaluation batch on a large catalogue: RecBole's ``Collector``
-against recbole_mm's (``recbole_mm.trainer.Collector``), 4096 users x 60,000 items, one thread.
+against recbole_mm's (``recbole_mm.speedups.Collector``), 4096 users x 60,000 items, one thread.
 
     for c in recbole recbole_mm; do OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/eval_collect.py $c; done
 
@@ -21,7 +21,7 @@ def main(which: str, users: int = 4096, items: int = 60000) -> None:
     from recbole.config import Config
     from recbole.evaluator import Collector as RecBoleCollector
 
-    from recbole_mm.trainer import Collector
+    from recbole_mm.speedups import Collector
 
     config = Config(model="BPR", dataset="ml-100k",
                     config_dict={"metrics": ["Recall", "NDCG", "Precision", "MAP"], "topk": [10, 20]})

@@ -9,7 +9,7 @@ from recbole.config import Config
 from recbole.evaluator import Collector as RecBoleCollector
 
 from recbole_mm.quick_start import _build_model, create_dataset, make_config, make_trainer, prepare_data
-from recbole_mm.trainer import Collector
+from recbole_mm.speedups import Collector
 
 
 def _collectors(metrics: list[str]) -> tuple:
