@@ -225,6 +225,10 @@ def _num(value, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _diff(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1e}"
+
+
 def max_relative_difference(a: list, b: list) -> float | None:
     """Largest |a_i - b_i| / |b_i| over the epochs both have; None when there is nothing to compare."""
     pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None]
@@ -308,8 +312,8 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
         for row in rows:
             dataset, model, threads = row["id"]
             lines.append(f"| {dataset} | {model} | {threads} | {_num(row['epoch'])} | {_num(row['eval'])} | "
-                         f"{_num(row['epoch_cpu'])} | {_num(row['eval_cpu'])} | {_num(row['rss'])} | {_num(row['loss_diff'], 6) if row['loss_diff'] is not None else '—'} | "
-                         f"{_num(row['valid_diff'], 6) if row['valid_diff'] is not None else '—'} |")
+                         f"{_num(row['epoch_cpu'])} | {_num(row['eval_cpu'])} | {_num(row['rss'])} | "
+                         f"{_diff(row['loss_diff'])} | {_diff(row['valid_diff'])} |")
         lines.append("")
     return "\n".join(lines)
 

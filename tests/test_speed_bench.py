@@ -56,7 +56,7 @@ def test_report_has_tables_commit_dirty_flag_and_ratios():
     assert "| tiktok | GUME | 1 | 5.00 | 0.200 | 2.50 | 0.100 | 900 | 1 | 2.0000 |" in text
     assert "failed: ValueError: x" in text
     assert f"## Ratios: {'a' * 12} / {'b' * 12}" in text
-    assert "| tiktok | GUME | 1 | 0.50 | 0.50 | 0.50 | 0.50 | 0.75 | 0.000000 | 0.000000 |" in text
+    assert "| tiktok | GUME | 1 | 0.50 | 0.50 | 0.50 | 0.50 | 0.75 | 0.0e+00 | 0.0e+00 |" in text
     single = speed.format_report([old], "cmd")
     assert "Ratios" not in single
 
