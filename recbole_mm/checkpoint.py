@@ -183,6 +183,8 @@ def load_checkpoint(path: str, map_location: Any = None, trust_pickle: bool = Fa
     malicious file cannot run code. Old RecBole checkpoints need ``trust_pickle=True``.
     """
     path = str(path)
+    if map_location is None and not torch.cuda.is_available():
+        map_location = "cpu"  # a checkpoint saved on GPU loads on a machine without one (as its config does)
     if not os.path.isfile(path):
         what = "is a folder" if os.path.isdir(path) else "does not exist"
         raise CheckpointError(f"checkpoint {path} {what}; pass the path of a saved .pth file")

