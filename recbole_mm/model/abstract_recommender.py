@@ -77,6 +77,9 @@ class MultiModalRecommender(GeneralRecommender):
         """Keep a sparse COO graph as a buffer (it follows ``.to(device)``; not in checkpoints: it is
         rebuilt from the data)."""
         self.register_buffer(name, graph.coalesce(), persistent=False)
+        # Re-registering a name (e.g. FREEDOM's graph re-sampled every epoch) drops its CSR copies.
+        for key in [key for key in self._csr if key[0] == name]:
+            del self._csr[key]
 
     def propagate(self, name: str, dense: torch.Tensor) -> torch.Tensor:
         """``graph @ dense`` for a graph registered with :meth:`register_graph`, through CSR copies of
@@ -86,6 +89,13 @@ class MultiModalRecommender(GeneralRecommender):
         if key not in self._csr:
             self._csr[key] = (graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr())
         return sparse_matmul(*self._csr[key], dense)
+
+    def mean_propagation(self, name: str, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """LightGCN's layer combination (1/(L+1)) Σ_{l=0..L} A^l E over the registered graph ``name``."""
+        layers = [embeddings]
+        for _ in range(n_layers):
+            layers.append(self.propagate(name, layers[-1]))
+        return torch.stack(layers).mean(dim=0)
 
     def _apply(self, fn, recurse=True):
         self._csr.clear()  # device or dtype changes: rebuild the CSR copies from the moved buffers
