@@ -73,6 +73,13 @@ class MultiModalRecommender(GeneralRecommender):
             parts = [part[items] for part in parts]
         return torch.cat(parts, dim=1)
 
+    def trainable_feature_tables(self) -> torch.nn.ModuleDict:
+        """One trainable ``nn.Embedding`` per modality initialised from its features (the MMRec models'
+        ``from_pretrained(feat, freeze=False)``); the buffers keep the initial values for building graphs."""
+        return torch.nn.ModuleDict({
+            m: torch.nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
+        })
+
     def register_graph(self, name: str, graph: torch.Tensor) -> None:
         """Keep a sparse COO graph as a buffer (it follows ``.to(device)``; not in checkpoints: it is
         rebuilt from the data)."""

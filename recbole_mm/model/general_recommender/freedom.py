@@ -43,9 +43,7 @@ class FREEDOM(MultiModalRecommender):
         nn.init.xavier_uniform_(self.item_embedding.weight)
         # Raw features are trainable tables initialised from the files (as the original); the item graph
         # is built once from these initial values.
-        self.raw_features = nn.ModuleDict({
-            m: nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
-        })
+        self.raw_features = self.trainable_feature_tables()
         self.projections = nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], d) for m in self.modalities})
         self._build_graphs(config, dataset)
 
