@@ -221,7 +221,8 @@ def bipartite_adjacency(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users:
     users, items = user_ids.long(), item_ids.long() + n_users
     rows, cols = [users, items], [items, users]
     if self_loops:
-        rows.append(torch.arange(n))
-        cols.append(torch.arange(n))
+        rows.append(torch.arange(n, device=users.device))
+        cols.append(torch.arange(n, device=users.device))
     keys = torch.unique(torch.cat(rows) * n + torch.cat(cols))
-    return normalize_adjacency(keys // n, keys % n, torch.ones(len(keys)), n, normalization)
+    # On the edges' device: FREEDOM re-draws its pruned graph on the model's device every epoch.
+    return normalize_adjacency(keys // n, keys % n, torch.ones(len(keys), device=keys.device), n, normalization)

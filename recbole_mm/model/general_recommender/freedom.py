@@ -75,7 +75,7 @@ class FREEDOM(MultiModalRecommender):
         """Draw this epoch's degree-sensitively pruned user-item graph (``pruned_adj``)."""
         keep = degree_sensitive_keep(self.edge_users, self.edge_items, self.n_users, self.n_items, self.dropout)
         self.register_graph("pruned_adj", bipartite_adjacency(
-            self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items).to(self.edge_users.device))
+            self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items))
         self._prune_due = False
 
     def train(self, mode: bool = True):
