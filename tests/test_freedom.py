@@ -169,3 +169,15 @@ def test_matches_mmrec_freedom(tmp_path, monkeypatch):
     pruned = model.pruned_adj.to_dense()[ours_index][:, ours_index]
     assert torch.allclose(pruned, record["pruned_adj"], atol=1e-6)
     assert torch.allclose(fidelity.scores(model), record["scores"], atol=1e-5)
+
+
+def test_recboles_trainer_redraws_once_per_epoch(planted, monkeypatch):
+    from recbole_mm.model.general_recommender.freedom import FREEDOM
+
+    draws = []
+    original = FREEDOM.prune
+    monkeypatch.setattr(FREEDOM, "prune", lambda self: (draws.append(self.training), original(self)))
+    root, config = planted
+    config.update(epochs=3, knn_k=5, feat_embed_dim=16, train_batch_size=64)  # several batches per epoch
+    recbole_mm.run_recbole(model="FREEDOM", dataset="planted", config_dict=config, saved=False)
+    assert draws == [True] * 3

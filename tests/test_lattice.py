@@ -168,3 +168,16 @@ def test_matches_mmrec_lattice(tmp_path, monkeypatch):
         for name, grad in record[f"grads_{b}"].items():
             assert torch.allclose(ours[name], grad, atol=1e-6), (b, name)
     assert torch.allclose(fidelity.scores(model), record["scores"], atol=1e-5)
+
+
+def test_recboles_trainer_rebuilds_once_per_epoch_and_per_evaluation(planted, monkeypatch):
+    from recbole_mm.model.general_recommender.lattice import LATTICE
+
+    builds = []
+    original = LATTICE.learned_graph
+    monkeypatch.setattr(LATTICE, "learned_graph", lambda self: (builds.append(self.training), original(self))[1])
+    root, config = planted
+    config.update(epochs=3, knn_k=5, train_batch_size=64)  # several batches per epoch
+    recbole_mm.run_recbole(model="LATTICE", dataset="planted", config_dict=config, saved=False)
+    assert builds.count(True) == 3  # the first batch of each epoch
+    assert builds.count(False) >= 3  # every evaluation pass rebuilds from the current weights
