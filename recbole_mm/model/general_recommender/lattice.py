@@ -60,13 +60,13 @@ class LATTICE(MultiModalRecommender):
         self.register_graph("norm_adj", bipartite_adjacency(
             torch.from_numpy(inter.row), torch.from_numpy(inter.col), self.n_users, self.n_items,
             self_loops=True, normalization="row"))
-        self._epoch_graph = None  # the learned graph of the current training epoch, detached
+        self._epoch_graph_ready = False  # whether epoch_item_graph holds this training epoch's S, detached
 
     def train(self, mode: bool = True):
         # The original rebuilds the learned graph on the first batch after pre_epoch_processing; RecBole's
         # trainer calls train() at the start of every epoch (see docs/lattice.md).
         if mode:
-            self._epoch_graph = None
+            self._epoch_graph_ready = False
         return super().train(mode)
 
     # ---- the learned item graph -----------------------------------------------------------------
@@ -85,14 +85,22 @@ class LATTICE(MultiModalRecommender):
         return indices[0], indices[1], graph.values(), weights
 
     def item_propagation(self) -> torch.Tensor:
-        """h = S^L E_I over the mixed graph S (the epoch's detached learned graph on all but its first batch)."""
-        if self.training and self._epoch_graph is not None:
-            rows, cols, values, weights = self._epoch_graph
-        else:
-            rows, cols, values, weights = self.learned_graph()
-            if self.training:
-                self._epoch_graph = (rows, cols, values.detach(), weights.detach())
+        """h = S^L E_I over the mixed graph S; on all but the first training batch of an epoch, S is that
+        batch's graph, detached."""
         h = self.item_embedding.weight
+        if self.training and self._epoch_graph_ready:
+            for _ in range(self.n_layers):
+                h = self.propagate("epoch_item_graph", h)
+            return h
+        rows, cols, values, weights = self.learned_graph()
+        if self.training:
+            # Detached, S is one fixed sparse matrix for the rest of the epoch: CSR propagation is much
+            # faster than the differentiable gather/scatter, and sums S as the original does.
+            learned = torch.sparse_coo_tensor(torch.stack([rows, cols]), values.detach(), (self.n_items, self.n_items))
+            frozen = [float(weights[j]) * getattr(self, f"item_graph_{m}") for j, m in enumerate(self.modalities)]
+            self.register_graph("epoch_item_graph", (1 - self.lambda_coeff) * learned
+                                + self.lambda_coeff * sum(frozen[1:], frozen[0]))
+            self._epoch_graph_ready = True
         for _ in range(self.n_layers):
             frozen = sum(weights[j] * self.propagate(f"item_graph_{m}", h) for j, m in enumerate(self.modalities))
             h = (1 - self.lambda_coeff) * edge_propagate(rows, cols, values, h, self.n_items) + self.lambda_coeff * frozen
