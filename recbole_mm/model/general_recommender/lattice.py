@@ -97,7 +97,7 @@ class LATTICE(MultiModalRecommender):
             # Detached, S is one fixed sparse matrix for the rest of the epoch: CSR propagation is much
             # faster than the differentiable gather/scatter, and sums S as the original does.
             learned = torch.sparse_coo_tensor(torch.stack([rows, cols]), values.detach(), (self.n_items, self.n_items))
-            frozen = [float(weights[j]) * getattr(self, f"item_graph_{m}") for j, m in enumerate(self.modalities)]
+            frozen = [weights[j].item() * getattr(self, f"item_graph_{m}") for j, m in enumerate(self.modalities)]
             self.register_graph("epoch_item_graph", (1 - self.lambda_coeff) * learned
                                 + self.lambda_coeff * sum(frozen[1:], frozen[0]))
             self._epoch_graph_ready = True
