@@ -26,6 +26,8 @@ PLUGIN_MODELS: dict[str, str] = {
     "VBPR": "recbole_mm.model.general_recommender.vbpr",
     "GUME": "recbole_mm.model.general_recommender.gume",
     "MMGEF": "recbole_mm.model.general_recommender.mmgef",
+    "FREEDOM": "recbole_mm.model.general_recommender.freedom",
+    "LATTICE": "recbole_mm.model.general_recommender.lattice",
 }
 # Other spellings accepted by recbole_mm's entry points.
 MODEL_ALIASES: dict[str, str] = {"MM-GEF": "MMGEF"}

@@ -78,10 +78,20 @@ class MultiModalRecommender(GeneralRecommender):
             parts = [part.index_select(0, items) for part in parts]
         return torch.cat(parts, dim=1)
 
+    def trainable_feature_tables(self) -> torch.nn.ModuleDict:
+        """One trainable ``nn.Embedding`` per modality initialised from its features (the MMRec models'
+        ``from_pretrained(feat, freeze=False)``); the buffers keep the initial values for building graphs."""
+        return torch.nn.ModuleDict({
+            m: torch.nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
+        })
+
     def register_graph(self, name: str, graph: torch.Tensor) -> None:
         """Keep a sparse COO graph as a buffer (it follows ``.to(device)``; not in checkpoints: it is
         rebuilt from the data; not synchronised by DDP, see :meth:`broadcast_data_buffers`)."""
         self.register_buffer(name, graph.coalesce(), persistent=False)
+        # Re-registering a name (e.g. FREEDOM's graph re-sampled every epoch) drops its CSR copies.
+        for key in [key for key in self._csr if key[0] == name]:
+            del self._csr[key]
 
     # ---- multi-process (DDP) runs ---------------------------------------------------------------
     def data_buffer_names(self) -> list[str]:
@@ -142,6 +152,13 @@ class MultiModalRecommender(GeneralRecommender):
         if key not in self._csr:
             self._csr[key] = (graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr())
         return sparse_matmul(*self._csr[key], dense)
+
+    def mean_propagation(self, name: str, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """LightGCN's layer combination (1/(L+1)) Σ_{l=0..L} A^l E over the registered graph ``name``."""
+        layers = [embeddings]
+        for _ in range(n_layers):
+            layers.append(self.propagate(name, layers[-1]))
+        return torch.stack(layers).mean(dim=0)
 
     def _apply(self, fn, recurse=True):
         self._csr.clear()  # device or dtype changes: rebuild the CSR copies from the moved buffers

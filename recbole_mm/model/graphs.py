@@ -167,3 +167,62 @@ class _SparseMatmul(torch.autograd.Function):
 def sparse_matmul(matrix: torch.Tensor, matrix_t: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """``matrix @ dense`` for CSR ``matrix`` with its CSR transpose ``matrix_t``, differentiable in ``dense``."""
     return _SparseMatmul.apply(matrix, matrix_t, dense)
+
+
+def degree_sensitive_keep(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users: int, n_items: int,
+                          dropout: float) -> torch.Tensor:
+    """FREEDOM's degree-sensitive edge pruning: positions of the ``int(E · (1 - dropout))`` user-item
+    edges kept, drawn without replacement with probability ∝ 1/sqrt(d_u · d_i) (degrees of the full
+    graph), so edges between high-degree nodes are the likeliest to be dropped. Uses torch's global RNG.
+    """
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    users, items = user_ids.long(), item_ids.long()
+    user_degree = torch.bincount(users, minlength=n_users).float()
+    item_degree = torch.bincount(items, minlength=n_items).float()
+    weights = user_degree[users].pow(-0.5) * item_degree[items].pow(-0.5)
+    return torch.multinomial(weights, int(len(users) * (1.0 - dropout)))
+
+
+def knn_edges(features: torch.Tensor, k: int, offset: int = 0,
+              chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``k`` cosine neighbours of every row as COO triplets ``(rows, cols, similarities)``, the
+    similarities differentiable in ``features`` (LATTICE's learned graph). Neighbours are chosen without
+    gradient (:func:`knn_neighbours`); the kept similarities are then recomputed from ``features``,
+    which gives exactly the gradient of masking a dense similarity matrix to its top-k (only kept
+    entries carry gradient) in O(n·k·d) memory. ``offset`` shifts every node id, as in
+    :func:`graph_from_neighbours`.
+    """
+    with torch.no_grad():
+        indices, _ = knn_neighbours(features.detach(), k, chunk_size)
+    n, kk = indices.shape
+    rows = torch.arange(n, device=indices.device).repeat_interleave(kk)
+    cols = indices.reshape(-1)
+    unit = torch.nn.functional.normalize(features.float(), dim=1)
+    sims = (unit[rows] * unit[cols]).sum(dim=1)
+    return rows + offset, cols + offset, sims
+
+
+def edge_propagate(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, dense: torch.Tensor,
+                   n: int) -> torch.Tensor:
+    """``A @ dense`` for A given by COO triplets (n rows), differentiable in both ``values`` and
+    ``dense`` (for graphs that are learned; fixed graphs go through the faster CSR ``propagate``)."""
+    out = torch.zeros(n, dense.shape[1], dtype=dense.dtype, device=dense.device)
+    return out.index_add_(0, rows, values.unsqueeze(1) * dense[cols])
+
+
+def bipartite_adjacency(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users: int, n_items: int,
+                        self_loops: bool = False, normalization: str = "sym") -> torch.Tensor:
+    """User-item adjacency [[0, R], [Rᵀ, 0]] (+ I with ``self_loops``) over n_users + n_items nodes,
+    normalised by :func:`normalize_adjacency` (LATTICE's LightGCN: ``self_loops=True``, ``row``, i.e.
+    D^-1 (A + I)). Duplicate (user, item) pairs count once.
+    """
+    n = n_users + n_items
+    users, items = user_ids.long(), item_ids.long() + n_users
+    rows, cols = [users, items], [items, users]
+    if self_loops:
+        rows.append(torch.arange(n, device=users.device))
+        cols.append(torch.arange(n, device=users.device))
+    keys = torch.unique(torch.cat(rows) * n + torch.cat(cols))
+    # On the edges' device: FREEDOM re-draws its pruned graph on the model's device every epoch.
+    return normalize_adjacency(keys // n, keys % n, torch.ones(len(keys), device=keys.device), n, normalization)

@@ -1,0 +1,112 @@
+"""FREEDOM — Zhou & Shen, "A Tale of Two Graphs: Freezing and Denoising Graph Structures for Multimodal
+Recommendation", ACM MM 2023 (arXiv 2211.06924). Specification: docs/freedom.md (paper + MMRec's code).
+
+A frozen item-item graph S = Σ_m w_m Â^m (binary kNN graph of each modality's raw features, D^-1/2 A D^-1/2,
+mixed by fixed weights); item ID embeddings propagated over it, h = S^L E_I. LightGCN over the user-item graph,
+whose edges are pruned degree-sensitively (re-sampled every epoch) while training and kept whole for evaluation.
+Final u = LightGCN_u, i = LightGCN_i + h. Loss: BPR on (u, i) plus ``reg_weight`` × one BPR term per modality
+scoring the users against the projected raw features. Any number of modalities ≥ 1.
+"""
+
+from __future__ import annotations
+
+import torch
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_mm.errors import RecBoleMMError
+from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep, graph_from_neighbours, knn_neighbours
+from recbole_mm.model.losses import bpr_loss
+
+
+class FREEDOM(MultiModalRecommender):
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d = config["embedding_size"]
+        self.knn_k = config["knn_k"]
+        self.n_mm_layers = config["n_mm_layers"]  # hops on the frozen item graph
+        self.n_ui_layers = config["n_ui_layers"]  # LightGCN layers on the user-item graph
+        self.reg_weight = config["reg_weight"]  # weight of the modality BPR terms
+        self.dropout = config["dropout"]  # share of user-item edges pruned per epoch
+        if not 0.0 <= self.dropout < 1.0:
+            raise RecBoleMMError(f"FREEDOM dropout: {self.dropout!r} must be in [0, 1); fix the model config")
+        if config["feat_embed_dim"] != d:
+            raise RecBoleMMError(f"FREEDOM feat_embed_dim: {config['feat_embed_dim']} must equal embedding_size ({d}): "
+                                 "the modality BPR terms score users against the projected features")
+
+        self.user_embedding = nn.Embedding(self.n_users, d)
+        self.item_embedding = nn.Embedding(self.n_items, d)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        # Raw features are trainable tables initialised from the files (as the original); the item graph
+        # is built once from these initial values.
+        self.raw_features = self.trainable_feature_tables()
+        self.projections = nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], d) for m in self.modalities})
+        self._build_graphs(config, dataset)
+
+    # ---- graphs, built once (the pruned one once per epoch) ---------------------------------------
+    def modality_weights(self, image_weight: float) -> dict[str, float]:
+        """The fixed mixing weights: ``mm_image_weight`` for the image modality and the rest shared
+        equally by the others (image + text: 0.1 / 0.9, the original); equal weights without an image."""
+        if "image" not in self.modalities or len(self.modalities) == 1:
+            return {m: 1.0 / len(self.modalities) for m in self.modalities}
+        rest = (1.0 - image_weight) / (len(self.modalities) - 1)
+        return {m: image_weight if m == "image" else rest for m in self.modalities}
+
+    def _build_graphs(self, config, dataset) -> None:
+        self.mixing = self.modality_weights(config["mm_image_weight"])
+        # Item 0 is RecBole's padding: graphs cover items 1.. and leave node 0 isolated.
+        parts = []
+        for m in self.modalities:
+            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k)
+            parts.append(self.mixing[m] * graph_from_neighbours(indices, sims, weighted=False, offset=1))
+        self.register_graph("item_graph", sum(parts[1:], parts[0]))
+        inter = dataset.inter_matrix(form="coo")
+        keys = torch.unique(torch.from_numpy(inter.row).long() * self.n_items + torch.from_numpy(inter.col).long())
+        self.register_buffer("edge_users", keys // self.n_items, persistent=False)
+        self.register_buffer("edge_items", keys % self.n_items, persistent=False)
+        self.register_graph("norm_adj", bipartite_adjacency(self.edge_users, self.edge_items, self.n_users, self.n_items))
+        self._prune_due = True
+
+    def prune(self) -> None:
+        """Draw this epoch's degree-sensitively pruned user-item graph (``pruned_adj``)."""
+        keep = degree_sensitive_keep(self.edge_users, self.edge_items, self.n_users, self.n_items, self.dropout)
+        self.register_graph("pruned_adj", bipartite_adjacency(
+            self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items))
+        self._prune_due = False
+
+    def train(self, mode: bool = True):
+        # The original re-samples in pre_epoch_processing, before every training epoch; RecBole's trainer
+        # calls train() at the start of every epoch, so the next batch re-samples (see docs/freedom.md).
+        if mode:
+            self._prune_due = True
+        return super().train(mode)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users, items) final representations: over the pruned graph while training, else the full one."""
+        pruned = self.training and self.dropout > 0
+        if pruned and self._prune_due:
+            self.prune()
+        h = self.item_embedding.weight
+        for _ in range(self.n_mm_layers):
+            h = self.propagate("item_graph", h)
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        out = self.mean_propagation("pruned_adj" if pruned else "norm_adj", ego, self.n_ui_layers)
+        return out[: self.n_users], out[self.n_users:] + h
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        users = interaction[self.USER_ID]
+        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        user_vectors, item_vectors = self.forward()
+        u = user_vectors[users]
+        loss = bpr_loss((u * item_vectors[pos]).sum(dim=1), (u * item_vectors[neg]).sum(dim=1))
+        if self.reg_weight:
+            for m in self.modalities:
+                pos_f = self.projections[m](self.raw_features[m](pos))
+                neg_f = self.projections[m](self.raw_features[m](neg))
+                loss = loss + self.reg_weight * bpr_loss((u * pos_f).sum(dim=1), (u * neg_f).sum(dim=1))
+        return loss

@@ -1,0 +1,123 @@
+"""LATTICE — Zhang et al., "Mining Latent Structures for Multimedia Recommendation", ACM MM 2021
+(arXiv 2104.09036). Specification: docs/lattice.md (paper, the authors' code and MMRec's).
+
+Per modality m: a frozen kNN graph Â^m of the raw features (similarity-weighted, D^-1/2 S D^-1/2) and a
+learned one, the top-k cosine neighbours of the projected features W_m f^m. With w = softmax(modal_weight):
+S = (1 - λ) · sym(Σ_m w_m topk(cos(W_m f^m))) + λ · Σ_m w_m Â^m; h = S^L E_I. CF backbone (LightGCN over
+D^-1 (A + I), or MF); final u = e_u, i = e_i + h / ‖h‖. Loss: BPR + ``reg_weight`` · ½‖u, i⁺, i⁻‖² / batch size.
+The learned graph is rebuilt, with gradient, on the first batch of every epoch and used detached by the
+others, as in the original. Any number of modalities ≥ 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_mm.errors import RecBoleMMError
+from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.graphs import (bipartite_adjacency, edge_propagate, graph_from_neighbours, knn_edges,
+                                    knn_neighbours, normalize_adjacency)
+from recbole_mm.model.losses import bpr_loss, squared_l2
+
+CF_MODELS = ("lightgcn", "mf")
+
+
+class LATTICE(MultiModalRecommender):
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d = config["embedding_size"]
+        self.knn_k = config["knn_k"]
+        self.lambda_coeff = config["lambda_coeff"]  # weight of the frozen graph against the learned one
+        self.n_layers = config["n_layers"]  # hops on the item graph
+        self.n_ui_layers = len(config["weight_size"])  # LightGCN layers (the original's weight_size list)
+        self.reg_weight = config["reg_weight"]
+        self.batch_size = config["train_batch_size"]  # the original divides the L2 term by it
+        self.cf_model = config["cf_model"]
+        if self.cf_model not in CF_MODELS:
+            raise RecBoleMMError(f"LATTICE cf_model: {self.cf_model!r} is not one of {', '.join(CF_MODELS)} "
+                                 "(the original's ngcf backbone is not ported); fix the model config")
+
+        self.user_embedding = nn.Embedding(self.n_users, d)
+        self.item_embedding = nn.Embedding(self.n_items, d)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        # Raw features are trainable tables initialised from the files (as the original).
+        self.raw_features = self.trainable_feature_tables()
+        self.projections = nn.ModuleDict({
+            m: nn.Linear(self.item_features(m).shape[1], config["feat_embed_dim"]) for m in self.modalities
+        })
+        self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 0.5))
+        # Item 0 is RecBole's padding: item graphs cover items 1.. and leave node 0 isolated.
+        for m in self.modalities:
+            neighbours = knn_neighbours(self.item_features(m)[1:], self.knn_k)
+            self.register_graph(f"item_graph_{m}", graph_from_neighbours(*neighbours, weighted=True, offset=1))
+        inter = dataset.inter_matrix(form="coo")
+        self.register_graph("norm_adj", bipartite_adjacency(
+            torch.from_numpy(inter.row), torch.from_numpy(inter.col), self.n_users, self.n_items,
+            self_loops=True, normalization="row"))
+        self._epoch_graph_ready = False  # whether epoch_item_graph holds this training epoch's S, detached
+
+    def train(self, mode: bool = True):
+        # The original rebuilds the learned graph on the first batch after pre_epoch_processing; RecBole's
+        # trainer calls train() at the start of every epoch (see docs/lattice.md).
+        if mode:
+            self._epoch_graph_ready = False
+        return super().train(mode)
+
+    # ---- the learned item graph -----------------------------------------------------------------
+    def learned_graph(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(rows, cols, values, w)``: the normalised learned graph sym(Σ_m w_m topk(cos(W_m f^m))) as
+        COO triplets, differentiable in its values, and the modality weights w = softmax(modal_weight)."""
+        weights = torch.softmax(self.modal_weight, dim=0)
+        rows, cols, values = [], [], []
+        for j, m in enumerate(self.modalities):
+            r, c, sims = knn_edges(self.projections[m](self.raw_features[m].weight[1:]), self.knn_k, offset=1)
+            rows.append(r)
+            cols.append(c)
+            values.append(weights[j] * sims)
+        graph = normalize_adjacency(torch.cat(rows), torch.cat(cols), torch.cat(values), self.n_items, "sym")
+        indices = graph.indices()
+        return indices[0], indices[1], graph.values(), weights
+
+    def item_propagation(self) -> torch.Tensor:
+        """h = S^L E_I over the mixed graph S; on all but the first training batch of an epoch, S is that
+        batch's graph, detached."""
+        h = self.item_embedding.weight
+        if self.training and self._epoch_graph_ready:
+            for _ in range(self.n_layers):
+                h = self.propagate("epoch_item_graph", h)
+            return h
+        rows, cols, values, weights = self.learned_graph()
+        if self.training:
+            # Detached, S is one fixed sparse matrix for the rest of the epoch: CSR propagation is much
+            # faster than the differentiable gather/scatter, and sums S as the original does.
+            learned = torch.sparse_coo_tensor(torch.stack([rows, cols]), values.detach(), (self.n_items, self.n_items))
+            frozen = [weights[j].item() * getattr(self, f"item_graph_{m}") for j, m in enumerate(self.modalities)]
+            self.register_graph("epoch_item_graph", (1 - self.lambda_coeff) * learned
+                                + self.lambda_coeff * sum(frozen[1:], frozen[0]))
+            self._epoch_graph_ready = True
+        for _ in range(self.n_layers):
+            frozen = sum(weights[j] * self.propagate(f"item_graph_{m}", h) for j, m in enumerate(self.modalities))
+            h = (1 - self.lambda_coeff) * edge_propagate(rows, cols, values, h, self.n_items) + self.lambda_coeff * frozen
+        return h
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.normalize(self.item_propagation(), dim=1)
+        if self.cf_model == "mf":
+            return self.user_embedding.weight, self.item_embedding.weight + h
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        out = self.mean_propagation("norm_adj", ego, self.n_ui_layers)
+        return out[: self.n_users], out[self.n_users:] + h
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        user_vectors, item_vectors = self.forward()
+        u = user_vectors[interaction[self.USER_ID]]
+        pos, neg = item_vectors[interaction[self.ITEM_ID]], item_vectors[interaction[self.NEG_ITEM_ID]]
+        loss = bpr_loss((u * pos).sum(dim=1), (u * neg).sum(dim=1))
+        return loss + self.reg_weight * squared_l2(u, pos, neg, denominator=self.batch_size)

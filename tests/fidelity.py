@@ -1,0 +1,84 @@
+"""Load the MMRec reference fixture of tests/data/mmrec_fidelity (made by
+scripts/make_mmrec_fidelity_fixture.py) into a recbole_mm model: same data, weights and batches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from recbole.data.interaction import Interaction
+
+from conftest import planted_config
+from recbole_mm.quick_start import create_dataset, make_config
+
+DATA = Path(__file__).resolve().parent / "data"
+NAME = "mmrec_fidelity"
+
+
+def load(model_name: str, tmp_path: Path):
+    """(record, model, to_ours): the reference record, our model holding the reference's weights, and
+    the map from reference user/item ids to ours (RecBole's id = the reference's + 1, padding at 0)."""
+    from recbole.data import data_preparation
+    from recbole.utils import get_model
+
+    record = torch.load(DATA / NAME / f"{model_name.lower()}.pt", weights_only=True)
+    config_dict = planted_config(DATA, NAME, checkpoint_dir=str(tmp_path / "saved"), **record["config"])
+    config = make_config(model_name, NAME, config_dict=config_dict)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    dataset = train_data._dataset
+    # The fixture's ids were numbered by first appearance, so RecBole's remapping is the shift by one.
+    for field in ("userID", "itemID"):
+        tokens = dataset.field2id_token[field][1:]
+        assert [int(t) for t in tokens] == list(range(len(tokens))), field
+    model = get_model(model_name)(config, dataset)
+    state = record["state"]
+    names = {"user_embedding.weight": "user_embedding.weight", "item_id_embedding.weight": "item_embedding.weight",
+             "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.text.weight"}
+    with torch.no_grad():
+        for theirs, ours in names.items():
+            getattr_path(model, ours)[1:] = state[theirs]
+        for m, prefix in (("image", "image_trs"), ("text", "text_trs")):
+            model.projections[m].weight.copy_(state[f"{prefix}.weight"])
+            model.projections[m].bias.copy_(state[f"{prefix}.bias"])
+        if "modal_weight" in state:
+            model.modal_weight.copy_(state["modal_weight"])
+    return record, model, names
+
+
+def getattr_path(model, dotted: str) -> torch.Tensor:
+    obj = model
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def batch(model, ids: torch.Tensor) -> Interaction:
+    """A reference batch [users; pos; neg] as RecBole's Interaction in our ids."""
+    return Interaction({model.USER_ID: ids[0] + 1, model.ITEM_ID: ids[1] + 1, model.NEG_ITEM_ID: ids[2] + 1})
+
+
+def our_grads(model, names: dict[str, str]) -> dict[str, torch.Tensor]:
+    """Our gradients under the reference's parameter names (real rows only; padding rows are checked zero)."""
+    def grad(parameter: torch.Tensor) -> torch.Tensor:  # None (no gradient reached it) as zeros, like the fixture
+        return torch.zeros_like(parameter) if parameter.grad is None else parameter.grad
+
+    grads = {}
+    for theirs, ours in names.items():
+        full = grad(getattr_path(model, ours))
+        assert torch.all(full[0] == 0), ours
+        grads[theirs] = full[1:]
+    for m, prefix in (("image", "image_trs"), ("text", "text_trs")):
+        grads[f"{prefix}.weight"] = grad(model.projections[m].weight)
+        grads[f"{prefix}.bias"] = grad(model.projections[m].bias)
+    if hasattr(model, "modal_weight"):
+        grads["modal_weight"] = grad(model.modal_weight)
+    return grads
+
+
+def scores(model) -> torch.Tensor:
+    """Full-ranking scores of the real users over the real items, eval mode."""
+    model.eval()
+    with torch.no_grad():
+        users = torch.arange(1, model.n_users)
+        flat = model.full_sort_predict(Interaction({model.USER_ID: users}))
+    return flat.reshape(len(users), model.n_items)[:, 1:]
