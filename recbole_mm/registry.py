@@ -26,6 +26,8 @@ PLUGIN_MODELS: dict[str, str] = {
     "VBPR": "recbole_mm.model.general_recommender.vbpr",
     "GUME": "recbole_mm.model.general_recommender.gume",
     "MMGEF": "recbole_mm.model.general_recommender.mmgef",
+    "BM3": "recbole_mm.model.general_recommender.bm3",
+    "MGCN": "recbole_mm.model.general_recommender.mgcn",
 }
 # Other spellings accepted by recbole_mm's entry points.
 MODEL_ALIASES: dict[str, str] = {"MM-GEF": "MMGEF"}

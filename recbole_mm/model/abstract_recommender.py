@@ -87,6 +87,13 @@ class MultiModalRecommender(GeneralRecommender):
             self._csr[key] = (graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr())
         return sparse_matmul(*self._csr[key], dense)
 
+    def mean_propagation(self, name: str, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
+        """LightGCN's layer combination (1/(L+1)) Σ_{l=0..L} A^l E over the registered graph ``name``."""
+        layers = [embeddings]
+        for _ in range(n_layers):
+            layers.append(self.propagate(name, layers[-1]))
+        return torch.stack(layers).mean(dim=0)
+
     def _apply(self, fn, recurse=True):
         self._csr.clear()  # device or dtype changes: rebuild the CSR copies from the moved buffers
         return super()._apply(fn, recurse)

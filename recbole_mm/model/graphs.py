@@ -167,3 +167,14 @@ class _SparseMatmul(torch.autograd.Function):
 def sparse_matmul(matrix: torch.Tensor, matrix_t: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """``matrix @ dense`` for CSR ``matrix`` with its CSR transpose ``matrix_t``, differentiable in ``dense``."""
     return _SparseMatmul.apply(matrix, matrix_t, dense)
+
+
+def user_item_block(adjacency: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
+    """The user→item block ``[n_users, n_items]`` of a normalised ``[n_users + n_items]``-square user-item
+    adjacency (users first): R̃ = D_u^-1/2 R D_i^-1/2 for :func:`augmented_adjacency`'s graph, which MGCN
+    (and GUME) use to give users the mean of their items' modality features."""
+    adjacency = adjacency.coalesce()
+    rows, cols = adjacency.indices()
+    block = (rows < n_users) & (cols >= n_users)
+    return torch.sparse_coo_tensor(torch.stack([rows[block], cols[block] - n_users]), adjacency.values()[block],
+                                   (n_users, n_items), check_invariants=False).coalesce()
