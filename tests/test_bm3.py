@@ -7,12 +7,12 @@ import math
 
 import pytest
 import torch
-from mmrec_fixture import build_from_fixture, load_fixture, load_reference_weights, permuted_rows
+from builders import build_from_fixture, build_planted, load_fixture, load_reference_weights, permuted_rows
 
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.losses import cosine_alignment, frobenius_norms
-from recbole_mm.quick_start import create_dataset, make_config
+from recbole_mm.quick_start import make_config
 
 
 # ---- loss terms on tiny inputs ------------------------------------------------------------------
@@ -32,15 +32,7 @@ def test_frobenius_norms_by_hand():
 
 # ---- the model -----------------------------------------------------------------------------------
 def build(planted, **overrides):
-    from recbole.data import data_preparation
-    from recbole.utils import get_model, init_seed
-
-    root, config_dict = planted
-    config = make_config("BM3", "planted", config_dict={**config_dict, **overrides})
-    dataset = create_dataset(config)
-    train_data, _, _ = data_preparation(config, dataset)
-    init_seed(config["seed"], True)
-    return config, get_model("BM3")(config, train_data._dataset), train_data
+    return build_planted("BM3", planted, **overrides)
 
 
 def test_trains_without_negatives(planted):

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mmrec_fixture import build_from_fixture, load_fixture, load_reference_weights
+from builders import build_from_fixture, build_planted, load_fixture, load_reference_weights
 from torch import nn
 
 import recbole_mm
 from recbole_mm.model.graphs import augmented_adjacency, user_item_block
 from recbole_mm.model.layers import attentive_fusion
-from recbole_mm.quick_start import create_dataset, make_config
 
 
 # ---- building blocks on tiny inputs ---------------------------------------------------------------
@@ -50,15 +49,7 @@ def test_user_item_block_by_hand():
 
 # ---- the model -----------------------------------------------------------------------------------
 def build(planted, **overrides):
-    from recbole.data import data_preparation
-    from recbole.utils import get_model, init_seed
-
-    root, config_dict = planted
-    config = make_config("MGCN", "planted", config_dict={**config_dict, "knn_k": 5, **overrides})
-    dataset = create_dataset(config)
-    train_data, _, _ = data_preparation(config, dataset)
-    init_seed(config["seed"], True)
-    return config, get_model("MGCN")(config, train_data._dataset), train_data
+    return build_planted("MGCN", planted, **{"knn_k": 5, **overrides})
 
 
 def test_gradients_reach_every_parameter(planted):

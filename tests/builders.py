@@ -1,5 +1,6 @@
-"""Rebuild a fidelity fixture made by tests/data/mmrec_reference.py as a recbole_mm model, with the
-reference's weights loaded (rows permuted to RecBole's internal ids; padding rows keep their own init)."""
+"""Model builders for the model tests: a model on the planted set, and a model rebuilt from a fidelity
+fixture made by tests/data/mmrec_reference.py with the reference's weights loaded (rows permuted to
+RecBole's internal ids; padding rows keep their own init)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,21 @@ import pandas as pd
 import torch
 
 DATA = Path(__file__).resolve().parent / "data"
+
+
+def build_planted(model_name: str, planted, **overrides):
+    """(config, model, train dataloader) of ``model_name`` on the planted set, seeded."""
+    from recbole.data import data_preparation
+    from recbole.utils import get_model, init_seed
+
+    from recbole_mm.quick_start import create_dataset, make_config
+
+    root, config_dict = planted
+    config = make_config(model_name, "planted", config_dict={**config_dict, **overrides})
+    dataset = create_dataset(config)
+    train_data, _, _ = data_preparation(config, dataset)
+    init_seed(config["seed"], True)
+    return config, get_model(model_name)(config, train_data._dataset), train_data
 
 
 def load_fixture(name: str) -> dict:
