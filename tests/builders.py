@@ -50,7 +50,8 @@ def build_from_fixture(model_name: str, fixture: dict, root: Path, **config):
         "data_path": str(root), "USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID",
         # text first: the order in which MMRec's BM3 draws its dropout masks (text before image)
         "modalities": {"text": "text_feat.npy", "image": "image_feat.npy"},
-        "show_progress": False, "state": "WARNING", "embedding_size": len(fixture["weights"]["user_embedding.weight"][0]),
+        "show_progress": False, "state": "WARNING",
+        "embedding_size": len(fixture["weights"]["user_embedding.weight"][0]),
         "train_batch_size": 4, "seed": 0, "reproducibility": True, **fixture["config"], **config,
     }
     cfg = make_config(model_name, "tiny", config_dict=config_dict)
