@@ -66,6 +66,13 @@ class MultiModalRecommender(GeneralRecommender):
         """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""
         return getattr(self, f"features_{name}")
 
+    def trainable_feature_tables(self) -> torch.nn.ModuleDict:
+        """Per modality, a trainable ``nn.Embedding`` initialised from the features (a copy: the buffer
+        stays as loaded), for models that fine-tune their raw features (BM3, MGCN, GUME)."""
+        return torch.nn.ModuleDict({
+            m: torch.nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
+        })
+
     def fused_features(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """The modalities concatenated along the feature axis (declaration order), for ``items`` or all."""
         parts = [self.item_features(name) for name in self.modalities]

@@ -46,9 +46,7 @@ class BM3(MultiModalRecommender):
         self.item_embedding = nn.Embedding(self.n_items, d)
         self.predictor = nn.Linear(d, d)
         # Raw features are trainable tables initialised from the files (as the original).
-        self.raw_features = nn.ModuleDict({
-            m: nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
-        })
+        self.raw_features = self.trainable_feature_tables()
         self.projections = nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], d) for m in self.modalities})
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)

@@ -46,9 +46,7 @@ class MGCN(MultiModalRecommender):
         nn.init.xavier_uniform_(self.item_embedding.weight)
         # Raw features are trainable tables initialised from the files (as the original); the item-item
         # graphs below are built once from these initial values. Linear layers keep torch's default init.
-        self.raw_features = nn.ModuleDict({
-            m: nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
-        })
+        self.raw_features = self.trainable_feature_tables()
         self.projections = nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], d) for m in self.modalities})
         self.purifiers = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
