@@ -92,3 +92,14 @@ def load_reference_weights(model, fixture: dict, names: dict[str, str], user_map
         assert state[name].shape == value.shape, name
         state[name] = value
     model.load_state_dict(state)
+
+
+def assert_scores_match(model, fixture: dict, user_map, item_map) -> None:
+    """The model's full score matrix over the reference's users × items equals the fixture's (1e-5)."""
+    from recbole.data.interaction import Interaction
+
+    model.eval()
+    with torch.no_grad():
+        scores = model.full_sort_predict(Interaction({"userID": user_map})).reshape(len(user_map), -1)
+    expected = torch.tensor(fixture["scores"], dtype=torch.float32)
+    assert torch.allclose(scores[:, item_map], expected, atol=1e-5, rtol=1e-5)

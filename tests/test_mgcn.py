@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders import build_from_fixture, build_planted, load_fixture, load_reference_weights
+from builders import assert_scores_match, build_from_fixture, build_planted, load_fixture, load_reference_weights
 from torch import nn
 
 import recbole_mm
@@ -135,8 +135,4 @@ def test_matches_mmrec_reference(tmp_path, monkeypatch):
                                "neg_itemID": item_map[batch["neg"]]})
     model.train()
     assert model.calculate_loss(interaction).item() == pytest.approx(fixture["loss"], rel=1e-5)
-    model.eval()
-    with torch.no_grad():
-        scores = model.full_sort_predict(Interaction({"userID": user_map})).reshape(len(user_map), -1)
-    expected = torch.tensor(fixture["scores"], dtype=torch.float32)
-    assert torch.allclose(scores[:, item_map], expected, atol=1e-5, rtol=1e-5)
+    assert_scores_match(model, fixture, user_map, item_map)
