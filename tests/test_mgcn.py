@@ -134,5 +134,15 @@ def test_matches_mmrec_reference(tmp_path, monkeypatch):
     interaction = Interaction({"userID": user_map[batch["users"]], "itemID": item_map[batch["pos"]],
                                "neg_itemID": item_map[batch["neg"]]})
     model.train()
-    assert model.calculate_loss(interaction).item() == pytest.approx(fixture["loss"], rel=1e-5)
+    loss = model.calculate_loss(interaction)
+    assert loss.item() == pytest.approx(fixture["loss"], rel=1e-5)
+    loss.backward()
+    parameters = dict(model.named_parameters())
+    for ref_name, name in NAMES.items():
+        grad, expected = parameters[name].grad, torch.tensor(fixture["grads"][ref_name], dtype=torch.float32)
+        if name.startswith("user_embedding"):
+            grad = grad[user_map]
+        elif name.startswith(("item_embedding", "raw_features")):
+            grad = grad[item_map]
+        assert torch.allclose(grad, expected, atol=1e-6, rtol=1e-4), name
     assert_scores_match(model, fixture, user_map, item_map)

@@ -6,7 +6,7 @@ model classes on a tiny generated dataset. Not run in CI; the fixtures hold only
 
 Each fixture holds the data (training interactions; validation/test rows only so that RecBole can split),
 the reference's initial weights (seeded construction), one batch, the reference's full score matrix
-(users × items) and its training loss on that batch; BM3's also holds the dropout masks the reference drew,
+(users × items), its training loss on that batch and (MGCN) the loss's gradients; BM3's also holds the dropout masks the reference drew,
 in the order it drew them (users, items, text, image), so tests can replay them.
 """
 
@@ -135,12 +135,14 @@ def main(src: str) -> None:
         weights = as_lists(model.state_dict())
         model.train()
         loss = model.calculate_loss(torch.stack([batch_users, batch_pos, batch_neg]))
+        loss.backward()
+        grads = as_lists({name: p.grad for name, p in model.named_parameters()})
         model.eval()
         with torch.no_grad():
             scores = model.full_sort_predict(torch.arange(N_USERS).unsqueeze(0))
         fixture = {**common, "config": {k: mgcn_config[k] for k in ("cl_loss", "n_ui_layers", "knn_k", "n_layers",
                                                                      "reg_weight", "train_batch_size")},
-                   "weights": weights, "loss": loss.item(), "scores": scores.double().tolist()}
+                   "weights": weights, "grads": grads, "loss": loss.item(), "scores": scores.double().tolist()}
         (OUT / "mgcn_reference.json").write_text(json.dumps(fixture))
     print("wrote", OUT / "bm3_reference.json", OUT / "mgcn_reference.json")
 
