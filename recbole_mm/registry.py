@@ -28,6 +28,8 @@ PLUGIN_MODELS: dict[str, str] = {
     "MMGEF": "recbole_mm.model.general_recommender.mmgef",
     "FREEDOM": "recbole_mm.model.general_recommender.freedom",
     "LATTICE": "recbole_mm.model.general_recommender.lattice",
+    "BM3": "recbole_mm.model.general_recommender.bm3",
+    "MGCN": "recbole_mm.model.general_recommender.mgcn",
 }
 # Other spellings accepted by recbole_mm's entry points.
 MODEL_ALIASES: dict[str, str] = {"MM-GEF": "MMGEF"}

@@ -4,7 +4,8 @@
   ranking for test; ``train`` masks training items only, as MMRec (and every published multimodal
   number) does, so test scores come out slightly lower.
 - ``negative_items: all`` (RecBole, default) draws training negatives uniformly from all items;
-  ``train`` draws them from items that occur in training only, as MMRec does.
+  ``train`` draws them from items that occur in training only, as MMRec does; it has no effect on
+  models that train without negatives (``train_neg_sample_args: None``, e.g. BM3).
 - ``cold_start_items: 0.2`` (MM-GEF's cold-start study; ``cold_start_valid_items``, ``cold_start_seed``):
   a seeded group of training items is held out with all its interactions as the test split, a second
   group as the validation split, so the epoch is chosen on new items too. Held-out items are never
@@ -163,7 +164,8 @@ def apply_protocol(config, train_data, valid_data, test_data):
         sampler = copy.copy(test_data._sampler)
         sampler.used_ids = training_items_per_user(train_data._dataset)
         test_data = FullSortEvalDataLoader(config, test_data._dataset, sampler, shuffle=False)
-    if negatives == "train":
+    # Models that train without negatives (BM3: train_neg_sample_args None) have nothing to restrict.
+    if negatives == "train" and config["train_neg_sample_args"]["distribution"] != "none":
         sampler = train_data._sampler
         if sampler is None or config["train_neg_sample_args"]["distribution"] != "uniform":
             raise RecBoleMMError("negative_items: train needs uniform negative sampling (train_neg_sample_args)")

@@ -70,6 +70,14 @@ class MultiModalRecommender(GeneralRecommender):
         """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""
         return getattr(self, f"features_{name}")
 
+    def trainable_feature_tables(self) -> torch.nn.ModuleDict:
+        """Per modality, a trainable ``nn.Embedding`` initialised from the features (a copy: the buffer
+        stays as loaded, for building graphs), for models that fine-tune their raw features (the MMRec
+        models' ``from_pretrained(feat, freeze=False)``: FREEDOM, LATTICE, BM3, MGCN)."""
+        return torch.nn.ModuleDict({
+            m: torch.nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
+        })
+
     def fused_features(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """The modalities concatenated along the feature axis (declaration order), for ``items`` or all."""
         parts = [self.item_features(name) for name in self.modalities]
@@ -77,13 +85,6 @@ class MultiModalRecommender(GeneralRecommender):
             # index_select copies whole rows; advanced indexing (part[items]) is ~2x slower on CPU.
             parts = [part.index_select(0, items) for part in parts]
         return torch.cat(parts, dim=1)
-
-    def trainable_feature_tables(self) -> torch.nn.ModuleDict:
-        """One trainable ``nn.Embedding`` per modality initialised from its features (the MMRec models'
-        ``from_pretrained(feat, freeze=False)``); the buffers keep the initial values for building graphs."""
-        return torch.nn.ModuleDict({
-            m: torch.nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
-        })
 
     def register_graph(self, name: str, graph: torch.Tensor) -> None:
         """Keep a sparse COO graph as a buffer (it follows ``.to(device)``; not in checkpoints: it is

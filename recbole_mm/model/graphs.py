@@ -226,3 +226,14 @@ def bipartite_adjacency(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users:
     keys = torch.unique(torch.cat(rows) * n + torch.cat(cols))
     # On the edges' device: FREEDOM re-draws its pruned graph on the model's device every epoch.
     return normalize_adjacency(keys // n, keys % n, torch.ones(len(keys), device=keys.device), n, normalization)
+
+
+def user_item_block(adjacency: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
+    """The user→item block ``[n_users, n_items]`` of a normalised ``[n_users + n_items]``-square user-item
+    adjacency (users first): R̃ = D_u^-1/2 R D_i^-1/2 for :func:`augmented_adjacency`'s graph, which MGCN
+    (and GUME) use to give users the mean of their items' modality features."""
+    adjacency = adjacency.coalesce()
+    rows, cols = adjacency.indices()
+    block = (rows < n_users) & (cols >= n_users)
+    return torch.sparse_coo_tensor(torch.stack([rows[block], cols[block] - n_users]), adjacency.values()[block],
+                                   (n_users, n_items), check_invariants=False).coalesce()

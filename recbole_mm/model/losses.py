@@ -42,3 +42,14 @@ def gaussian_alignment(features: list[torch.Tensor]) -> torch.Tensor:
 def perturb(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
     """SimGCL-style noise: x + sign(x) ⊙ normalize_row(ε)·eps with ε ~ U(0, 1), fresh on every call."""
     return x + torch.sign(x) * F.normalize(torch.rand_like(x), dim=1) * eps
+
+
+def cosine_alignment(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean_n cos(online_n, target_n), with no gradient through ``target`` (BM3's bootstrapped
+    alignment: the target view is a stop-gradient copy)."""
+    return 1 - F.cosine_similarity(online, target.detach(), dim=-1).mean()
+
+
+def frobenius_norms(*tensors: torch.Tensor, denominator: float) -> torch.Tensor:
+    """Σ‖t‖_F / denominator: norms, not squared (MMRec's ``EmbLoss``, which BM3 uses as its regulariser)."""
+    return sum(torch.linalg.vector_norm(t) for t in tensors) / denominator

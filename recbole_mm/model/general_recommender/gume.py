@@ -20,6 +20,7 @@ from torch import nn
 from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import augmented_adjacency, graph_from_neighbours, knn_neighbours, semantic_neighbours
+from recbole_mm.model.layers import attentive_fusion
 from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb, squared_l2
 
 
@@ -107,10 +108,7 @@ class GUME(MultiModalRecommender):
 
     def lightgcn(self, embeddings: torch.Tensor) -> torch.Tensor:
         """(1/(L+1)) Σ_l Ã^l Z on the augmented graph."""
-        layers = [embeddings]
-        for _ in range(self.n_ui_layers):
-            layers.append(self.propagate("norm_adj", layers[-1]))
-        return torch.stack(layers).mean(dim=0)
+        return self.mean_propagation("norm_adj", embeddings, self.n_ui_layers)
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self) -> dict[str, torch.Tensor]:
@@ -126,11 +124,7 @@ class GUME(MultiModalRecommender):
             explicit.append(torch.cat([self.propagate("user_item_graph", x_item), x_item]))
             if self.use_um:
                 extended.append(self.lightgcn(torch.cat([self.extended_users[m], x_item])))
-        scores = torch.cat([self.attention(x) for x in explicit], dim=1)
-        weights = torch.softmax(scores, dim=1)
-        coarse = sum(weights[:, j:j + 1] * x for j, x in enumerate(explicit))
-        fine = [self.fine_gates[m](h_id) * (x - coarse) for m, x in zip(self.modalities, explicit)]
-        z = (sum(fine) + coarse) / (len(fine) + 1)
+        z, weights = attentive_fusion(explicit, self.attention, [self.fine_gates[m] for m in self.modalities], h_id)
         h_ext = torch.stack(extended).mean(dim=0) if extended else None
         return {"o": h_id + z, "z": z, "h_id": h_id, "h_ext": h_ext, "explicit": explicit, "attention": weights}
 

@@ -1,0 +1,88 @@
+"""BM3 — Zhou et al., "Bootstrap Latent Representations for Multi-modal Recommendation", WWW 2023
+(arXiv 2207.05969). Specification: docs/bm3.md (paper + the authors' code, as in MMRec).
+
+Online representations: LightGCN over the user-item graph (users h_u; items h_i + e_i, the ID embedding
+added back) and one linear projection f^m = W_m x^m + b_m per modality of trainable raw features. Target
+views: dropout copies of the online ones under stop-gradient. A shared predictor p(·) maps online
+representations towards the targets; the loss aligns p(user) with the item's target and p(item) with
+the user's target, and each modality's p(f^m) with the item's target (alignment) and with its own
+dropout copy (masked reconstruction), plus a norm penalty. No negative sampling. Any number of
+modalities ≥ 1. Scores: p(h_u) · p(h_i).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_mm.errors import RecBoleMMError
+from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.graphs import augmented_adjacency
+from recbole_mm.model.losses import cosine_alignment, frobenius_norms
+
+
+class BM3(MultiModalRecommender):
+    # No negatives: RecBole's TrainDataLoader yields (user, item) rows when train_neg_sample_args is
+    # None (properties/model/BM3.yaml), as for its own non-sampling models.
+    input_type = InputType.POINTWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        if config["train_neg_sample_args"]["distribution"] != "none":
+            # With a POINTWISE model RecBole would add sampled negatives as extra rows, which BM3 would
+            # then align as if they were interactions.
+            raise RecBoleMMError(
+                f"BM3 trains without negatives, but train_neg_sample_args is {config['train_neg_sample_args']}; "
+                "set train_neg_sample_args: ~ (a dataset config's value needs model_overrides: {BM3: ...})")
+        d = config["embedding_size"]
+        self.n_layers = config["n_layers"]
+        self.reg_weight = config["reg_weight"]
+        self.cl_weight = config["cl_weight"]
+        self.dropout = config["dropout"]
+
+        self.user_embedding = nn.Embedding(self.n_users, d)
+        self.item_embedding = nn.Embedding(self.n_items, d)
+        self.predictor = nn.Linear(d, d)
+        # Raw features are trainable tables initialised from the files (as the original).
+        self.raw_features = self.trainable_feature_tables()
+        self.projections = nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], d) for m in self.modalities})
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        for layer in [self.predictor, *self.projections.values()]:
+            nn.init.xavier_normal_(layer.weight)  # biases keep nn.Linear's default init, as the original
+
+        inter = dataset.inter_matrix(form="coo")
+        self.register_graph("norm_adj", augmented_adjacency(
+            torch.from_numpy(inter.row), torch.from_numpy(inter.col), self.n_users, self.n_items))
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Online (users, items): LightGCN layer mean, with the item ID embeddings added to the items."""
+        items = self.item_embedding.weight
+        h = self.mean_propagation("norm_adj", torch.cat([self.user_embedding.weight, items]), self.n_layers)
+        return h[: self.n_users], h[self.n_users:] + items
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        users, items = interaction[self.USER_ID], interaction[self.ITEM_ID]
+        u_online, i_online = self.forward()
+        features = {m: self.projections[m](self.raw_features[m].weight) for m in self.modalities}
+        with torch.no_grad():  # target views: dropout copies, no gradient
+            u_target = F.dropout(u_online, self.dropout, training=True)
+            i_target = F.dropout(i_online, self.dropout, training=True)
+            f_target = {m: F.dropout(f, self.dropout, training=True) for m, f in features.items()}
+        loss = (cosine_alignment(self.predictor(u_online[users]), i_target[items])
+                + cosine_alignment(self.predictor(i_online[items]), u_target[users]))
+        # Over real users and items only (the original has no padding rows), divided by its item count.
+        loss = loss + self.reg_weight * frobenius_norms(u_online[1:], i_online[1:], denominator=self.n_items - 1)
+        for m, f in features.items():
+            f_online = self.predictor(f[items])
+            loss = loss + self.cl_weight * (cosine_alignment(f_online, i_target[items])
+                                            + cosine_alignment(f_online, f_target[m][items]))
+        return loss
+
+    def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        def compute():
+            users, items = self.forward()
+            return self.predictor(users), self.predictor(items)
+        return self.cached("forward", compute)

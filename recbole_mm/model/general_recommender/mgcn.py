@@ -1,0 +1,95 @@
+"""MGCN — Yu et al., "Multi-View Graph Convolutional Network for Multimedia Recommendation", ACM MM 2023
+(arXiv 2308.03588). Specification: docs/mgcn.md (paper + the authors' code, as in MMRec).
+
+User-item view: H = LightGCN([E_U; E_I]) (layer mean). Per modality m, behaviour-guided purification
+x̃^m = E_I ⊙ σ(W_g (W_m f^m + b_m) + b_g) of trainable raw features f^m; item-item view: (S^m)^L x̃^m on
+a frozen kNN graph S^m of the initial raw features, users get R̃ · (S^m)^L x̃^m. Behaviour-aware fuser:
+attention-weighted common part plus behaviour-gated specific parts (layers.attentive_fusion) → side
+representation s. Final o = H + s. Loss: BPR + L2 on the batch's final vectors + InfoNCE between s and H
+(users and positive items). Any number of modalities ≥ 1 (with one, the fuser degenerates: s = x/2).
+"""
+
+from __future__ import annotations
+
+from logging import getLogger
+
+import torch
+from recbole.utils import InputType
+from torch import nn
+
+from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.graphs import augmented_adjacency, graph_from_neighbours, knn_neighbours, user_item_block
+from recbole_mm.model.layers import attentive_fusion
+from recbole_mm.model.losses import bpr_loss, info_nce, squared_l2
+
+
+class MGCN(MultiModalRecommender):
+    input_type = InputType.PAIRWISE
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        d = config["embedding_size"]
+        self.knn_k = config["knn_k"]
+        self.n_layers = config["n_layers"]  # hops on the item-item graphs
+        self.n_ui_layers = config["n_ui_layers"]  # LightGCN layers on the user-item graph
+        self.reg_weight = config["reg_weight"]
+        self.cl_loss = config["cl_loss"]
+        self.cl_temp = config["cl_temp"]
+        self.batch_size = config["train_batch_size"]  # the original divides the L2 term by it
+        if len(self.modalities) == 1:
+            getLogger().warning("MGCN with one modality: the fuser degenerates (common part = the modality, "
+                                "no specific part)")
+
+        self.user_embedding = nn.Embedding(self.n_users, d)
+        self.item_embedding = nn.Embedding(self.n_items, d)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+        # Raw features are trainable tables initialised from the files (as the original); the item-item
+        # graphs below are built once from these initial values. Linear layers keep torch's default init.
+        self.raw_features = self.trainable_feature_tables()
+        self.projections = nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], d) for m in self.modalities})
+        self.purifiers = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
+        self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
+        self.preference_gates = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
+                                               for m in self.modalities})
+
+        for m in self.modalities:
+            # Item 0 is RecBole's padding: graphs cover items 1.. and leave node 0 isolated.
+            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k)
+            self.register_graph(f"item_graph_{m}", graph_from_neighbours(indices, sims, weighted=True,
+                                                                         normalization="sym", offset=1))
+        inter = dataset.inter_matrix(form="coo")
+        adjacency = augmented_adjacency(torch.from_numpy(inter.row), torch.from_numpy(inter.col),
+                                        self.n_users, self.n_items)
+        self.register_graph("norm_adj", adjacency)
+        self.register_graph("user_item_graph", user_item_block(adjacency, self.n_users, self.n_items))
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        """All node representations (users first): ``o`` (final), ``side`` (fused modalities), ``h_id``
+        (user-item view) and ``attention`` ([N, M] fuser weights)."""
+        items = self.item_embedding.weight
+        h_id = self.mean_propagation("norm_adj", torch.cat([self.user_embedding.weight, items]), self.n_ui_layers)
+        views = []
+        for m in self.modalities:
+            x = items * self.purifiers[m](self.projections[m](self.raw_features[m].weight))
+            for _ in range(self.n_layers):
+                x = self.propagate(f"item_graph_{m}", x)
+            views.append(torch.cat([self.propagate("user_item_graph", x), x]))
+        side, weights = attentive_fusion(views, self.attention, [self.preference_gates[m] for m in self.modalities],
+                                         h_id)
+        return {"o": h_id + side, "side": side, "h_id": h_id, "attention": weights}
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        users = interaction[self.USER_ID]
+        pos = interaction[self.ITEM_ID] + self.n_users
+        neg = interaction[self.NEG_ITEM_ID] + self.n_users
+        out = self.forward()
+        o, side, h_id = out["o"], out["side"], out["h_id"]
+        loss = bpr_loss((o[users] * o[pos]).sum(dim=1), (o[users] * o[neg]).sum(dim=1))
+        loss = loss + self.reg_weight * squared_l2(o[users], o[pos], o[neg], denominator=self.batch_size)
+        return loss + self.cl_loss * (info_nce(side[pos], h_id[pos], self.cl_temp)
+                                      + info_nce(side[users], h_id[users], self.cl_temp))
+
+    def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        o = self.cached("o", lambda: self.forward()["o"])
+        return o[: self.n_users], o[self.n_users:]

@@ -1,0 +1,80 @@
+"""Train MMRec's own implementation of a model on recbole_mm's TikTok copy, for side-by-side numbers
+(docs/bm3.md, docs/mgcn.md). Not part of the package or of CI; MMRec (GPL) is not vendored.
+
+    git clone https://github.com/enoche/MMRec /tmp/MMRec
+    OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src BM3 n_layers=1 dropout=0.5 reg_weight=0.1
+    OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src MGCN cl_loss=0.01
+
+One grid point (each key=value replaces the list of MMRec's model yaml), seed 999, on the CPU. MMRec reads
+configs/ from its working directory and MGCN writes its item graphs next to the data, so both live in a
+temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
+``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's removed
+``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, and the image-loading helpers
+(torchvision, lmdb; only used with raw images) are stubbed. MMRec's protocol: test masks training items only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+TIKTOK = Path(__file__).resolve().parent.parent / "dataset" / "tiktok"
+DATASET_YAML = """USER_ID_FIELD: userID
+ITEM_ID_FIELD: itemID
+filter_out_cod_start_users: True
+inter_file_name: 'tiktok.inter'
+vision_feature_file: 'image_feat.npy'
+text_feature_file: 'audio_feat.npy'   # TikTok's second modality in MMRec's text slot
+field_separator: "\\t"
+"""
+
+
+def install_shims() -> None:
+    np.float = float
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    if not hasattr(sp.dok_matrix, "_update"):
+        sp.dok_matrix._update = lambda self, entries: [self.__setitem__(k, v) for k, v in entries.items()]
+    sys.modules.setdefault("lmdb", types.ModuleType("lmdb"))
+    data_utils = types.ModuleType("utils.data_utils")
+    for name in ("ImageResize", "ImagePad", "image_to_tensor", "load_decompress_img_from_lmdb_value"):
+        setattr(data_utils, name, None)
+    sys.modules["utils.data_utils"] = data_utils
+    scatter = types.ModuleType("torch_scatter")
+    scatter.scatter_add = lambda src, index, dim=0, dim_size=None: torch.zeros(
+        dim_size, dtype=src.dtype).index_add_(0, index, src)
+    sys.modules["torch_scatter"] = scatter
+
+
+def parse(value: str):
+    return float(value) if any(c in value for c in ".e") else int(value)
+
+
+def main(src: str, model: str, *overrides: str) -> None:
+    torch.set_num_threads(1)
+    install_shims()
+    work = Path(tempfile.mkdtemp(prefix="mmrec-"))
+    shutil.copytree(Path(src) / "configs", work / "configs")
+    (work / "configs" / "dataset" / "tiktok.yaml").write_text(DATASET_YAML)
+    (work / "data" / "tiktok").mkdir(parents=True)
+    for name in ("tiktok.inter", "image_feat.npy", "audio_feat.npy"):
+        (work / "data" / "tiktok" / name).symlink_to(TIKTOK / name)
+    os.chdir(work)
+    sys.path.insert(0, str(Path(src).resolve()))
+    from utils.quick_start import quick_start
+
+    config = {"use_gpu": False, "gpu_id": 0, "data_path": str(work / "data") + "/", "seed": [999]}
+    config.update({k: [parse(v)] for k, v in (kv.split("=", 1) for kv in overrides)})
+    quick_start(model=model, dataset="tiktok", config_dict=config, save_model=False)
+    print("MMRec's log is under", work / "log")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
