@@ -151,3 +151,24 @@ def test_perturb_rows_shares_noise_between_duplicate_ids():
     delta = noisy - rows
     assert torch.all(torch.sign(delta) == torch.sign(rows))
     assert torch.allclose(delta.norm(dim=1), torch.full((3,), 0.1), atol=1e-6)
+
+
+def test_freeze_features_keeps_the_function_and_drops_the_tables(planted, monkeypatch):
+    """freeze_features: same loss at initialisation (the tables start as the features), no trainable
+    copy of the features, and a training step leaves the features untouched."""
+    _, faithful, train_data = build(planted, knn_k=5)
+    _, frozen, _ = build(planted, knn_k=5, freeze_features=True)
+    batch = next(iter(train_data))
+    generator = torch.Generator().manual_seed(3)
+    tables = [torch.rand(faithful.n_users, 16, generator=generator) for _ in range(8)]
+    fix_noise(monkeypatch, tables[:4] + tables[:4])
+    assert_close(frozen.calculate_loss(batch).detach(), faithful.calculate_loss(batch).detach())
+    n_features = sum(faithful.item_features(m).numel() for m in faithful.modalities)
+    count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
+    assert count(faithful) - count(frozen) == n_features
+    before = {m: frozen.item_features(m).clone() for m in frozen.modalities}
+    optimizer = torch.optim.Adam(frozen.parameters(), lr=0.1)
+    fix_noise(monkeypatch, tables[4:])
+    frozen.calculate_loss(batch).backward()
+    optimizer.step()
+    assert all(torch.equal(frozen.item_features(m), before[m]) for m in frozen.modalities)

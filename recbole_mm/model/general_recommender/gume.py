@@ -48,8 +48,10 @@ class GUME(MultiModalRecommender):
         self.user_embedding = nn.Embedding(self.n_users, d)
         self.item_embedding = nn.Embedding(self.n_items, d)
         # Raw features are trainable tables initialised from the files (as the original); the graphs
-        # below are built once from these initial values.
-        self.raw_features = nn.ModuleDict({
+        # below are built once from these initial values. freeze_features: the feature buffers
+        # themselves, fixed (no trainable copy, no gradient table, no optimizer state).
+        self.freeze_features = bool(config["freeze_features"])
+        self.raw_features = nn.ModuleDict({} if self.freeze_features else {
             m: nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
         })
         self.purifiers = nn.ModuleDict({
@@ -106,12 +108,16 @@ class GUME(MultiModalRecommender):
         items = self.item_embedding.weight
         explicit, item_parts = [], []
         for m in self.modalities:
-            x_item = items * self.purifiers[m](self.raw_features[m].weight)
+            x_item = items * self.purifiers[m](self.raw_table(m))
             for _ in range(self.n_layers):
                 x_item = self.propagate(f"item_graph_{m}", x_item)
             explicit.append(torch.cat([self.propagate("user_item_graph", x_item), x_item]))
             item_parts.append(x_item)
         return explicit, item_parts
+
+    def raw_table(self, m: str) -> torch.Tensor:
+        """f^m for every item: the trainable table, or the fixed features with ``freeze_features``."""
+        return self.item_features(m) if self.freeze_features else self.raw_features[m].weight
 
     def _extended(self, item_parts: list[torch.Tensor]) -> torch.Tensor:
         """H^ext = mean_m LG([P^m; X_I^m]), computed as LG(mean_m [P^m; X_I^m]): LightGCN is linear, so
