@@ -21,7 +21,7 @@ from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import augmented_adjacency, graph_from_neighbours, knn_neighbours, semantic_neighbours
 from recbole_mm.model.layers import attentive_fusion
-from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb, squared_l2
+from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb_rows, squared_l2
 
 
 class GUME(MultiModalRecommender):
@@ -62,10 +62,10 @@ class GUME(MultiModalRecommender):
         self.user_embedding = nn.Embedding(self.n_users, d)
         self.item_embedding = nn.Embedding(self.n_items, d)
         # Raw features are trainable tables initialised from the files (as the original); the graphs
-        # below are built once from these initial values.
-        self.raw_features = nn.ModuleDict({
-            m: nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
-        })
+        # below are built once from these initial values. freeze_features: the feature buffers
+        # themselves, fixed (no trainable copy, no gradient table, no optimizer state).
+        self.freeze_features = bool(config["freeze_features"])
+        self.raw_features = nn.ModuleDict() if self.freeze_features else self.trainable_feature_tables()
         self.purifiers = nn.ModuleDict({
             m: nn.Sequential(nn.Linear(self.item_features(m).shape[1], d), nn.Linear(d, d), nn.Sigmoid())
             for m in self.modalities
@@ -111,47 +111,81 @@ class GUME(MultiModalRecommender):
         return self.mean_propagation("norm_adj", embeddings, self.n_ui_layers)
 
     # ---- forward --------------------------------------------------------------------------------
-    def forward(self) -> dict[str, torch.Tensor]:
-        """All node representations: ``o`` (final), ``z`` (integrated modality), ``h_id``, ``h_ext``
-        (None without user-modality enhancement) and ``explicit`` (one [N, d] X^m per modality)."""
+    def _explicit(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per modality the explicit features X^m = [R̃ X_I^m; X_I^m] ([N, d]) and X_I^m ([n_items, d])."""
         items = self.item_embedding.weight
-        h_id = self.lightgcn(torch.cat([self.user_embedding.weight, items]))
-        explicit, extended = [], []
+        explicit, item_parts = [], []
         for m in self.modalities:
-            x_item = items * self.purifiers[m](self.raw_features[m].weight)
+            x_item = items * self.purifiers[m](self.raw_table(m))
             for _ in range(self.n_layers):
                 x_item = self.propagate(f"item_graph_{m}", x_item)
             explicit.append(torch.cat([self.propagate("user_item_graph", x_item), x_item]))
-            if self.use_um:
-                extended.append(self.lightgcn(torch.cat([self.extended_users[m], x_item])))
-        z, weights = attentive_fusion(explicit, self.attention, [self.fine_gates[m] for m in self.modalities], h_id)
-        h_ext = torch.stack(extended).mean(dim=0) if extended else None
+            item_parts.append(x_item)
+        return explicit, item_parts
+
+    def raw_table(self, m: str) -> torch.Tensor:
+        """f^m for every item: the trainable table, or the fixed features with ``freeze_features``."""
+        return self.item_features(m) if self.freeze_features else self.raw_features[m].weight
+
+    def _extended(self, item_parts: list[torch.Tensor]) -> torch.Tensor:
+        """H^ext = mean_m LG([P^m; X_I^m]), computed as LG(mean_m [P^m; X_I^m]): LightGCN is linear, so
+        one propagation serves every modality."""
+        users = sum(self.extended_users[m] for m in self.modalities) / len(self.modalities)
+        return self.lightgcn(torch.cat([users, sum(item_parts) / len(item_parts)]))
+
+    def _integrate(self, explicit: list[torch.Tensor], h_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Attribute separation and integration, row by row: (z, attention weights) for the given rows
+        of the explicit features and of H^id (all nodes, or only those a batch uses)."""
+        return attentive_fusion(explicit, self.attention, [self.fine_gates[m] for m in self.modalities], h_id)
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        """All node representations: ``o`` (final), ``z`` (integrated modality), ``h_id``, ``h_ext``
+        (None without user-modality enhancement) and ``explicit`` (one [N, d] X^m per modality)."""
+        h_id = self.lightgcn(torch.cat([self.user_embedding.weight, self.item_embedding.weight]))
+        explicit, item_parts = self._explicit()
+        z, weights = self._integrate(explicit, h_id)
+        h_ext = self._extended(item_parts) if self.use_um else None
         return {"o": h_id + z, "z": z, "h_id": h_id, "h_ext": h_ext, "explicit": explicit, "attention": weights}
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         users = interaction[self.USER_ID]
         pos = interaction[self.ITEM_ID] + self.n_users
         neg = interaction[self.NEG_ITEM_ID] + self.n_users
-        out = self.forward()
-        o = out["o"]
-        loss = bpr_loss((o[users] * o[pos]).sum(dim=1), (o[users] * o[neg]).sum(dim=1))
-        loss = loss + self.reg_weight_1 * squared_l2(o[users], o[pos], o[neg], denominator=self.batch_size)
+        n = len(users)
+        # The full-graph part (propagations, and X^m for L_VT) is computed for every node; the
+        # row-wise part (attention, gates, z, o) only for the distinct nodes of the batch.
+        h_id = self.lightgcn(torch.cat([self.user_embedding.weight, self.item_embedding.weight]))
+        explicit, item_parts = self._explicit()
+        nodes, where = torch.unique(torch.cat([users, pos, neg]), return_inverse=True)
+        h_nodes = h_id[nodes]
+        z_nodes, _ = self._integrate([x[nodes] for x in explicit], h_nodes)
+        o = (h_nodes + z_nodes)[where]
+        o_users, o_pos, o_neg = o[:n], o[n:2 * n], o[2 * n:]
+        loss = bpr_loss((o_users * o_pos).sum(dim=1), (o_users * o_neg).sum(dim=1))
+        loss = loss + self.reg_weight_1 * squared_l2(o_users, o_pos, o_neg, denominator=self.batch_size)
         if self.vt_loss:
             # Over real users and items only: RecBole's padding user 0 and item 0 are not in the original.
-            real = [torch.cat([x[1:self.n_users], x[self.n_users + 1:]]) for x in out["explicit"]]
+            real = [torch.cat([x[1:self.n_users], x[self.n_users + 1:]]) for x in explicit]
             loss = loss + self.vt_loss * gaussian_alignment(real)
+        if not (self.bm_loss or self.use_um):
+            return loss
+        z = z_nodes[where[:2 * n]]
+        z_users, z_pos = z[:n], z[n:]
         if self.bm_loss:
-            z, h_id = out["z"], out["h_id"]
-            loss = loss + self.bm_loss * (info_nce(z[users], h_id[users], self.bm_temp)
-                                          + info_nce(z[pos], h_id[pos], self.bm_temp))
+            h = h_nodes[where[:2 * n]]
+            loss = loss + self.bm_loss * (info_nce(z_users, h[:n], self.bm_temp)
+                                          + info_nce(z_pos, h[n:], self.bm_temp))
         if self.use_um:
-            z_users, ext_users = out["z"][: self.n_users], out["h_ext"][: self.n_users]
-            um = (info_nce(ext_users[users], z_users[users], self.um_temp)
-                  + info_nce(perturb(z_users, self.noise_eps)[users], perturb(z_users, self.noise_eps)[users], self.um_temp)
-                  + info_nce(perturb(ext_users, self.noise_eps)[users], perturb(ext_users, self.noise_eps)[users],
+            h_ext = self._extended(item_parts)
+            ext_users = h_ext[users]
+            eps = self.noise_eps
+            # perturb(x)[users] with noise for the batch's distinct users only (same distribution).
+            um = (info_nce(ext_users, z_users, self.um_temp)
+                  + info_nce(perturb_rows(z_users, users, eps), perturb_rows(z_users, users, eps), self.um_temp)
+                  + info_nce(perturb_rows(ext_users, users, eps), perturb_rows(ext_users, users, eps),
                              self.um_temp))
             loss = loss + self.um_loss * um
-            loss = loss + self.reg_weight_2 * squared_l2(out["h_ext"][pos], denominator=self.batch_size)
+            loss = loss + self.reg_weight_2 * squared_l2(h_ext[pos], denominator=self.batch_size)
         return loss
 
     def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
