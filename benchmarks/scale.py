@@ -151,7 +151,6 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     store = args.out.with_name("scale-knn.json")
-    entries = {(e["n"], e["data"], e["backend"]): e for e in (json.loads(store.read_text()) if store.exists() else [])}
     command = "python benchmarks/scale.py " + shlex.join(a for a in (argv if argv is not None else sys.argv[1:]))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)}
     for n in args.sizes:
@@ -167,6 +166,10 @@ def main(argv: list[str] | None = None) -> None:
                               date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
                 print(f"{n:>9,} {kind:9} {backend:6} {result['seconds']:8.1f} s "
                       f"{result['peak_bytes'] / 2**30:6.2f} GiB  recall@{args.k} {result['recall']:.4f}", flush=True)
+                # Read the store again just before writing: another run (e.g. the 10^6 row in the background)
+                # may have added rows meanwhile.
+                entries = {(e["n"], e["data"], e["backend"]): e
+                           for e in (json.loads(store.read_text()) if store.exists() else [])}
                 entries[(n, kind, backend)] = result
                 store.write_text(json.dumps(list(entries.values()), indent=1) + "\n")
                 write_section(args.out, render(list(entries.values())))
