@@ -113,15 +113,19 @@ def recall(found: torch.Tensor, truth: torch.Tensor) -> float:
 
 def test_faiss_backend_recall_and_order():
     pytest.importorskip("faiss")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a single thread builds the same HNSW index every time
-    features = clustered(3000, 24)
-    features[5] = 0
-    truth, _ = knn_neighbours(features, 10)
-    found, sims = knn_neighbours(features, 10, backend="faiss")
+    try:
+        features = clustered(3000, 24)
+        features[5] = 0
+        truth, _ = knn_neighbours(features, 10)
+        found, sims = knn_neighbours(features, 10, backend="faiss")
+        again, _ = knn_neighbours(features, 10, backend="faiss")
+    finally:
+        torch.set_num_threads(threads)
     assert found.shape == (3000, 10) and recall(found, truth) > 0.95
     assert torch.all(sims[:, :-1] >= sims[:, 1:])  # descending
     assert found[5].tolist() == list(range(10))  # a zero row is answered exactly
-    again, _ = knn_neighbours(features, 10, backend="faiss")
     assert torch.equal(found, again)
 
 
