@@ -115,7 +115,9 @@ def render(entries: list[dict]) -> str:
     machines = sorted({e["machine"] for e in rows})
     lines += ["", f"Machine: {'; '.join(machines)}. *Load at start* is the 1-minute load average when the row's",
               "run began: above the thread count means the machine was shared with other work and times are",
-              "pessimistic.", END]
+              "pessimistic (OpenMP's 2-thread faiss suffers most from sharing). I.i.d. random rows have no",
+              "structure for an HNSW index to exploit, so its recall there is a floor; item features cluster.",
+              END]
     return "\n".join(lines) + "\n"
 
 
@@ -158,11 +160,11 @@ def main(argv: list[str] | None = None) -> None:
             for backend in args.backends or (["exact", "faiss"] if n <= 100_000 else ["faiss"]):
                 spec = {"n": n, "dim": args.dim, "k": args.k, "kind": kind, "backend": backend,
                         "queries": args.queries, "threads": args.threads}
-                load = f"{os.getloadavg()[0]:.1f}"
+                load, revision = f"{os.getloadavg()[0]:.1f}", commit()
                 out = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, check=True,
                                      capture_output=True, text=True)
                 result = json.loads(out.stdout.strip().splitlines()[-1])
-                result.update(command=command.strip(), commit=commit(), machine=machine(), load=load,
+                result.update(command=command.strip(), commit=revision, machine=machine(), load=load,
                               date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
                 print(f"{n:>9,} {kind:9} {backend:6} {result['seconds']:8.1f} s "
                       f"{result['peak_bytes'] / 2**30:6.2f} GiB  recall@{args.k} {result['recall']:.4f}", flush=True)
