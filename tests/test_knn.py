@@ -180,3 +180,18 @@ def test_models_read_knn_backend(planted):
     train_data = data_preparation(config, create_dataset(config))[0]
     with pytest.raises(RecBoleMMError, match="knn_backend: 'annoy'"):
         get_model("MMGEF")(config, train_data._dataset)
+
+
+def test_scale_benchmark_rewrites_only_its_section(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale", REPO / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    path = tmp_path / "scale.md"
+    path.write_text("# Scale\n\n## Electronics-shaped training\n\nrows by someone else\n")
+    scale.write_section(path, f"{scale.BEGIN}\n## kNN graph building\nfirst\n{scale.END}\n")
+    scale.write_section(path, f"{scale.BEGIN}\n## kNN graph building\nsecond\n{scale.END}\n")
+    text = path.read_text()
+    assert "rows by someone else" in text and "second" in text and "first" not in text
+    assert text.count(scale.BEGIN) == 1
