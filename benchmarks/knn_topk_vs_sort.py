@@ -2,7 +2,11 @@
 
     PYTHONPATH=. OMP_NUM_THREADS=1 taskset -c 0 python benchmarks/knn_topk_vs_sort.py
 """
-import time, statistics, torch, resource
+import statistics
+import time
+
+import torch
+
 from recbole_mm.model.graphs import knn_neighbours
 torch.set_num_threads(1)
 def old(features, k, chunk_size=1024):
