@@ -3,6 +3,12 @@
 
     python benchmarks/ann_libraries.py 100000 clustered faiss 32 80 64   # n, data, library, M, efC, efS
 """
+import sys
+import time
+
+import numpy as np
+import torch
+
 torch.set_num_threads(2)
 n, d, k = int(sys.argv[1]), 384, 10
 kind = sys.argv[2]
