@@ -95,7 +95,9 @@ def test_memory_stays_within_n_k_plus_one_block():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     block = chunk * n * 4  # one float32 similarity block
-    bound = 3 * block + 2 * n * k * 12 + 2 * n * dim * 4 + 64 * 2**20
+    # A few blocks' worth: the block, its comparison masks and top-k scratch, and what the allocator keeps
+    # cached (measured: at most 0.49 GB in two runs; the bound is 0.89 GB, the former builder needed 7.2 GB).
+    bound = 6 * block + 2 * n * k * 12 + 2 * n * dim * 4 + 128 * 2**20
     assert result["after"] - result["before"] < bound, (result, bound)
     assert result["zero_row"] == list(range(k))
 
