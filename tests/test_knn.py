@@ -197,3 +197,15 @@ def test_scale_benchmark_rewrites_only_its_section(tmp_path):
     text = path.read_text()
     assert "rows by someone else" in text and "second" in text and "first" not in text
     assert text.count(scale.BEGIN) == 1
+
+
+def test_slow_builds_log_progress(monkeypatch, caplog):
+    features = torch.randn(100, 4, generator=torch.Generator().manual_seed(4))
+    with caplog.at_level(logging.INFO, logger="recbole_mm.model.graphs"):
+        knn_neighbours(features, 3, chunk_size=10)  # quick: silent
+    assert caplog.text == ""
+    monkeypatch.setattr(graphs, "_PROGRESS_AFTER_S", 0.0)
+    monkeypatch.setattr(graphs, "_PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="recbole_mm.model.graphs"):
+        knn_neighbours(features, 3, chunk_size=10)
+    assert "kNN graph (exact): 100/100 rows" in caplog.text
