@@ -9,8 +9,8 @@ from recbole.model.abstract_recommender import GeneralRecommender
 
 from recbole_mm.config_check import Choice
 from recbole_mm.data.dataset import MultiModalDataset
-from recbole_mm.errors import DataError
-from recbole_mm.model.graphs import sparse_matmul
+from recbole_mm.errors import DataError, config_choice
+from recbole_mm.model.graphs import KNN_BACKENDS, sparse_matmul
 
 
 FEATURE_NORMS = ("none", "l2", "standard")
@@ -84,6 +84,8 @@ class MultiModalRecommender(GeneralRecommender):
                 "import recbole_mm before building the dataset (it registers the dataset class)"
             )
         self.modalities: list[str] = list(dataset.item_features)
+        # How the models' kNN item graphs are searched (graphs.knn_neighbours): exact | faiss | auto.
+        self.knn_backend = config_choice(config, "knn_backend", KNN_BACKENDS, default="auto")
         how = config["feature_norm"] or "none"
         for name, features in dataset.item_features.items():
             self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)

@@ -61,7 +61,7 @@ class FREEDOM(MultiModalRecommender):
         # Item 0 is RecBole's padding: graphs cover items 1.. and leave node 0 isolated.
         parts = []
         for m in self.modalities:
-            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k)
+            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k, backend=self.knn_backend)
             parts.append(self.mixing[m] * graph_from_neighbours(indices, sims, weighted=False, offset=1))
         self.register_graph("item_graph", sum(parts[1:], parts[0]))
         inter = dataset.inter_matrix(form="coo")

@@ -85,7 +85,7 @@ class GUME(MultiModalRecommender):
         neighbours = []
         for m in self.modalities:
             # Item 0 is RecBole's padding: graphs cover items 1.. and leave node 0 isolated.
-            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k)
+            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k, backend=self.knn_backend)
             neighbours.append(indices)
             graph = graph_from_neighbours(indices, sims, weighted=True, normalization="sym", offset=1)
             self.register_graph(f"item_graph_{m}", graph)

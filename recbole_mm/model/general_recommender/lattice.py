@@ -54,7 +54,7 @@ class LATTICE(MultiModalRecommender):
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 0.5))
         # Item 0 is RecBole's padding: item graphs cover items 1.. and leave node 0 isolated.
         for m in self.modalities:
-            neighbours = knn_neighbours(self.item_features(m)[1:], self.knn_k)
+            neighbours = knn_neighbours(self.item_features(m)[1:], self.knn_k, backend=self.knn_backend)
             self.register_graph(f"item_graph_{m}", graph_from_neighbours(*neighbours, weighted=True, offset=1))
         inter = dataset.inter_matrix(form="coo")
         self.register_graph("norm_adj", bipartite_adjacency(
@@ -76,7 +76,8 @@ class LATTICE(MultiModalRecommender):
         weights = torch.softmax(self.modal_weight, dim=0)
         rows, cols, values = [], [], []
         for j, m in enumerate(self.modalities):
-            r, c, sims = knn_edges(self.projections[m](self.raw_features[m].weight[1:]), self.knn_k, offset=1)
+            r, c, sims = knn_edges(self.projections[m](self.raw_features[m].weight[1:]), self.knn_k, offset=1,
+                                     backend=self.knn_backend)
             rows.append(r)
             cols.append(c)
             values.append(weights[j] * sims)

@@ -55,7 +55,7 @@ class MGCN(MultiModalRecommender):
 
         for m in self.modalities:
             # Item 0 is RecBole's padding: graphs cover items 1.. and leave node 0 isolated.
-            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k)
+            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k, backend=self.knn_backend)
             self.register_graph(f"item_graph_{m}", graph_from_neighbours(indices, sims, weighted=True,
                                                                          normalization="sym", offset=1))
         inter = dataset.inter_matrix(form="coo")

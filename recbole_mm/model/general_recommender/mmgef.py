@@ -85,7 +85,7 @@ class MMGEF(MultiModalRecommender):
         if "mm" in self.graphs:
             for name, x in branches.items():
                 # Built once from the fixed fused features; item 0 (padding) stays isolated.
-                graph = graph_from_neighbours(*knn_neighbours(x[1:], self.knn_k), weighted=True,
+                graph = graph_from_neighbours(*knn_neighbours(x[1:], self.knn_k, backend=self.knn_backend), weighted=True,
                                               normalization="sym", offset=1)
                 self.register_graph(f"mm_graph_{name}", graph)
         if "cf" in self.graphs:
