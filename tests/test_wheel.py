@@ -25,11 +25,13 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     # of recbole_mm there stays invisible).
     with open(os.path.join(site_dir, "deps.pth"), "w") as f:
         f.write("\n".join(site.getsitepackages()) + "\n")
+    # Without PYTHONPATH: a checkout on it (with the egg-info the wheel build leaves there) would make
+    # pip see recbole_mm as installed already and skip the wheel.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps",
-                    "--no-index", str(wheel)], check=True, timeout=600)
+                    "--no-index", str(wheel)], check=True, timeout=600, env=env)
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = subprocess.run([str(python), "-c", "import recbole_mm, recbole_mm.resources as r; "
                             "print(recbole_mm.__file__); print(r.resource_root())"],
                            capture_output=True, text=True, cwd=workdir, env=env, check=True)
