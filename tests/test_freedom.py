@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import fidelity
+from builders import build_planted
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep
 from recbole_mm.model.losses import bpr_loss
-from recbole_mm.quick_start import create_dataset, make_config
 
 
 # ---- degree-sensitive pruning --------------------------------------------------------------------
@@ -43,15 +43,8 @@ def test_bipartite_adjacency_by_hand():
 
 # ---- the model on the planted set ----------------------------------------------------------------
 def build(planted, **overrides):
-    from recbole.data import data_preparation
-    from recbole.utils import get_model, init_seed
-
-    root, config_dict = planted
-    config = make_config("FREEDOM", "planted", config_dict={**config_dict, "knn_k": 5, "feat_embed_dim": 16,
-                                                             **overrides})
-    train_data, _, _ = data_preparation(config, create_dataset(config))
-    init_seed(config["seed"], True)
-    return get_model("FREEDOM")(config, train_data._dataset), train_data
+    _, model, train_data = build_planted("FREEDOM", planted, **{"knn_k": 5, "feat_embed_dim": 16, **overrides})
+    return model, train_data
 
 
 def test_loss_is_bpr_plus_weighted_modality_bpr(planted):

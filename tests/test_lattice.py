@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import fidelity
+from builders import build_planted
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.graphs import bipartite_adjacency, edge_propagate, knn_edges, normalize_adjacency
 from recbole_mm.model.losses import bpr_loss, squared_l2
-from recbole_mm.quick_start import create_dataset, make_config
 
 
 # ---- building blocks -----------------------------------------------------------------------------
@@ -70,14 +70,8 @@ def test_mixed_learned_graph_normalises_after_mixing():
 
 # ---- the model on the planted set ----------------------------------------------------------------
 def build(planted, **overrides):
-    from recbole.data import data_preparation
-    from recbole.utils import get_model, init_seed
-
-    root, config_dict = planted
-    config = make_config("LATTICE", "planted", config_dict={**config_dict, "knn_k": 5, **overrides})
-    train_data, _, _ = data_preparation(config, create_dataset(config))
-    init_seed(config["seed"], True)
-    return get_model("LATTICE")(config, train_data._dataset), train_data
+    _, model, train_data = build_planted("LATTICE", planted, **{"knn_k": 5, **overrides})
+    return model, train_data
 
 
 def test_loss_is_bpr_plus_l2_over_the_configured_batch_size(planted):
