@@ -1,4 +1,4 @@
-"""recbole_mm: multimodal recommendation models (VBPR, GUME, MM-GEF) for RecBole.
+"""recbole_mm: multimodal recommendation models (VBPR, GUME, MM-GEF, FREEDOM, LATTICE, BM3, MGCN) for RecBole.
 
 ``import recbole_mm`` makes RecBole 1.2.1 work on today's numpy/scipy/pandas/torch
 (:mod:`recbole_mm.compat`) and registers the plugin's models so that RecBole's own ``get_model``,
