@@ -91,6 +91,11 @@ class MultiModalRecommender(GeneralRecommender):
             self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)
         self._cache: dict[str, object] = {}
         self._csr = _CsrCache()
+        # Rows a training step of this process sees: the original models divide their L2 terms by the
+        # configured batch size; under DDP each process draws train_batch_size // world_size rows and the
+        # gradients are averaged over processes, so this keeps the terms' weight equal to a one-process run's.
+        world_size = 1 if config["single_spec"] else config["world_size"]
+        self.batch_size = max(1, config["train_batch_size"] // world_size)
 
     def item_features(self, name: str) -> torch.Tensor:
         """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""

@@ -50,11 +50,6 @@ class GUME(MultiModalRecommender):
         self.um_loss = config["um_loss"]
         self.um_temp = config["um_temp"]
         self.noise_eps = config["um_noise_eps"]
-        # The original divides the L2 terms by the configured batch size. Under DDP each process draws
-        # train_batch_size // world_size rows (RecBole's dataloader) and the gradients are averaged over
-        # processes, so the per-process size keeps the terms' weight equal to a one-process run's.
-        world_size = 1 if config["single_spec"] else config["world_size"]
-        self.batch_size = max(1, config["train_batch_size"] // world_size)
         if len(self.modalities) == 1:
             getLogger().warning("GUME with one modality: no internal alignment, and the coarse/fine "
                                 "attribute separation degenerates (coarse = the single modality)")

@@ -36,7 +36,6 @@ class LATTICE(MultiModalRecommender):
         self.n_layers = config["n_layers"]  # hops on the item graph
         self.n_ui_layers = len(config["weight_size"])  # LightGCN layers (the original's weight_size list)
         self.reg_weight = config["reg_weight"]
-        self.batch_size = config["train_batch_size"]  # the original divides the L2 term by it
         self.cf_model = config["cf_model"]
         if self.cf_model not in CF_MODELS:
             raise RecBoleMMError(f"LATTICE cf_model: {self.cf_model!r} is not one of {', '.join(CF_MODELS)} "

@@ -35,7 +35,6 @@ class MGCN(MultiModalRecommender):
         self.reg_weight = config["reg_weight"]
         self.cl_loss = config["cl_loss"]
         self.cl_temp = config["cl_temp"]
-        self.batch_size = config["train_batch_size"]  # the original divides the L2 term by it
         if len(self.modalities) == 1:
             getLogger().warning("MGCN with one modality: the fuser degenerates (common part = the modality, "
                                 "no specific part)")
