@@ -6,14 +6,19 @@
 A plan (yaml) names ``datasets``, ``seeds`` and ``runs``: label → ``{model: NAME, <config overrides>,
 grid: {key: [values, ...]}, seeds: [...]}`` (a run's own ``seeds`` replace the plan's, e.g. one seed for
 ablations). Each cell (dataset, label, grid point, seed) runs in a fresh process, its result is cached
-in ``<out>/<dataset>.cells.json`` (a rerun skips finished cells and tries failed ones again; a failed
-cell is reported with its error, not dropped). A grid is searched with the first seed and its point chosen by the best
+in ``<out>/<dataset>.cells.json`` under a key made of the cell's **resolved** RecBole config and a hash
+of the code it runs (the package, its model and dataset yaml files): a rerun skips finished cells of the
+same config and code, runs again what a change to either touched, and tries failed cells again (a
+failed cell is reported with its error, not dropped); the report says which cells came from the cache
+and from which commit. A grid is searched with the first seed and its point chosen by the best
 **validation** score; the remaining seeds then run that point. ``--jobs N`` runs N cells at a time,
 each with cores/N threads (full-seed runs before single-seed extras). Writes
-``<out>/<dataset>.md`` / ``.csv`` (test metrics at the best-validation epoch, mean ± std over seeds,
-best epoch, seconds per training epoch and per evaluation, peak memory, parameter count, the exact
-config of every run), ``<dataset>-curves.png`` (loss and valid score per epoch) and, with
-``--longtail``, ``<dataset>-longtail.png`` (per-popularity-group metrics of each run's first seed; a
+``<out>/<name>.md`` / ``.csv`` (``<name>``: the dataset's, or the plan's ``report: NAME``, e.g. for a
+cold-start plan beside a dataset's main one; test metrics at the best-validation epoch, mean ± std over seeds,
+best epoch, seconds per training epoch and per evaluation, peak memory, parameter count, and per run
+what its config changes from the dataset's and model's defaults), ``<name>.configs.json`` (every
+run's full resolved config), ``<name>-curves.png`` (loss and valid score per epoch) and, with
+``--longtail``, ``<name>-longtail.png`` (per-popularity-group metrics of each run's first seed; a
 plan's ``longtail: [label, ...]`` charts only those runs).
 """
 
@@ -23,6 +28,7 @@ import argparse
 import contextlib
 import csv
 import fcntl
+import hashlib
 import heapq
 import itertools
 import json
@@ -33,6 +39,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -95,8 +102,70 @@ def cell_config(plan: dict, run: dict, point: dict, seed: int) -> dict:
     return {**config, **point, "seed": seed, "show_progress": False}
 
 
-def cell_key(label: str, point: dict, seed: int) -> str:
-    return json.dumps([label, point, seed], sort_keys=True)
+# ---- what a cell is: its resolved config and the code that runs it ---------------------------------
+# Keys that name where things are on this machine, or only how a run reports progress: they neither change
+# a result nor belong in a committed report.
+_MACHINE_KEYS = ("data_path", "checkpoint_dir", "show_progress", "log_wandb", "wandb_project", "state")
+
+
+def portable_config(config: dict) -> dict:
+    """A resolved config without machine-specific paths: ``data_path`` inside recbole_mm's own
+    ``dataset/`` folder becomes the dataset name, other keys of :data:`_MACHINE_KEYS` are dropped."""
+    from recbole_mm.resources import bundled_data_root
+
+    plain = {k: v for k, v in config.items() if k not in _MACHINE_KEYS}
+    data_path = config.get("data_path")
+    if data_path:
+        try:
+            Path(data_path).resolve().relative_to(bundled_data_root().resolve())
+        except ValueError:
+            plain["data_path"] = "<outside recbole_mm's dataset/>"  # the dataset name still keys it
+    return plain
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict:
+    """The code a cell runs: a hash of the package's sources and the model/dataset yaml files (so that
+    any change to them makes new cells), and the git commit when recbole_mm runs from a checkout."""
+    from recbole_mm.resources import resource_root
+
+    root, digest = resource_root(), hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    files = sorted([*package.rglob("*.py"), *(root / "properties").rglob("*.yaml"),
+                    *(root / "dataset_configs").glob("*.yaml")])
+    for path in files:
+        name = path.relative_to(package.parent if path.is_relative_to(package) else root)
+        digest.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "recbole_mm",
+                                    "properties", "dataset_configs"], capture_output=True, text=True, timeout=10)
+            commit = out.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
+    return {"hash": digest.hexdigest()[:16], "commit": commit}
+
+
+def resolve_config(model: str, dataset: str, config: dict) -> dict | None:
+    """The config RecBole will run a cell with (dataset and model yaml files merged, values checked),
+    as portable plain data; None when it cannot be resolved (the cell then runs and fails with the reason)."""
+    try:
+        import recbole_mm  # noqa: F401  (shims before recbole)
+        from recbole_mm.checkpoint import config_to_plain
+        from recbole_mm.quick_start import make_config
+
+        return portable_config(config_to_plain(make_config(model, dataset, None, dict(config))))
+    except Exception:  # noqa: BLE001 - any reason it cannot resolve is reported by the cell's own run
+        return None
+
+
+def cell_key(model: str, dataset: str, config: dict) -> str:
+    """Cache key: the resolved config (or, when it cannot be resolved, the plan's inputs) and the code."""
+    resolved = resolve_config(model, dataset, config)
+    identity = {"resolved": resolved} if resolved is not None else {"unresolved": [model, dataset, config]}
+    identity["code"] = code_version()["hash"]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
 # ---- one cell, in a fresh process -------------------------------------------------------------------
@@ -121,7 +190,8 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
         "parameters": result["n_parameters"],
         "history": history,
         "checkpoint": result["saved_model_file"],
-        "config": config_to_plain(result["config"]),
+        "config": portable_config(config_to_plain(result["config"])),
+        "code": code_version(),
     }
 
 
@@ -198,6 +268,10 @@ class Runner:
         self.threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
         self.slots = Slots(self.jobs)
         self.print_lock = threading.Lock()
+        self.keys: dict[str, str] = {}  # (dataset, label, point, seed) → cache key
+        self.ran_now: set[str] = set()
+        self.key_lock = threading.Lock()
+        self.by_plan: dict[tuple[int, str], dict] = {}  # (plan index, dataset) → label → chosen entry
 
     def run_label(self, plan: dict, dataset: str, label: str, priority: tuple) -> dict:
         """Grid on the first seed, choose on validation, then the other seeds; the chosen entry."""
@@ -208,7 +282,7 @@ class Runner:
         else:
             self._ensure_all(cache, [(label, run, p, seeds[0]) for p in points], plan, dataset, priority)
         cells = update_cache(cache)
-        scores = {json.dumps(p, sort_keys=True): cells[cell_key(label, p, seeds[0])] for p in points}
+        scores = {json.dumps(p, sort_keys=True): self._cell(cells, plan, dataset, label, p, seeds[0]) for p in points}
         ok = {p: c for p, c in scores.items() if "failed" not in c}
         # Grid selection on the validation score only (MMRec selects on test: its issue #64).
         best = max(ok, key=lambda p: ok[p]["best_valid_score"]) if ok else json.dumps(points[0], sort_keys=True)
@@ -216,16 +290,32 @@ class Runner:
         if len(points) > 1:
             self._ensure_all(cache, [(label, run, point, s) for s in seeds[1:]], plan, dataset, priority, last=True)
         cells = update_cache(cache)
-        tried = [cells[cell_key(label, p, seeds[0])] for p in points if p != point]
+        tried = [self._cell(cells, plan, dataset, label, p, seeds[0]) for p in points if p != point]
         return {"point": point, "grid": run.get("grid"), "model": run["model"], "seeds": seeds,
-                "cells": [cells[cell_key(label, point, s)] for s in seeds], "grid_cells": tried}
+                "cells": [self._cell(cells, plan, dataset, label, point, s) for s in seeds], "grid_cells": tried}
+
+    def key(self, plan: dict, dataset: str, label: str, point: dict, seed: int) -> str:
+        """The cache key of a cell (resolved once per benchmark process)."""
+        ident = json.dumps([dataset, label, point, seed], sort_keys=True)
+        with self.key_lock:  # RecBole's Config is not made for concurrent construction
+            if ident not in self.keys:
+                run = plan["runs"][label]
+                self.keys[ident] = cell_key(run["model"], dataset, cell_config(plan, run, point, seed))
+            return self.keys[ident]
+
+    def _cell(self, cells: dict, plan: dict, dataset: str, label: str, point: dict, seed: int) -> dict:
+        """A finished cell, marked with whether this process ran it or found it in the cache."""
+        key = self.key(plan, dataset, label, point, seed)
+        cell = cells[key]
+        return cell if "failed" in cell else {**cell, "from_cache": key not in self.ran_now}
 
     def _ensure_all(self, cache: Path, todo: list, plan: dict, dataset: str, priority: tuple,
                     last: bool = False) -> None:
         """Run the cells of ``todo`` that are not finished (a failed cell is tried again: its error may
         have been transient or fixed). ``last``: these are the run's final cells."""
         cached = update_cache(cache)
-        missing = [item for item in todo if "failed" in cached.get(cell_key(item[0], item[2], item[3]), {"failed": ""})]
+        missing = [item for item in todo
+                   if "failed" in cached.get(self.key(plan, dataset, item[0], item[2], item[3]), {"failed": ""})]
         extra = bool(priority[0])
         with self.slots.cond:
             if extra:  # not before every full-seed run has queued all its cells
@@ -248,7 +338,9 @@ class Runner:
                 print(f"[{dataset}] {label} {point or ''} seed {seed}", flush=True)
             result = _run_in_subprocess(run["model"], dataset, cell_config(plan, run, point, seed), self.workdir,
                                         self.threads)
-        update_cache(cache, cell_key(label, point, seed), result)
+        key = self.key(plan, dataset, label, point, seed)
+        self.ran_now.add(key)
+        update_cache(cache, key, result)
 
     def run_plans(self, plans: list[dict]) -> dict:
         """Every (dataset, label) of every plan; returns dataset → label → chosen entry, in plan order."""
@@ -264,7 +356,7 @@ class Runner:
 
         def work(task):
             plan, dataset, label, priority = task
-            results[(dataset, label)] = self.run_label(plan, dataset, label, priority)
+            results[(priority[1], dataset, label)] = self.run_label(plan, dataset, label, priority)
 
         threads = [threading.Thread(target=work, args=(task,)) for task in tasks]
         for t in threads:
@@ -272,8 +364,10 @@ class Runner:
         for t in threads:
             t.join()
         chosen: dict = {}
-        for plan, dataset, label, _ in tasks:
-            chosen.setdefault(dataset, {})[label] = results[(dataset, label)]
+        for plan, dataset, label, priority in tasks:
+            entry = results[(priority[1], dataset, label)]
+            chosen.setdefault(dataset, {})[label] = entry
+            self.by_plan.setdefault((priority[1], dataset), {})[label] = entry
         return chosen
 
 
@@ -327,18 +421,44 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
 
 
-def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images: list[str],
-                 command: str = "python -m recbole_mm.benchmark") -> tuple[Path, Path]:
-    """``<dataset>.md`` and ``<dataset>.csv``; a failed run appears as failed with its error.
+def config_changes(config: dict, defaults: dict | None) -> dict:
+    """What a run's resolved config sets differently from the dataset's and model's defaults (its seed aside)."""
+    if defaults is None:  # defaults unknown (the model did not resolve): the whole config
+        return {k: v for k, v in config.items() if k != "seed"}
+    return {k: v for k, v in sorted(config.items()) if k != "seed" and defaults.get(k, object()) != v}
 
-    ``<out>/<dataset>.notes.md``, when it exists, is appended to the markdown (hand-written reading of
+
+def code_summary(chosen: dict) -> str:
+    """Which code the cells ran and which of them came from the cache, for the report's header."""
+    cells = [c for e in chosen.values() for c in e["cells"] + e.get("grid_cells", []) if "failed" not in c]
+    runs: dict[tuple, list[int]] = {}
+    for cell in cells:
+        code = cell.get("code") or {}
+        counts = runs.setdefault((code.get("commit") or "unknown commit", code.get("hash") or "unknown"), [0, 0])
+        counts[bool(cell.get("from_cache"))] += 1
+    parts = [f"{fresh + cached} at commit {commit} (package hash {digest}; {fresh} ran in this invocation, "
+             f"{cached} from the cache)" for (commit, digest), (fresh, cached) in sorted(runs.items())]
+    return "Code: the cells ran " + "; ".join(parts) + "." if parts else ""
+
+
+def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images: list[str],
+                 command: str = "python -m recbole_mm.benchmark", name: str | None = None) -> tuple[Path, Path]:
+    """``<name>.md``, ``<name>.csv`` and ``<name>.configs.json`` (name: the dataset's unless given); a
+    failed run appears as failed with its error.
+
+    ``<out>/<name>.notes.md``, when it exists, is appended to the markdown (hand-written reading of
     the numbers; the numbers themselves all come from the cells)."""
+    name = name or dataset
     header = ["model", *[f"test {m}" for m in METRICS], "best epoch", "s/train epoch", "s/eval",
               "peak RSS MiB", "parameters", "seeds"]
     md = [f"# Benchmark on {dataset}", "",
           (f"Test metrics at the best-validation epoch, mean ± std over seeds {seeds} (a row's own seeds where "
           "it lists fewer); full ranking over all items, RecBole's evaluators. Grids are chosen on validation "
-          f"only. Generated by `{command}`; the exact config of every run is listed under Runs.")]
+          f"only. Generated by `{command}`; what each run changes from the dataset's and model's defaults is "
+          f"listed under Runs, every run's full config is in `{name}.configs.json`.")]
+    code = code_summary(chosen)
+    if code:
+        md += ["", code]
     timing = wall_time(chosen)
     if timing:
         threads = sorted({c.get("threads") for e in chosen.values() for c in e["cells"] if "started" in c},
@@ -363,21 +483,31 @@ def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images
                   + f" | {row['peak_rss_mb']:.0f} | {row['parameters'] or '-'} | {values[-1]} |")
         rows.append([label, *[_cell(v) for v in values]])
     md += ["", *[f"![{Path(i).stem}]({Path(i).name})" for i in images]]
-    notes = out / f"{dataset}.notes.md"
+    notes = out / f"{name}.notes.md"
     if notes.exists():
         md += ["", notes.read_text().rstrip()]
-    md += ["", "## Runs", ""]
+    md += ["", "## Runs", "", "Per seed: the validation score and best epoch, the config keys that differ from "
+           "the dataset's and the model's defaults, and whether the cell ran in this invocation or came from the cache.",
+           ""]
+    configs: dict = {}
     for label, entry in chosen.items():
         grid = f", grid {entry['grid']} → chose {entry['point']} on validation" if entry["grid"] else ""
         md.append(f"- **{label}** (model {entry['model']}{grid})")
+        defaults = resolve_config(entry["model"], dataset, {})
         for seed, cell in zip(entry.get("seeds", seeds), entry["cells"]):
             if "failed" in cell:
                 md.append(f"  - seed {seed}: failed: {cell['failed']}")
-            else:
-                md.append(f"  - seed {seed}: valid {cell['best_valid_score']:.4f}, best epoch {cell['best_epoch']} "
-                          f"of {cell['epochs']}; config `{json.dumps(cell['config'], sort_keys=True, default=str)}`")
-    md_path, csv_path = out / f"{dataset}.md", out / f"{dataset}.csv"
+                continue
+            configs.setdefault(label, {})[str(seed)] = cell["config"]
+            changes = config_changes(cell["config"], defaults)
+            source = "cache" if cell.get("from_cache") else "ran now"
+            commit = (cell.get("code") or {}).get("commit")
+            md.append(f"  - seed {seed}: valid {cell['best_valid_score']:.4f}, best epoch {cell['best_epoch']} "
+                      f"of {cell['epochs']}; changes `{json.dumps(changes, sort_keys=True, default=str)}`; "
+                      f"{source}{f', commit {commit}' if commit else ''}")
+    md_path, csv_path = out / f"{name}.md", out / f"{name}.csv"
     md_path.write_text("\n".join(md) + "\n")
+    (out / f"{name}.configs.json").write_text(json.dumps(configs, indent=1, sort_keys=True, default=str) + "\n")
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -385,7 +515,7 @@ def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images
     return md_path, csv_path
 
 
-def plot_curves(dataset: str, chosen: dict, out: Path) -> Path | None:
+def plot_curves(name: str, chosen: dict, out: Path) -> Path | None:
     """Training loss and valid score per epoch, one panel per run, seeds overlaid."""
     import matplotlib
 
@@ -417,7 +547,7 @@ def plot_curves(dataset: str, chosen: dict, out: Path) -> Path | None:
         axes[2 * (j // cols) + 1][j % cols].set_visible(False)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path = out / f"{dataset}-curves.png"
+    path = out / f"{name}-curves.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
@@ -440,12 +570,20 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_cell(request["model"], request["dataset"], request["config"]), default=str))
         return
     plans = [load_plan(args, path) for path in args.plan] if args.plan else [load_plan(args)]
-    command = shlex.join(["python", "-m", "recbole_mm.benchmark", *(sys.argv[1:] if argv is None else argv)])
+    # The command as it can be rerun from the checkout: paths below the working directory made relative.
+    cwd = Path.cwd().resolve()
+    words = [os.path.relpath(w, cwd) if os.path.isabs(w) and Path(w).resolve().is_relative_to(cwd) else w
+             for w in (sys.argv[1:] if argv is None else argv)]
+    command = shlex.join(["python", "-m", "recbole_mm.benchmark", *words])
     out = Path(args.out).resolve()
-    chosen_by_dataset = Runner(out, Path.cwd(), args.jobs).run_plans(plans)
-    for dataset, chosen in chosen_by_dataset.items():
-        plan = next(p for p in plans if dataset in p["datasets"])
-        images = [p for p in [plot_curves(dataset, chosen, out)] if p]
+    runner = Runner(out, Path.cwd(), args.jobs)
+    runner.run_plans(plans)
+    for (i, dataset), chosen in runner.by_plan.items():
+        plan = plans[i]
+        # A plan's ``report: NAME`` gives a second plan on a dataset (e.g. cold-start) its own files.
+        report = plan.get("report")
+        name = dataset if not report else report if len(plan["datasets"]) == 1 else f"{report}-{dataset}"
+        images = [p for p in [plot_curves(name, chosen, out)] if p]
         if args.longtail:
             from recbole_mm.analysis import longtail, write_report
 
@@ -454,10 +592,9 @@ def main(argv: list[str] | None = None) -> None:
                      if label in chosen and "failed" not in chosen[label]["cells"][0]}
             if first:
                 report = [longtail(cell["checkpoint"], label=label) for label, cell in first.items()]
-                images.append(write_report(report, str(out / f"{dataset}-longtail"))[1])
-        md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images], command)
+                images.append(write_report(report, str(out / f"{name}-longtail"))[1])
+        md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images], command, name)
         print(f"wrote {md}")
-
 
 if __name__ == "__main__":
     import recbole_mm  # noqa: F401  (shims before anything imports recbole)

@@ -86,7 +86,13 @@ def test_benchmark_end_to_end_on_a_generated_set(tmp_path):
         assert (tmp_path / "results" / image).read_bytes()[:4] == b"\x89PNG" and image in md
     cells = json.loads((tmp_path / "results" / "planted.cells.json").read_text())
     assert len(cells) == 6
-    assert json.loads(next(iter(cells)))[2] in (1, 2)
+    finished = [c for c in cells.values() if "failed" not in c]
+    assert {c["config"]["seed"] for c in finished} == {1, 2} and all(c["code"]["hash"] for c in finished)
+    # Readable and portable: per run only what differs from the defaults, no absolute path anywhere.
+    assert str(tmp_path) not in md and str(tmp_path) not in (tmp_path / "results" / "planted.configs.json").read_text()
+    assert '"embedding_size": 8' in md and "ran now" in md
+    configs = json.loads((tmp_path / "results" / "planted.configs.json").read_text())
+    assert configs["VBPR small"]["1"]["embedding_size"] == 8 and configs["BPR"]["2"]["seed"] == 2
 
 
 def test_parallel_jobs_run_every_cell_once_with_their_share_of_threads(tmp_path, monkeypatch):
@@ -196,3 +202,44 @@ def test_extras_fill_a_free_worker_while_the_last_full_seed_run_is_still_running
     benchmark.Runner(tmp_path, tmp_path, jobs=3).run_plans([plan])
     # Both Long cells are queued at once, so the third worker takes the extra without waiting for them.
     assert spans[("Extra", 1)][0] < min(spans[("Long", 1)][1], spans[("Long", 2)][1])
+
+
+def test_cache_is_keyed_by_resolved_config_and_code(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run(model, dataset, config, workdir, threads=None):
+        calls.append(config["seed"])
+        return {**fake_cell(valid=0.2, test=0.1), "code": benchmark.code_version()}
+
+    resolved = {"learning_rate": 0.001}
+    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(benchmark, "resolve_config", lambda model, dataset, config: {**resolved, **config})
+    monkeypatch.setattr(benchmark, "code_version", lambda: {"hash": "aaaa", "commit": "c1"})
+    plan = {"datasets": ["d"], "seeds": [1], "runs": {"M": {"model": "M"}}}
+    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    assert calls == [1]  # same config, same code: from the cache
+    runner = benchmark.Runner(tmp_path, tmp_path)
+    chosen = runner.run_plans([plan])["d"]
+    assert calls == [1] and chosen["M"]["cells"][0]["from_cache"]
+    md, _ = benchmark.write_tables("d", chosen, [1], tmp_path, [])
+    assert "1 at commit c1 (package hash aaaa; 0 ran in this invocation, 1 from the cache)" in md.read_text()
+    resolved["learning_rate"] = 0.01  # e.g. the dataset's yaml changed: the resolved config differs
+    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    assert calls == [1, 1]
+    monkeypatch.setattr(benchmark, "code_version", lambda: {"hash": "bbbb", "commit": "c2"})
+    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    assert calls == [1, 1, 1] and not chosen["M"]["cells"][0]["from_cache"]  # the code changed: runs again
+
+
+def test_code_version_hashes_the_package_and_its_yaml_files():
+    version = benchmark.code_version()
+    assert len(version["hash"]) == 16 and int(version["hash"], 16) >= 0
+
+
+def test_config_changes_show_only_what_differs_from_the_defaults():
+    defaults = {"learning_rate": 0.001, "n_layers": 1, "seed": 2020}
+    run = {"learning_rate": 0.001, "n_layers": 2, "seed": 999, "epochs": 5}
+    assert benchmark.config_changes(run, defaults) == {"epochs": 5, "n_layers": 2}
+    assert benchmark.portable_config({"data_path": "/somewhere/else/tiktok", "show_progress": False, "a": 1}) == {
+        "data_path": "<outside recbole_mm's dataset/>", "a": 1}
