@@ -238,7 +238,10 @@ def _run_in_subprocess(model: str, dataset: str, config: dict, workdir: Path, th
     started = time.time()
     out = subprocess.run([sys.executable, "-m", "recbole_mm.benchmark", "--cell", request], check=False,
                          capture_output=True, text=True, cwd=workdir, env=env)
-    timing = {"started": started, "finished": time.time(), "threads": threads}
+    # Threads a cell had: its share, else what the environment pins (None: torch's default, all cores).
+    pinned = env.get("OMP_NUM_THREADS", "")
+    timing = {"started": started, "finished": time.time(),
+              "threads": threads or (int(pinned) if pinned.isdigit() else None)}
     if out.returncode != 0:
         lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
         return {"failed": lines[-1] if lines else f"exit status {out.returncode}", **timing}
