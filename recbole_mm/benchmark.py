@@ -155,7 +155,13 @@ def resolve_config(model: str, dataset: str, config: dict) -> dict | None:
         from recbole_mm.checkpoint import config_to_plain
         from recbole_mm.quick_start import make_config
 
-        return portable_config(config_to_plain(make_config(model, dataset, None, dict(config))))
+        # RecBole's Config also reads ``--key=value`` words of sys.argv: the benchmark's own arguments
+        # are not a cell's config (and would each print a "will not be used" line).
+        argv, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            return portable_config(config_to_plain(make_config(model, dataset, None, dict(config))))
+        finally:
+            sys.argv = argv
     except Exception:  # noqa: BLE001 - any reason it cannot resolve is reported by the cell's own run
         return None
 
