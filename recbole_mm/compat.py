@@ -9,6 +9,7 @@ when the caller is RecBole's own code, so other users of numpy/pandas/torch see 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import sys
@@ -257,6 +258,69 @@ def _install_sparse_float_tensor() -> None:
     torch.sparse.FloatTensor = FloatTensor
 
 
+# --- 15: HyperTuning's output in fragments --------------------------------------------------
+# hyper_tuning.py:413 runs hyperopt's fmin with its default progress bar, which sends stdout and
+# stderr through hyperopt's DummyTqdmFile (std_out_err_redirect_tqdm.py): every write() becomes a
+# line of its own. print(a, b) writes in pieces (hyper_tuning.py:347 "running parameters:" / dict),
+# and RecBole's logger goes through colorama (utils/logger.py: colorama.init), which writes each
+# colour run separately: every trial's log lines came out cut at each colour change. The same bar,
+# with stdout and stderr passed on in whole lines.
+class _LineBufferedTqdmFile:
+    """A stream for use under a tqdm bar: text is passed to ``tqdm.write`` one whole line at a time."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        from tqdm import tqdm
+
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            tqdm.write(line, file=self.file)
+        return len(text)
+
+    def flush(self) -> None:
+        # No partial line here: colorama flushes after every colour run, in the middle of a line.
+        getattr(self.file, "flush", lambda: None)()
+
+    def finish(self) -> None:
+        """Pass on a last line without its newline."""
+        if self._pending:
+            self.write("\n")
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno, ... of the real stream
+        return getattr(self.file, name)
+
+
+@contextlib.contextmanager
+def hyperopt_progress(initial: int, total: int) -> Any:
+    """hyperopt's progress bar (``tqdm_progress_callback``), with whole-line stdout/stderr under it."""
+    from tqdm import tqdm
+
+    streams = sys.stdout, sys.stderr
+    wrapped = [_LineBufferedTqdmFile(stream) for stream in streams]
+    sys.stdout, sys.stderr = wrapped
+    try:
+        with tqdm(total=total, file=streams[0], postfix={"best loss": "?"}, dynamic_ncols=True,
+                  unit="trial", initial=initial) as bar:
+            yield bar
+    finally:
+        for stream in wrapped:
+            stream.finish()
+        sys.stdout, sys.stderr = streams  # also drops colorama's wrappers added by the trials
+
+
+def hyper_tuning_run(self: Any) -> None:
+    """``HyperTuning.run`` with :func:`hyperopt_progress` as fmin's progress bar."""
+    from hyperopt import fmin
+
+    fmin(self.trial, self.space, algo=self.algo, max_evals=self.max_evals, early_stop_fn=self.early_stop_fn,
+         show_progressbar=hyperopt_progress)
+    if self.display_file is not None:
+        self.plot_hyper()
+
+
 # --- 6: torch >= 2.6 weights_only checkpoints -------------------------------------------------
 # trainer.py:308 pickles the whole Config into every checkpoint; torch >= 2.6 loads with
 # weights_only=True and refuses it at trainer.py:583/:323 and quick_start.py:250. Instead of
@@ -423,6 +487,7 @@ def install() -> None:
     import recbole.trainer.hyper_tuning as hyper_tuning
 
     hyper_tuning.exhaustive_search = exhaustive_search
+    hyper_tuning.HyperTuning.run = hyper_tuning_run
     _install_distributed()
     _install_ensure_dir()
     _installed = True
