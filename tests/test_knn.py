@@ -182,10 +182,9 @@ def test_models_read_knn_backend(planted):
         config = make_config("GUME", "planted", config_dict={**config_dict, **overrides, "knn_k": 5})
         train_data = data_preparation(config, create_dataset(config))[0]
         assert get_model("GUME")(config, train_data._dataset).knn_backend == expected
-    config = make_config("MMGEF", "planted", config_dict={**config_dict, "knn_backend": "annoy"})
-    train_data = data_preparation(config, create_dataset(config))[0]
-    with pytest.raises(RecBoleMMError, match="knn_backend: 'annoy'"):
-        get_model("MMGEF")(config, train_data._dataset)
+    # Refused with the configuration, before data or model (and any log file) exist.
+    with pytest.raises(RecBoleMMError, match="knn_backend: 'annoy'.*exact, faiss, auto"):
+        make_config("MMGEF", "planted", config_dict={**config_dict, "knn_backend": "annoy"})
 
 
 def test_scale_benchmark_rewrites_only_its_section(tmp_path):
