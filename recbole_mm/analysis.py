@@ -1,12 +1,15 @@
 """Long-tail analysis of saved checkpoints (any RecBole or recbole_mm model).
 
-    python -m recbole_mm.analysis longtail saved/GUME-x.pth saved/LightGCN-y.pth --out results/tiktok-longtail
+    python -m recbole_mm.analysis longtail saved/GUME-x.pth saved/LightGCN-y.pth --out saved/tiktok-longtail
 
-Items are split into equal-size groups by their training degree (group 1 = the most popular 20%
-with 5 groups, as in GUME's study); for each group, test items are restricted to the group and
-Recall@K / NDCG@K are computed over the users that have at least one such test item. Ranking and
-masking are those of RecBole's full-sort test evaluation, and the metrics are RecBole's own
-evaluators fed with the group's hits. Writes ``<out>.md`` (a table) and ``<out>.png`` (bar charts).
+Items with training interactions are split into groups of about equal size by their training
+degree (group 1 = the most popular fifth with 5 groups, as in GUME's study), cut only where the degree
+changes, so that an item's group depends on its degree alone, never on its id; items without any
+training interaction form a group of their own. For each group, test items are restricted to the
+group and Recall@K / NDCG@K are computed over the users that have at least one such test item, with
+the number of hits (the group's test items ranked in the top K) behind each value. Ranking and masking
+are those of RecBole's full-sort test evaluation, and the metrics are RecBole's own evaluators fed
+with the group's hits. Writes ``<out>.md`` (a table) and ``<out>.png`` (bar charts).
 """
 
 from __future__ import annotations
@@ -20,17 +23,38 @@ import torch
 from recbole_mm.errors import RecBoleMMError
 
 
-def degree_groups(item_degree: np.ndarray, n_groups: int = 5) -> np.ndarray:
-    """Group index per item id (0 = most popular), equal-size groups by training degree, ties to the
-    lower id; item 0 (RecBole's padding) gets -1."""
-    if n_groups < 1 or n_groups > len(item_degree) - 1:
-        raise RecBoleMMError(f"--groups {n_groups}: need between 1 and the number of items")
-    items = np.arange(1, len(item_degree))
-    order = items[np.lexsort((items, -item_degree[1:]))]
+def degree_groups(item_degree: np.ndarray, n_groups: int = 5) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """Group index per item id and each group's ``(lowest, highest)`` training degree.
+
+    Items with training interactions go into at most ``n_groups`` groups (0 = most popular), cut at the
+    degree boundaries nearest to equal sizes: items of equal degree always share a group, so fewer
+    groups come out when few degrees are distinct. Items of degree 0 form one more group after them,
+    ``(0, 0)``, when there are any. Item 0 (RecBole's padding) gets -1.
+    """
+    if n_groups < 1:
+        raise RecBoleMMError(f"--groups {n_groups}: need at least 1 group")
+    degree = np.asarray(item_degree)[1:]
     groups = np.full(len(item_degree), -1)
-    for g, chunk in enumerate(np.array_split(order, n_groups)):
-        groups[chunk] = g
-    return groups
+    seen = np.sort(degree[degree > 0])[::-1]  # degrees of items with training interactions, descending
+    if len(seen) == 0:
+        raise RecBoleMMError("long-tail analysis: no item has a training interaction")
+    values, first = np.unique(-seen, return_index=True)  # distinct degrees (descending) and where they start
+    ends = np.append(first[1:], len(seen))  # cutting after degree values[j] puts ends[j] items above the cut
+    candidates = ends[ends < len(seen)]
+    cuts = []  # for each equal-size target, the nearest degree boundary (ties: the fewer items above)
+    for target in (np.arange(1, n_groups) * len(seen) / n_groups if len(candidates) else []):
+        best = int(candidates[np.argmin(np.abs(candidates - target))])
+        if not cuts or best > cuts[-1]:
+            cuts.append(best)
+    bounds = []
+    for g, (lo, hi) in enumerate(zip([0, *cuts], [*cuts, len(seen)])):
+        top, bottom = int(seen[lo]), int(seen[hi - 1])
+        groups[1:][(degree <= top) & (degree >= bottom)] = g
+        bounds.append((bottom, top))
+    if (degree == 0).any():
+        groups[1:][degree == 0] = len(bounds)
+        bounds.append((0, 0))
+    return groups, bounds
 
 
 def group_topk(scores: torch.Tensor, positives: torch.Tensor, groups: torch.Tensor, n_groups: int,
@@ -50,7 +74,8 @@ def group_topk(scores: torch.Tensor, positives: torch.Tensor, groups: torch.Tens
 
 
 def evaluate_groups(rows: list[torch.Tensor], config, k: int) -> list[dict]:
-    """Recall@k and NDCG@k per group through RecBole's Evaluator."""
+    """Recall@k and NDCG@k per group through RecBole's Evaluator, with the group's ``users`` and
+    ``hits`` (its test items in the users' top k: the count behind the values)."""
     from recbole.evaluator import Evaluator
     from recbole.evaluator.collector import DataStruct
 
@@ -61,11 +86,11 @@ def evaluate_groups(rows: list[torch.Tensor], config, k: int) -> list[dict]:
         results = []
         for topk in rows:
             if len(topk) == 0:
-                results.append({"users": 0})
+                results.append({"users": 0, "hits": 0})
                 continue
             struct = DataStruct()
             struct.set("rec.topk", topk)
-            results.append({"users": len(topk), **evaluator.evaluate(struct)})
+            results.append({"users": len(topk), "hits": int(topk[:, :k].sum()), **evaluator.evaluate(struct)})
         return results
     finally:
         config["metrics"], config["topk"] = saved
@@ -79,11 +104,13 @@ def longtail(model_file: str, n_groups: int = 5, k: int = 20, label: str | None 
 
     from recbole_mm.quick_start import load_data_and_model
 
+    asked = n_groups
     config, model, dataset, train_data, _, test_data = load_data_and_model(model_file)
     if not isinstance(test_data, FullSortEvalDataLoader):
         raise RecBoleMMError(f"{model_file}: long-tail analysis needs full-sort evaluation (eval_args mode: full)")
     degree = np.bincount(train_data._dataset.inter_feat[dataset.iid_field].numpy(), minlength=dataset.item_num)
-    groups_np = degree_groups(degree, n_groups)
+    groups_np, bounds = degree_groups(degree, n_groups)
+    n_groups = len(bounds)  # the degrees may allow fewer groups; plus the no-interaction group
     groups = torch.from_numpy(groups_np).to(config["device"])
     model.eval()
     trainer = Trainer(config, model)
@@ -98,7 +125,14 @@ def longtail(model_file: str, n_groups: int = 5, k: int = 20, label: str | None 
             rows[g].append(part.cpu())
     per_group = evaluate_groups([torch.cat(r) for r in rows], config, k)
     return {"model": label or config["model"], "dataset": config["dataset"], "file": model_file, "k": k,
-            "groups": per_group, "group_items": np.bincount(groups_np[1:], minlength=n_groups).tolist()}
+            "groups": per_group, "group_items": np.bincount(groups_np[1:], minlength=n_groups).tolist(),
+            "group_degrees": [list(b) for b in bounds], "asked_groups": asked}
+
+
+def group_names(result: dict) -> list[str]:
+    """``group 1`` … ``group n`` for the degree groups, then ``no training interaction`` if present."""
+    degrees = result["group_degrees"]
+    return [f"group {g + 1}" if tuple(d) != (0, 0) else "no training interaction" for g, d in enumerate(degrees)]
 
 
 def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
@@ -108,17 +142,32 @@ def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k, n_groups = results[0]["k"], len(results[0]["groups"])
+    first = results[0]
+    k, n_groups, names = first["k"], len(first["groups"]), group_names(first)
+    other = [r["file"] for r in results if r["group_degrees"] != first["group_degrees"]]
+    if other:
+        raise RecBoleMMError(f"long-tail report: {other[0]} has other item degrees than {first['file']} "
+                             "(another dataset or training split); compare checkpoints of one split")
     metrics = [f"recall@{k}", f"ndcg@{k}"]
-    lines = [f"Long-tail analysis on {results[0]['dataset']}: items in {n_groups} equal-size groups by "
-             "training degree (group 1 = most popular); test items restricted to the group.", "",
-             "| model | metric | " + " | ".join(f"group {g + 1}" for g in range(n_groups)) + " |",
-             "|---|---|" + "---:|" * n_groups]
+    n_degree = sum(1 for d in first["group_degrees"] if tuple(d) != (0, 0))
+    fewer = (f" (the degrees allow {n_degree} of the {first['asked_groups']} asked for)"
+             if n_degree < first.get("asked_groups", n_degree) else "")
+    lines = [f"Long-tail analysis on {first['dataset']}: items with training interactions in {n_degree} groups "
+             f"of about equal size by training degree{fewer}, cut where the degree changes (group 1 = most "
+             "popular), and items without any training interaction in a group of their own; test items "
+             f"restricted to the group. In parentheses: the hits behind each recall@{k} (the group's test "
+             f"items ranked in the top {k}, summed over the group's users).", "",
+             "| model | metric | " + " | ".join(names) + " |",
+             "|---|---|" + "---:|" * n_groups,
+             "| training degree | | " + " | ".join(f"{lo}" if lo == hi else f"{lo}-{hi}"
+                                                   for lo, hi in first["group_degrees"]) + " |",
+             "| items | | " + " | ".join(str(n) for n in first["group_items"]) + " |",
+             "| users | | " + " | ".join(str(g["users"]) for g in first["groups"]) + " |"]
     for r in results:
         for m in metrics:
-            cells = [f"{grp[m]:.4f}" if m in grp else "-" for grp in r["groups"]]
+            cells = [(f"{grp[m]:.4f}" + (f" ({grp['hits']})" if m == metrics[0] else "")) if m in grp else "-"
+                     for grp in r["groups"]]
             lines.append(f"| {r['model']} | {m} | " + " | ".join(cells) + " |")
-    lines.append("| users per group | | " + " | ".join(str(g["users"]) for g in results[0]["groups"]) + " |")
     lines += ["", "Checkpoints: " + ", ".join(f"`{r['file']}`" for r in results)]
     md, png = Path(f"{out}.md"), Path(f"{out}.png")
     md.parent.mkdir(parents=True, exist_ok=True)
@@ -136,12 +185,13 @@ def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
             for i, r in enumerate(results):
                 values = [r["groups"][g].get(m, 0.0) for g in groups_shown]
                 ax.bar(x + i * width - 0.4 + width / 2, values, width, label=r["model"])
-            ax.set_xticks(x, [f"group {g + 1}" + (" (head)" if g == 0 else "") for g in groups_shown])
+            ax.set_xticks(x, [names[g].replace("no training interaction", "no training\ninteraction")
+                              + (" (head)" if g == 0 else "") for g in groups_shown])
             ax.set_title(f"{m}, " + ("head" if groups_shown == [0] else "tail"), fontsize=9)
     axes = axes.ravel()
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.suptitle(f"Per-group test metrics on {results[0]['dataset']} (groups by training degree; 1 = most popular)")
+    fig.suptitle(f"Per-group test metrics on {first['dataset']} (groups by training degree; 1 = most popular)")
     fig.tight_layout(rect=(0, 0, 0.85, 1))
     fig.savefig(png, dpi=120)
     plt.close(fig)
@@ -154,7 +204,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m recbole_mm.analysis", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tail = sub.add_parser("longtail", help="per-group Recall/NDCG of checkpoints by item popularity")
-    tail.add_argument("checkpoints", nargs="+")
+    tail.add_argument("checkpoints", nargs="+",
+                      help="best-epoch checkpoints (a run's .last.pth given with its .pth is skipped)")
     tail.add_argument("--groups", type=int, default=5)
     tail.add_argument("--k", type=int, default=20)
     tail.add_argument("--out", default="longtail", help="output path without extension (.md and .png)")
@@ -163,7 +214,12 @@ def main(argv: list[str] | None = None) -> None:
     labels = args.labels or [None] * len(args.checkpoints)
     if len(labels) != len(args.checkpoints):
         raise RecBoleMMError(f"--labels: {len(labels)} labels for {len(args.checkpoints)} checkpoints; give one each")
-    results = [longtail(path, args.groups, args.k, label) for path, label in zip(args.checkpoints, labels)]
+    # A run's <name>.last.pth (its latest epoch, for resuming) next to its <name>.pth (the best epoch, the
+    # one a result describes), as `saved/GUME-*.pth` gives both: analyse the best one only.
+    given = set(args.checkpoints)
+    kept = [(path, label) for path, label in zip(args.checkpoints, labels)
+            if not (path.endswith(".last.pth") and path[: -len(".last.pth")] + ".pth" in given)]
+    results = [longtail(path, args.groups, args.k, label) for path, label in kept]
     md, png = write_report(results, args.out)
     print(md.read_text())
     print(f"wrote {md} and {png}")

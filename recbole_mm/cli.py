@@ -68,8 +68,11 @@ def format_results(result: dict) -> str:
     if eval_s is not None:
         summary.append(f"{eval_s:.2f} s per validation pass")
     process = result.get("process_seconds")
-    summary.append(f"wall time {result['wall_seconds']:.1f} s"
-                   + (f" ({process:.1f} s with start-up)" if process is not None else ""))
+    if process is not None:  # the whole process: interpreter, imports, config and data included
+        start_up = max(process - result["wall_seconds"], 0.0)
+        summary.append(f"wall time {process:.1f} s ({start_up:.1f} s start-up)")
+    else:
+        summary.append(f"wall time {result['wall_seconds']:.1f} s (start-up not included)")
     peak = result.get("peak_memory_mb") or {}
     if peak:
         summary.append("peak memory " + ", ".join(f"{kind} {mb:.0f} MiB" for kind, mb in peak.items()))

@@ -9,6 +9,7 @@ when the caller is RecBole's own code, so other users of numpy/pandas/torch see 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import re
 import sys
@@ -175,6 +176,151 @@ def _install_pandas() -> None:
     pd.Series.fillna = fillna
 
 
+# --- 12: pandas 3 read-only column arrays -----------------------------------------------------
+# dataset.py:2199 `_dataframe_to_interaction` turns `data[k].values` into tensors; under pandas 3's
+# Copy-on-Write that array is a read-only view, and torch.LongTensor/FloatTensor of it prints
+# "The given NumPy array is not writable ..." in every run. RecBole only iterates the frame and reads
+# `.values`, so it is handed writable copies of the columns (torch copies them again anyway).
+class _WritableColumns:
+    """A DataFrame seen through ``for k in frame`` and ``frame[k].values``, with writable arrays."""
+
+    def __init__(self, frame: Any) -> None:
+        self._frame = frame
+
+    def __iter__(self) -> Any:
+        return iter(self._frame)
+
+    def __getitem__(self, key: str) -> Any:
+        return types.SimpleNamespace(values=np.require(self._frame[key].to_numpy(), requirements="W"))
+
+
+def _install_writable_columns() -> None:
+    from recbole.data.dataset.dataset import Dataset
+
+    original = Dataset._dataframe_to_interaction
+    if getattr(original, "_recbole_mm", False):
+        return
+
+    def dataframe_to_interaction(self: Any, data: Any) -> Any:
+        return original(self, _WritableColumns(data))
+
+    dataframe_to_interaction._recbole_mm = True
+    Dataset._dataframe_to_interaction = dataframe_to_interaction
+
+
+# --- 13: torch.cuda.amp ----------------------------------------------------------------------
+# trainer.py:30 imports torch.cuda.amp, deprecated since torch 2.4: `amp.GradScaler(enabled=...)`
+# (trainer.py:235, :1440) prints a FutureWarning at every training epoch's start, on CPU too, and
+# `amp.autocast(enabled=...)` (:1453) another. torch.amp's device-generic API, with RecBole's
+# device ("cuda"; both are disabled off CUDA), is the same object without the warning.
+def _install_amp() -> None:
+    import functools
+
+    import recbole.trainer.trainer as trainer_module
+    import torch
+
+    trainer_module.amp = types.SimpleNamespace(
+        GradScaler=functools.partial(torch.amp.GradScaler, "cuda"),
+        autocast=functools.partial(torch.amp.autocast, "cuda"),
+    )
+
+
+# --- 14: torch.sparse.FloatTensor ------------------------------------------------------------
+# RecBole's graph models build their adjacency with the legacy constructor
+# `torch.sparse.FloatTensor(indices, values[, size])` (lightgcn.py:125, ngcf.py:125, sgl.py:179,
+# ncl.py:146, gcmc.py, dmf.py, dgcf.py, spectralcf.py, kgat.py, kgin.py, mcclk.py, layers.py:1639),
+# deprecated in torch 2: each such run prints "torch.sparse.SparseTensor(...) is deprecated". For
+# RecBole's calls it is the constructor torch names instead, with the legacy one's semantics (the
+# values' dtype, no invariant checks); anyone else, and isinstance checks, get the original class.
+def _install_sparse_float_tensor() -> None:
+    import torch
+
+    original = torch.sparse.FloatTensor
+    if getattr(original, "_recbole_mm", False):
+        return
+
+    class _LegacySparseConstructor(type):
+        def __instancecheck__(cls, instance: Any) -> bool:
+            return isinstance(instance, original)
+
+        def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+            if 2 <= len(args) <= 3 and not kwargs and _caller_is_recbole() and all(
+                    isinstance(a, torch.Tensor) for a in args[:2]):
+                return torch.sparse_coo_tensor(*args, check_invariants=False)
+            return original(*args, **kwargs)
+
+    class FloatTensor(metaclass=_LegacySparseConstructor):
+        """``torch.sparse.FloatTensor`` that RecBole's calls construct without the deprecation warning."""
+
+        _recbole_mm = True
+        _original = original
+
+    torch.sparse.FloatTensor = FloatTensor
+
+
+# --- 15: HyperTuning's output in fragments --------------------------------------------------
+# hyper_tuning.py:413 runs hyperopt's fmin with its default progress bar, which sends stdout and
+# stderr through hyperopt's DummyTqdmFile (std_out_err_redirect_tqdm.py): every write() becomes a
+# line of its own. print(a, b) writes in pieces (hyper_tuning.py:347 "running parameters:" / dict),
+# and RecBole's logger goes through colorama (utils/logger.py: colorama.init), which writes each
+# colour run separately: every trial's log lines came out cut at each colour change. The same bar,
+# with stdout and stderr passed on in whole lines.
+class _LineBufferedTqdmFile:
+    """A stream for use under a tqdm bar: text is passed to ``tqdm.write`` one whole line at a time."""
+
+    def __init__(self, file: Any) -> None:
+        self.file = file
+        self._pending = ""
+
+    def write(self, text: str) -> int:
+        from tqdm import tqdm
+
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            tqdm.write(line, file=self.file)
+        return len(text)
+
+    def flush(self) -> None:
+        # No partial line here: colorama flushes after every colour run, in the middle of a line.
+        getattr(self.file, "flush", lambda: None)()
+
+    def finish(self) -> None:
+        """Pass on a last line without its newline."""
+        if self._pending:
+            self.write("\n")
+
+    def __getattr__(self, name: str) -> Any:  # isatty, encoding, fileno, ... of the real stream
+        return getattr(self.file, name)
+
+
+@contextlib.contextmanager
+def hyperopt_progress(initial: int, total: int) -> Any:
+    """hyperopt's progress bar (``tqdm_progress_callback``), with whole-line stdout/stderr under it."""
+    from tqdm import tqdm
+
+    streams = sys.stdout, sys.stderr
+    wrapped = [_LineBufferedTqdmFile(stream) for stream in streams]
+    sys.stdout, sys.stderr = wrapped
+    try:
+        with tqdm(total=total, file=streams[0], postfix={"best loss": "?"}, dynamic_ncols=True,
+                  unit="trial", initial=initial) as bar:
+            yield bar
+    finally:
+        for stream in wrapped:
+            stream.finish()
+        sys.stdout, sys.stderr = streams  # also drops colorama's wrappers added by the trials
+
+
+def hyper_tuning_run(self: Any) -> None:
+    """``HyperTuning.run`` with :func:`hyperopt_progress` as fmin's progress bar."""
+    from hyperopt import fmin
+
+    fmin(self.trial, self.space, algo=self.algo, max_evals=self.max_evals, early_stop_fn=self.early_stop_fn,
+         show_progressbar=hyperopt_progress)
+    if self.display_file is not None:
+        self.plot_hyper()
+
+
 # --- 6: torch >= 2.6 weights_only checkpoints -------------------------------------------------
 # trainer.py:308 pickles the whole Config into every checkpoint; torch >= 2.6 loads with
 # weights_only=True and refuses it at trainer.py:583/:323 and quick_start.py:250. Instead of
@@ -335,9 +481,13 @@ def install() -> None:
     configurator.Config.compatibility_settings = _numpy_compatibility_settings
     _install_dok_update()
     _install_pandas()
+    _install_writable_columns()
+    _install_amp()
+    _install_sparse_float_tensor()
     import recbole.trainer.hyper_tuning as hyper_tuning
 
     hyper_tuning.exhaustive_search = exhaustive_search
+    hyper_tuning.HyperTuning.run = hyper_tuning_run
     _install_distributed()
     _install_ensure_dir()
     _installed = True

@@ -120,14 +120,17 @@ class Str(Spec):
 
 
 class Choice(Spec):
-    """One of the listed strings (case-sensitive, as the code compares them)."""
+    """One of the listed strings (case-sensitive, as the code compares them, unless ``ignore_case``)."""
 
-    def __init__(self, *options: str, none_ok: bool = False):
-        self.options, self.none_ok = options, none_ok
-        self.allowed = "one of " + ", ".join(options) + (" (or unset)" if none_ok else "")
+    def __init__(self, *options: str, none_ok: bool = False, ignore_case: bool = False):
+        self.options, self.none_ok, self.ignore_case = options, none_ok, ignore_case
+        self.allowed = ("one of " + ", ".join(options) + (" (any case)" if ignore_case else "")
+                        + (" (or unset)" if none_ok else ""))
 
     def _ok(self, value: Any) -> bool:
-        return isinstance(value, str) and value in self.options
+        if not isinstance(value, str):
+            return False
+        return (value.lower() in [o.lower() for o in self.options]) if self.ignore_case else value in self.options
 
 
 class ListOf(Spec):
@@ -164,8 +167,40 @@ class MappingOf(Spec):
             isinstance(k, str) and k and self.value.problem(v) is None and v is not None for k, v in value.items())
 
 
+class Keywords(Spec):
+    """A mapping of keyword arguments to a function, its keys among ``keys`` (RecBole passes it on with
+    ``**``), e.g. ``clip_grad_norm: {max_norm: 5}``."""
+
+    def __init__(self, keys: tuple[str, ...], example: str, none_ok: bool = True):
+        self.keys, self.none_ok = keys, none_ok
+        self.allowed = f"a mapping such as {example} (keys: {', '.join(keys)})" + (" or None" if none_ok else "")
+
+    def _ok(self, value: Any) -> bool:
+        return isinstance(value, dict) and bool(value) and all(k in self.keys for k in value)
+
+
+class NegativeSampling(Spec):
+    """RecBole's ``train_neg_sample_args``: None (no negatives), or a mapping whose ``sample_num`` is a
+    count >= 1 when a distribution is set (a negative count fails only inside the first epoch)."""
+
+    none_ok = True
+    allowed = ("None or a mapping such as {distribution: uniform, sample_num: 1} with sample_num an "
+               "integer >= 1 (and candidate_num >= 0, dynamic True/False)")
+
+    def _ok(self, value: Any) -> bool:
+        if value == "None":
+            return True
+        if not isinstance(value, dict):
+            return False
+        if value.get("distribution", "uniform") in (None, "none", "None"):  # RecBole fills in uniform
+            return True
+        checks = {"sample_num": Int(min=1), "candidate_num": Int(min=0), "dynamic": Bool(), "alpha": Float()}
+        return all(spec.problem(value[key]) is None for key, spec in checks.items() if key in value)
+
+
 # ---- declarations ------------------------------------------------------------------------------
 RECBOLE_SCHEMA: dict[str, Spec] = {
+    "dataset": Str(),
     "epochs": Int(min=1),
     "learning_rate": Float(min=0, min_open=True),
     "train_batch_size": Int(min=1),
@@ -190,6 +225,10 @@ RECBOLE_SCHEMA: dict[str, Spec] = {
     "use_gpu": Bool(),
     "enable_amp": Bool(none_ok=True),
     "enable_scaler": Bool(none_ok=True),
+    "clip_grad_norm": Keywords(("max_norm", "norm_type", "error_if_nonfinite", "foreach"),
+                               "{max_norm: 5, norm_type: 2}"),  # torch's clip_grad_norm_ arguments
+    "state": Choice("INFO", "DEBUG", "WARNING", "ERROR", "CRITICAL", none_ok=True, ignore_case=True),
+    "train_neg_sample_args": NegativeSampling(),
 }
 
 PLUGIN_SCHEMA: dict[str, Spec] = {
@@ -200,6 +239,11 @@ PLUGIN_SCHEMA: dict[str, Spec] = {
     "filter_cold_start_users": Bool(none_ok=True),
     "cold_start_items": Float(min=0, max=1, max_open=True, none_ok=True),  # 0/unset: off
     "cold_start_seed": Int(min=0, none_ok=True),
+    "cold_start_valid_items": Float(min=0, max=1, max_open=True, none_ok=True),
+    "cold_start_candidates": Choice("cold", "all", none_ok=True),
+    "shuffle_features": Bool(none_ok=True),
+    "shuffle_features_seed": Int(min=0, none_ok=True),
+    "knn_backend": Choice("exact", "faiss", "auto", none_ok=True),  # graphs.KNN_BACKENDS, read by every plugin model
     "learning_rate_scheduler": ListOf(Float(min=0, min_open=True), length=2, none_ok=True),
     "modalities": MappingOf(Str(), "{image: image_feat.npy}"),
     "inter_file_name": Str(none_ok=True),
@@ -235,6 +279,8 @@ def model_schema(model_class: Any, model_defaults: dict, strict: bool = True) ->
 def read_config_file(path: str, loader: Any = None) -> dict:
     """A yaml config file as a dict; a missing, unreadable or malformed file is one line naming it."""
     path = str(path)
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a folder, not a yaml file; check --config_files")
     if not os.path.isfile(path):
         where = os.path.abspath(path)
         raise ConfigError(f"config file {path} not found (looked for {where}); check --config_files")
@@ -407,6 +453,25 @@ def check_against_dataset(config: Any, dataset: Any) -> None:
                   f"{config['dataset']}; every item graph links each item to all others (k is clamped)")
 
 
+def check_output_folder(config: Any, key: str = "checkpoint_dir") -> None:
+    """The folder ``config[key]`` can be created (or is) and written, checked without creating it: a
+    checkpoint folder under a file or in a read-only place failed only when training began."""
+    folder = config.final_config_dict.get(key)
+    if not isinstance(folder, str):
+        return
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        problem = f"{existing} is a file"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        problem = f"{existing} is not writable"
+    else:
+        return
+    raise ConfigError(f"{key}: {folder!r} ({where_set(config, key)}) cannot be used: {problem}; "
+                      f"set --{key} to a folder you can write to")
+
+
 class CheckedConfig(Config):
     """RecBole's ``Config`` whose config files are read with file-naming errors and whose merged values
     pass :func:`check_config` before RecBole's own validation."""
@@ -423,6 +488,25 @@ class CheckedConfig(Config):
         check_config(self, self.final_config_dict)
         super()._set_default_parameters()
 
+    def _convert_config_dict(self, config_dict):
+        """RecBole's conversion of string values (``eval``, else true/false, else the string), except that
+        a value whose ``eval`` raises anything is kept as the string: RecBole lets all but NameError,
+        SyntaxError and TypeError through, so ``--resume=list.pth`` ended in an AttributeError traceback
+        and ``--x=1/0`` in a ZeroDivisionError."""
+        from enum import Enum
+
+        for key, param in config_dict.items():
+            if not isinstance(param, str):
+                continue
+            try:
+                value = eval(param)  # noqa: S307  (RecBole's own parsing of the user's command line)
+                if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool, Enum)):
+                    value = param
+            except Exception:
+                value = {"true": True, "false": False}.get(param.lower(), param)
+            config_dict[key] = value
+        return config_dict
+
 
 def make_checked_config(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
                         config_dict: dict | None = None) -> Any:
@@ -438,5 +522,6 @@ def make_checked_config(model: Any = None, dataset: str | None = None, config_fi
         message = " ".join(str(exc).strip("'\"").split())
         raise ConfigError(f"configuration: {message}") from exc
     config.__class__ = Config  # plain from here on: pickles and compares like RecBole's
+    check_output_folder(config)
     check_device(config)
     return config

@@ -256,3 +256,42 @@ def test_ensure_dir_is_safe_for_concurrent_processes(tmp_path):
     recbole.utils.logger.ensure_dir(str(target))  # must not raise FileExistsError
     compat.ensure_dir(str(tmp_path / "a" / "b"))
     assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_hyper_tuning_output_comes_in_whole_lines(planted, capsys, tmp_path):
+    """15: under HyperTuning, hyperopt's progress bar re-routed stdout/stderr so that every write() was a
+    line of its own: `print("running parameters:", d)` and each colour run of RecBole's log lines (colorama)
+    came out on separate lines. The bar stays; lines arrive whole."""
+    import logging
+    import re
+
+    import yaml
+    from recbole.trainer import HyperTuning
+
+    from recbole_mm import objective_function
+
+    root, config = planted
+    fixed = tmp_path / "fixed.yaml"
+    fixed.write_text(yaml.safe_dump({**config, "model": "BPR", "dataset": "planted", "state": "INFO"}))
+    params = tmp_path / "params.hyper"
+    params.write_text("learning_rate choice [0.01,0.005]\n")
+    handlers = logging.getLogger().handlers[:]
+    try:
+        tuning = HyperTuning(objective_function, algo="exhaustive", max_evals=2, params_file=str(params),
+                             fixed_config_file_list=[str(fixed)])
+        tuning.run()
+    finally:
+        logging.getLogger().handlers[:] = handlers  # the trials' handlers write to capsys's streams
+    captured = capsys.readouterr()
+
+    def lines(text: str) -> list[str]:  # what a terminal shows: the text after the bar's last \r
+        return [re.sub(r"\x1b\[[0-9;]*m", "", line.split("\r")[-1]) for line in text.split("\n")]
+
+    out, err = lines(captured.out), lines(captured.err)
+    assert "running parameters: {'learning_rate': 0.01}" in out, out
+    assert "running parameters: {'learning_rate': 0.005}" in out, out
+    training = [line for line in err if "[Training]:" in line]
+    assert len(training) == 2 and all("train_batch_size = [256] train_neg_sample_args: [" in line
+                                      for line in training), err
+    assert any("2/2" in part for part in captured.out.split("\r")), "hyperopt's progress bar is kept"
+    assert sys.stdout is not None and not isinstance(sys.stdout, compat._LineBufferedTqdmFile)

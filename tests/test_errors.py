@@ -83,6 +83,18 @@ CONFIG_CASES = [
     (("--model=NoSuchModel",), ["unknown model 'NoSuchModel'"]),
     (("--model=GUME", "--config_files=nothere.yaml"), ["nothere.yaml not found", "--config_files"]),
     (("--model=GUME", "--resume=nothere.pth"), ["nothere.pth does not exist"]),
+    # RecBole evals every --key=value: these raised AttributeError / ZeroDivisionError tracebacks.
+    (("--model=GUME", "--resume=list.pth"), ["list.pth does not exist"]),
+    (("--model=GUME", "--learning_rate=1/0"), ["learning_rate: '1/0'", "number > 0"]),
+    # Accepted before, failing later (after the log was written) or changing the run without a word.
+    (("--model=GUME", "--clip_grad_norm=abc"), ["clip_grad_norm: 'abc'", "max_norm"]),
+    (("--model=GUME", "--train_neg_sample_args={'sample_num':-1}"),
+     ["train_neg_sample_args:", "sample_num an integer >= 1"]),
+    (("--model=GUME", "--state=FOO"), ["state: 'FOO'", "WARNING"]),
+    (("--model=GUME", "--shuffle_features=maybe"), ["shuffle_features: 'maybe'", "True or False"]),
+    (("--model=GUME", "--knn_backend=annoy"), ["knn_backend: 'annoy'", "exact, faiss, auto"]),
+    (("--model=GUME", "--cold_start_candidates=foo"), ["cold_start_candidates: 'foo'", "cold, all"]),
+    (("--model=GUME", "--cold_start_valid_items=2"), ["cold_start_valid_items: 2", "< 1"]),
 ]
 
 
@@ -110,6 +122,36 @@ def test_config_file_errors_name_the_file(tmp_path, monkeypatch, capsys):
     line = run_main(monkeypatch, capsys, "--model=GUME", *TIKTOK, f"--config_files={wrong}")
     assert "knn_k: 0" in line and f"config file {wrong}" in line
     assert set(tmp_path.iterdir()) == {broken, listed, wrong}
+
+
+def test_paths_that_cannot_work_are_one_line(tmp_path, monkeypatch, capsys):
+    """A config file that is a folder, a checkpoint folder under a file (training failed only when it
+    began, after the log was written), an empty dataset name, an interaction file that does not exist
+    (was: 'is RecBole's atomic format')."""
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    line = run_main(monkeypatch, capsys, "--model=GUME", *TIKTOK, f"--config_files={folder}")
+    assert str(folder) in line and "is a folder" in line
+    blocker = tmp_path / "afile"
+    blocker.write_text("")
+    line = run_main(monkeypatch, capsys, "--model=BPR", *TIKTOK, f"--checkpoint_dir={blocker}/saved")
+    assert "checkpoint_dir:" in line and f"{blocker} is a file" in line
+    line = run_main(monkeypatch, capsys, "--model=BPR", "--dataset=")
+    assert "dataset: ''" in line
+    line = run_main(monkeypatch, capsys, "--model=BPR", *TIKTOK, "--inter_file_name=nothere.inter")
+    assert "nothere.inter: interaction file not found" in line
+    assert set(tmp_path.iterdir()) == {folder, blocker}
+
+
+def test_inter_file_name_with_an_atomic_file_is_one_line(tmp_path, monkeypatch, capsys):
+    """RecBole's atomic reader opens <dataset>.inter whatever inter_file_name says: refused, not ignored."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    folder = write_planted_dataset(root)
+    (folder / "other.inter").write_text("user_id:token\titem_id:token\n1\t2\n")
+    line = run_main(monkeypatch, capsys, *_planted_args(root, "--inter_file_name=other.inter"))
+    assert "inter_file_name: 'other.inter' works for MMRec-layout files only" in line
 
 
 def test_dataset_value_reports_its_dataset_config(tmp_path, monkeypatch, capsys):
@@ -331,7 +373,9 @@ def test_wall_time_includes_start_up():
     assert process_seconds() > 0
     result = {"best_valid_result": {"recall@10": 0.5}, "test_result": {"recall@10": 0.4}, "history": [],
               "wall_seconds": 8.0, "process_seconds": 16.8, "best_epoch": 0}
-    assert "wall time 8.0 s (16.8 s with start-up)" in format_results(result)
+    assert "wall time 16.8 s (8.8 s start-up)" in format_results(result)  # the process, not run_recbole
+    del result["process_seconds"]
+    assert "wall time 8.0 s (start-up not included)" in format_results(result)
 
 
 def test_item_content_files_for_feature_extraction(tmp_path):

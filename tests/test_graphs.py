@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from recbole_mm.model import graphs
 from recbole_mm.model.graphs import augmented_adjacency, knn_graph, knn_neighbours, semantic_neighbours
 
 
@@ -114,3 +115,71 @@ def test_knn_over_many_chunks():
     indices, sims = knn_neighbours(features, 5, chunk_size=8)
     assert indices.shape == (3000, 5)
     assert torch.all(indices[:, 0] == torch.arange(3000))  # each item is its own nearest neighbour
+
+
+# ---- items without content (missing_feature: zero) -------------------------------------------------
+@pytest.mark.parametrize("weighted", [True, False])
+def test_items_without_content_get_no_knn_edges(weighted):
+    """A row of zeros tied with every item and took the k lowest ids as neighbours (and, unweighted, edges
+    of weight 1); now it has no row or column entries, and the other items' graph is the graph over the
+    items with content alone."""
+    rng = np.random.default_rng(5)
+    features = torch.from_numpy(rng.normal(size=(30, 5)).astype(np.float32))
+    empty = torch.tensor([2, 9, 17])
+    features[empty] = 0
+    valid = torch.tensor([i for i in range(30) if i not in empty.tolist()])
+    graph = knn_graph(features, 4, weighted=weighted).to_dense()
+    assert not graph[empty].any() and not graph[:, empty].any()
+    alone = knn_graph(features[valid], 4, weighted=weighted).to_dense()
+    assert torch.allclose(graph[valid][:, valid], alone, atol=1e-6)
+    # With the padding offset the models use, node 0 and the empty items stay isolated.
+    indices, sims = knn_neighbours(features, 4)
+    shifted = graphs.graph_from_neighbours(indices, sims, weighted=weighted, offset=1).to_dense()
+    assert not shifted[empty + 1].any() and not shifted[:, empty + 1].any() and not shifted[0].any()
+
+
+def test_items_without_content_have_no_semantic_neighbours():
+    """GUME's semantic neighbours: an item without content in any modality is in no edge (a zero row
+    used to share the lowest ids with every other zero row in every modality)."""
+    rng = np.random.default_rng(6)
+    image = torch.from_numpy(rng.normal(size=(40, 6)).astype(np.float32))
+    text = torch.from_numpy(rng.normal(size=(40, 4)).astype(np.float32))
+    image[[3, 8, 20]] = 0
+    text[[3, 8, 31]] = 0
+    edges = semantic_neighbours([knn_neighbours(image, 10)[0], knn_neighbours(text, 10)[0]])
+    assert edges.shape[1] > 0 and not torch.isin(edges, torch.tensor([3, 8, 20, 31])).any()
+    before = semantic_neighbours([knn_neighbours(image, 10, skip_empty=False)[0],
+                                  knn_neighbours(text, 10, skip_empty=False)[0]])
+    assert ((before[0] == 3) & (before[1] == 8)).any()  # the former tie: two empty items as neighbours
+
+
+def test_models_give_items_without_content_no_content_edges(planted):
+    """End to end, missing_feature: zero: an item whose image row is missing has no entry in GUME's image
+    graph nor in its semantic-neighbour block, but keeps its text edges; one missing in both modalities
+    has no entry in FREEDOM's mixed item graph either."""
+    from builders import build_planted
+
+    root, _ = planted
+    image_only, both = [23, 31], [5, 10]  # external item ids = feature rows
+    for modality, rows in (("image", image_only + both), ("text", both)):
+        path = root / "planted" / f"{modality}_feat.npy"
+        array = np.load(path)
+        array[rows] = np.nan
+        np.save(path, array)
+    _, gume, train_data = build_planted("GUME", planted, missing_feature="zero", knn_k=5)
+    dataset = train_data._dataset
+
+    def internal(items):
+        return torch.tensor([dataset.token2id(dataset.iid_field, str(i)) for i in items])
+
+    no_image, no_text = internal(image_only + both), internal(both)
+    image_graph, text_graph = gume.item_graph_image.to_dense(), gume.item_graph_text.to_dense()
+    assert not image_graph[no_image].any() and not image_graph[:, no_image].any()
+    assert not text_graph[no_text].any() and not text_graph[:, no_text].any()
+    assert text_graph[internal(image_only)].any()  # their text still links them
+    item_block = gume.norm_adj.to_dense()[gume.n_users:, gume.n_users:]  # semantic neighbours G
+    assert item_block.any() and not item_block[no_image].any() and not item_block[:, no_image].any()
+    _, freedom, _ = build_planted("FREEDOM", planted, missing_feature="zero", knn_k=5, feat_embed_dim=16)
+    mixed = freedom.item_graph.to_dense()
+    assert not mixed[no_text].any() and not mixed[:, no_text].any()
+    assert mixed[internal(image_only)].any() and mixed.any()

@@ -40,7 +40,7 @@ def test_topk_ties_match_a_stable_sort(seed):
     features = torch.randint(-1, 2, (n, dim), generator=g).float()
     features[torch.rand(n, generator=g) < 0.2] = 0
     k, chunk = int(torch.randint(1, 25, (1,), generator=g)), int(torch.randint(1, 80, (1,), generator=g))
-    indices, sims = knn_neighbours(features, k, chunk)
+    indices, sims = knn_neighbours(features, k, chunk, skip_empty=False)  # the search itself, zero rows too
     ref_indices, ref_sims = sorted_reference(features, k, chunk)
     assert torch.equal(indices, ref_indices) and torch.equal(sims, ref_sims)
     # The same neighbours for a subset of the rows as queries (the base normalised block by block).
@@ -51,7 +51,7 @@ def test_topk_ties_match_a_stable_sort(seed):
 def test_rows_of_zeros_take_the_lowest_columns():
     features = torch.zeros(50, 4)
     features[7] = 1.0
-    indices, sims = knn_neighbours(features, 5, chunk_size=8)
+    indices, sims = knn_neighbours(features, 5, chunk_size=8, skip_empty=False)
     assert indices[0].tolist() == [0, 1, 2, 3, 4] and torch.equal(sims[0], torch.zeros(5))
     assert indices[7].tolist() == [7, 0, 1, 2, 3]
 
@@ -85,9 +85,9 @@ def test_memory_stays_within_n_k_plus_one_block():
         torch.set_num_threads(1)
         x = torch.randn({n}, {dim}, generator=torch.Generator().manual_seed(0))
         x[::20] = 0
-        knn_neighbours(x[:2000], {k}, {chunk})  # warm up torch's allocator and kernels
+        knn_neighbours(x[:2000], {k}, {chunk}, skip_empty=False)  # warm up torch's allocator and kernels
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        indices, _ = knn_neighbours(x, {k}, {chunk})
+        indices, _ = knn_neighbours(x, {k}, {chunk}, skip_empty=False)
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({{"before": before * 1024, "after": after * 1024, "zero_row": indices[0].tolist()}}))
     """)
@@ -120,15 +120,19 @@ def test_faiss_backend_recall_and_order():
     try:
         features = clustered(3000, 24)
         features[5] = 0
-        truth, _ = knn_neighbours(features, 10)
-        found, sims = knn_neighbours(features, 10, backend="faiss")
-        again, _ = knn_neighbours(features, 10, backend="faiss")
+        truth, _ = knn_neighbours(features, 10, skip_empty=False)
+        found, sims = knn_neighbours(features, 10, backend="faiss", skip_empty=False)
+        again, _ = knn_neighbours(features, 10, backend="faiss", skip_empty=False)
+        skipped, _ = knn_neighbours(features, 10, backend="faiss")
     finally:
         torch.set_num_threads(threads)
     assert found.shape == (3000, 10) and recall(found, truth) > 0.95
     assert torch.all(sims[:, :-1] >= sims[:, 1:])  # descending
     assert found[5].tolist() == list(range(10))  # a zero row is answered exactly
     assert torch.equal(found, again)
+    # By default the zero row (an item without content) has no neighbours and is no one's neighbour.
+    assert (skipped[5] == graphs.NO_NEIGHBOUR).all() and not (skipped == 5).any()
+    assert recall(skipped[torch.arange(3000) != 5], truth[torch.arange(3000) != 5]) > 0.95
 
 
 def test_faiss_missing_is_one_clear_line(monkeypatch):
@@ -178,10 +182,9 @@ def test_models_read_knn_backend(planted):
         config = make_config("GUME", "planted", config_dict={**config_dict, **overrides, "knn_k": 5})
         train_data = data_preparation(config, create_dataset(config))[0]
         assert get_model("GUME")(config, train_data._dataset).knn_backend == expected
-    config = make_config("MMGEF", "planted", config_dict={**config_dict, "knn_backend": "annoy"})
-    train_data = data_preparation(config, create_dataset(config))[0]
-    with pytest.raises(RecBoleMMError, match="knn_backend: 'annoy'"):
-        get_model("MMGEF")(config, train_data._dataset)
+    # Refused with the configuration, before data or model (and any log file) exist.
+    with pytest.raises(RecBoleMMError, match="knn_backend: 'annoy'.*exact, faiss, auto"):
+        make_config("MMGEF", "planted", config_dict={**config_dict, "knn_backend": "annoy"})
 
 
 def test_scale_benchmark_rewrites_only_its_section(tmp_path):
@@ -209,3 +212,29 @@ def test_slow_builds_log_progress(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="recbole_mm.model.graphs"):
         knn_neighbours(features, 3, chunk_size=10)
     assert "kNN graph (exact): 100/100 rows" in caplog.text
+
+
+# ---- items without content ---------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(4))
+def test_rows_without_content_get_no_neighbours_and_are_no_ones(seed):
+    """missing_feature: zero leaves items without content as rows of zeros: they get no neighbours and
+    appear in no one's list; the others' lists are the search over the rows with content alone."""
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randint(-1, 2, (80, 3), generator=g).float()
+    features[torch.rand(80, generator=g) < 0.3] = 0
+    empty = ~features.any(dim=1)
+    features[~empty & (features.abs().sum(dim=1) == 0)] = 1.0
+    valid = (~empty).nonzero().squeeze(1)
+    indices, sims = knn_neighbours(features, 60, chunk_size=7)
+    assert indices.shape == sims.shape == (80, 60)
+    assert (indices[empty] == graphs.NO_NEIGHBOUR).all() and (sims[empty] == 0).all()
+    assert not torch.isin(indices, empty.nonzero().squeeze(1)).any()
+    ref_indices, ref_sims = sorted_reference(features[valid], 60, 7)
+    width = ref_indices.shape[1]  # fewer rows with content than k: the rest of each list is empty
+    assert torch.equal(indices[valid, :width], valid[ref_indices]) and torch.equal(sims[valid, :width], ref_sims)
+    assert (indices[:, width:] == graphs.NO_NEIGHBOUR).all()
+
+
+def test_all_rows_empty_gives_empty_lists():
+    indices, sims = knn_neighbours(torch.zeros(6, 3), 4)
+    assert (indices == graphs.NO_NEIGHBOUR).all() and indices.shape == (6, 4) and (sims == 0).all()

@@ -74,3 +74,22 @@ def test_cold_start_split_on_a_generated_set(tmp_path, monkeypatch):
     result = recbole_mm.run_recbole(model="MMGEF", dataset="planted", config_dict={
         **planted_config(root), "cold_start_items": 0.2, "fusion": "concat", "knn_k": 5, "epochs": 2})
     assert 0.0 <= result["test_result"]["recall@10"] <= 1.0
+
+
+def test_early_stopping_counts_a_rounded_tie_as_an_improvement(planted, monkeypatch):
+    """The protocol as the README and the benchmark report state it: RecBole's early stopping takes a
+    valid score equal to the best (after rounding to metric_decimal_place) as a new best, so the later
+    of two tied epochs is the best epoch, and its checkpoint is the one tested; MMRec needs strictly better."""
+    import recbole_mm
+    from recbole_mm.trainer import Trainer
+
+    root, config = planted
+    scores = iter([0.3, 0.3, 0.2, 0.1])  # what RecBole's evaluators return: already rounded
+
+    def scripted_valid(self, valid_data, show_progress=False):
+        score = next(scores)
+        return score, {"recall@10": score}
+
+    monkeypatch.setattr(Trainer, "_valid_epoch", scripted_valid)
+    result = recbole_mm.run_recbole("BPR", "planted", config_dict={**config, "epochs": 4}, saved=False)
+    assert result["best_epoch"] == 1 and result["best_valid_score"] == 0.3

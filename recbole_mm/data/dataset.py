@@ -82,7 +82,17 @@ class MultiModalDataset(Dataset):
         return "mmrec" if os.path.isfile(path) and files.is_mmrec_layout(path) else "atomic"
 
     def _load_inter_feat(self, token, dataset_path):
+        if not self.config["benchmark_filename"]:
+            # Before the layout is guessed: a missing file is neither layout, and must be named as missing.
+            files.check_readable(self._inter_file(token, dataset_path), "interaction file",
+                                 "put the dataset's .inter file there or set data_path / inter_file_name")
         if self._layout(token, dataset_path) == "atomic":
+            named = self.config["inter_file_name"]
+            if named and named != f"{token}.inter":
+                # RecBole's atomic reader opens <token>.inter whatever this says.
+                raise DataError(f"inter_file_name: {named!r} works for MMRec-layout files only, but "
+                                f"{self._inter_file(token, dataset_path)} is RecBole's atomic format, which is "
+                                f"read from {token}.inter; rename the file or unset inter_file_name")
             for key in ("cold_start_items", "filter_cold_start_users"):
                 if self.config[key]:
                     # They act on MMRec's x_label split, which an atomic file does not have.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import warnings
 
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
@@ -182,7 +183,12 @@ class MultiModalRecommender(GeneralRecommender):
         graph = getattr(self, name)
         key = (name, graph.device)
         if key not in self._csr:
-            self._csr[key] = (graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr())
+            with warnings.catch_warnings():
+                # torch prints "Sparse CSR tensor support is in beta state" at the first CSR tensor of
+                # a process; the CSR products used here are stable, so the line tells the user nothing.
+                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state",
+                                        category=UserWarning)
+                self._csr[key] = (graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr())
         return sparse_matmul(*self._csr[key], dense)
 
     def mean_propagation(self, name: str, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:

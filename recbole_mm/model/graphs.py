@@ -122,15 +122,21 @@ def exact_neighbours(queries: torch.Tensor, features: torch.Tensor, k: int,
     return indices, values
 
 
+NO_NEIGHBOUR = -1  # index of an empty neighbour slot (knn_neighbours with skip_empty); builders drop it
+
+
 def knn_neighbours(features: torch.Tensor, k: int, chunk_size: int = 1024,
-                   backend: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+                   backend: str = "exact", skip_empty: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-``k`` cosine neighbours of every row (the row itself included when it ranks).
 
     Returns ``(indices, similarities)``, both ``[n, min(k, n)]`` on the input's device, each row in
-    descending similarity, ties ordered by column index. Rows of zeros have similarity 0 to everything.
-    ``backend`` (the models' ``knn_backend``): ``exact`` (brute force in row blocks); ``faiss`` (an HNSW
-    index, approximate, CPU; needs ``pip install recbole_mm[ann]``); ``auto`` (``faiss`` above
-    ``AUTO_APPROXIMATE_ABOVE`` rows when it is installed, else exact).
+    descending similarity, ties ordered by column index. A row of zeros is an item without content
+    (``missing_feature: zero``): with ``skip_empty`` (the default) it has no neighbours and is no one's
+    neighbour, its slots and the slots no other row can fill being :data:`NO_NEIGHBOUR` (similarity 0),
+    which the graph builders here drop; without it, it has similarity 0 to everything, so it would tie
+    with every item and take the lowest ids. ``backend`` (the models' ``knn_backend``): ``exact`` (brute
+    force in row blocks); ``faiss`` (an HNSW index, approximate, CPU; needs ``pip install recbole_mm[ann]``);
+    ``auto`` (``faiss`` above ``AUTO_APPROXIMATE_ABOVE`` rows when it is installed, else exact).
     """
     if features.dim() != 2:
         raise ValueError(f"features must be 2-D, got shape {tuple(features.shape)}")
@@ -139,6 +145,18 @@ def knn_neighbours(features: torch.Tensor, k: int, chunk_size: int = 1024,
     if backend not in KNN_BACKENDS:
         raise RecBoleMMError(f"knn_backend: {backend!r} is not one of {', '.join(KNN_BACKENDS)}; fix the config")
     n = features.shape[0]
+    if skip_empty:
+        empty = ~features.detach().any(dim=1)
+        if empty.any():
+            # Search among the rows with content only (ids mapped back, so ties keep the id order).
+            width = min(k, n)
+            indices = torch.full((n, width), NO_NEIGHBOUR, dtype=torch.long, device=features.device)
+            values = torch.zeros(n, width, dtype=torch.float32, device=features.device)
+            valid = (~empty).nonzero().squeeze(1)
+            if len(valid):
+                found, sims = knn_neighbours(features[valid], k, chunk_size, backend, skip_empty=False)
+                indices[valid, :found.shape[1]], values[valid, :found.shape[1]] = valid[found], sims
+            return indices, values
     if backend == "auto":
         backend = "exact"
         if n > AUTO_APPROXIMATE_ABOVE:
@@ -248,9 +266,11 @@ def graph_from_neighbours(indices: torch.Tensor, sims: torch.Tensor, weighted: b
     (e.g. by 1 to leave RecBole's padding item 0 isolated), giving an ``[n + offset]``-square matrix.
     """
     n, kk = indices.shape
-    rows = torch.arange(n, device=indices.device).repeat_interleave(kk) + offset
+    rows = torch.arange(n, device=indices.device).repeat_interleave(kk)
+    cols = indices.reshape(-1)
     values = sims.reshape(-1) if weighted else torch.ones(n * kk, device=indices.device)
-    return normalize_adjacency(rows, indices.reshape(-1) + offset, values, n + offset, normalization)
+    keep = cols != NO_NEIGHBOUR  # items without content: no edges
+    return normalize_adjacency(rows[keep] + offset, cols[keep] + offset, values[keep], n + offset, normalization)
 
 
 def semantic_neighbours(neighbour_lists: list[torch.Tensor]) -> torch.Tensor:
@@ -265,7 +285,9 @@ def semantic_neighbours(neighbour_lists: list[torch.Tensor]) -> torch.Tensor:
     keys = None
     for neighbours in neighbour_lists:
         rows = torch.arange(n, device=neighbours.device).repeat_interleave(neighbours.shape[1])
-        modality_keys = torch.unique(rows * n + neighbours.reshape(-1))
+        cols = neighbours.reshape(-1)
+        keep = cols != NO_NEIGHBOUR  # an item without content in a modality has no neighbours there
+        modality_keys = torch.unique(rows[keep] * n + cols[keep])
         keys = modality_keys if keys is None else keys[torch.isin(keys, modality_keys)]
     rows, cols = keys // n, keys % n
     keep = rows != cols
@@ -386,6 +408,8 @@ def knn_edges(features: torch.Tensor, k: int, offset: int = 0, chunk_size: int =
     n, kk = indices.shape
     rows = torch.arange(n, device=indices.device).repeat_interleave(kk)
     cols = indices.reshape(-1)
+    keep = cols != NO_NEIGHBOUR
+    rows, cols = rows[keep], cols[keep]
     unit = torch.nn.functional.normalize(features.float(), dim=1)
     sims = (unit[rows] * unit[cols]).sum(dim=1)
     return rows + offset, cols + offset, sims
