@@ -95,6 +95,9 @@ CONFIG_CASES = [
     (("--model=GUME", "--knn_backend=annoy"), ["knn_backend: 'annoy'", "exact, faiss, auto"]),
     (("--model=GUME", "--cold_start_candidates=foo"), ["cold_start_candidates: 'foo'", "cold, all"]),
     (("--model=GUME", "--cold_start_valid_items=2"), ["cold_start_valid_items: 2", "< 1"]),
+    (("--model=FREEDOM", "--mm_image_weight=2"), ["mm_image_weight: 2", "<= 1"]),
+    (("--model=FREEDOM", "--dropout=1.5"), ["dropout: 1.5", "< 1"]),
+    (("--model=BM3", "--dropout=-1"), ["dropout: -1", ">= 0"]),
 ]
 
 

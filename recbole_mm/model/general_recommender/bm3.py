@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.config_check import Float, Int
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import augmented_adjacency
@@ -27,6 +28,10 @@ class BM3(MultiModalRecommender):
     # No negatives: RecBole's TrainDataLoader yields (user, item) rows when train_neg_sample_args is
     # None (properties/model/BM3.yaml), as for its own non-sampling models.
     input_type = InputType.POINTWISE
+    config_schema = {
+        "n_layers": Int(min=0), "dropout": Float(min=0, max=1, max_open=True), "reg_weight": Float(min=0),
+        "cl_weight": Float(min=0),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)

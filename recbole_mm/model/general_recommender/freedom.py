@@ -14,6 +14,7 @@ import torch
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.config_check import Float, Int
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep, graph_from_neighbours, knn_neighbours
@@ -22,6 +23,11 @@ from recbole_mm.model.losses import bpr_loss
 
 class FREEDOM(MultiModalRecommender):
     input_type = InputType.PAIRWISE
+    config_schema = {
+        "knn_k": Int(min=1), "n_mm_layers": Int(min=0), "n_ui_layers": Int(min=0), "feat_embed_dim": Int(min=1),
+        "mm_image_weight": Float(min=0, max=1), "dropout": Float(min=0, max=1, max_open=True),
+        "reg_weight": Float(min=0),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -31,8 +37,6 @@ class FREEDOM(MultiModalRecommender):
         self.n_ui_layers = config["n_ui_layers"]  # LightGCN layers on the user-item graph
         self.reg_weight = config["reg_weight"]  # weight of the modality BPR terms
         self.dropout = config["dropout"]  # share of user-item edges pruned per epoch
-        if not 0.0 <= self.dropout < 1.0:
-            raise RecBoleMMError(f"FREEDOM dropout: {self.dropout!r} must be in [0, 1); fix the model config")
         if config["feat_embed_dim"] != d:
             raise RecBoleMMError(f"FREEDOM feat_embed_dim: {config['feat_embed_dim']} must equal embedding_size ({d}): "
                                  "the modality BPR terms score users against the projected features")
