@@ -302,9 +302,9 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
                          f"{_num(cell.get('train_cpu_seconds'))} | {_num(cell.get('eval_cpu_seconds'), 3)} | "
                          f"{_num(cell['peak_rss_mib'], 0)} | {len(cell['train_loss'])} | {_num(loss, 4)} |")
         lines.append("")
-    for other in runs[1:]:
-        rows = ratios(runs[0]["cells"], other["cells"])
-        lines += [f"## Ratios: {runs[0]['checkout']['commit'][:12]} / {other['checkout']['commit'][:12]}", "",
+    for run, other in ratio_pairs(runs):
+        rows = ratios(run["cells"], other["cells"])
+        lines += [f"## Ratios: {run['checkout']['commit'][:12]} / {other['checkout']['commit'][:12]}", "",
                   "Below 1 = faster / smaller now. Loss and valid diff: largest relative difference over the "
                   "epochs of the per-epoch training loss and validation score (same function ⇒ ~0).", "",
                   "| dataset | model | threads | epoch | eval | CPU epoch | CPU eval | peak RSS | loss diff | valid diff |",
@@ -318,13 +318,25 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
     return "\n".join(lines)
 
 
+def ratio_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
+    """(measured, baseline) pairs for the ratio tables: every ``--repo`` run against every ``--against``
+    run it shares cells with (runs without the mark: the first against the others)."""
+    if not any("against" in run for run in runs):
+        return [(runs[0], other) for other in runs[1:]]
+    bases = [run for run in runs if run.get("against")]
+    pairs = [(run, base) for run in runs if not run.get("against") for base in bases]
+    return [(run, base) for run, base in pairs if ratios(run["cells"], base["cells"])]
+
+
 def merge_runs(runs: list[dict]) -> list[dict]:
-    """Runs of the same checkout (commit and dirty flag) from several files as one, in first-seen order."""
+    """Runs of the same checkout (commit and dirty flag) from several files as one, in first-seen order;
+    a checkout that was an ``--against`` baseline in any file stays one."""
     merged: dict[tuple, dict] = {}
     for run in runs:
         key = (run["checkout"]["commit"], run["checkout"].get("dirty"))
         if key in merged:
             merged[key]["cells"] = merged[key]["cells"] + run["cells"]
+            merged[key]["against"] = merged[key]["against"] or run["against"]
         else:
             merged[key] = {**run, "cells": list(run["cells"])}
     return list(merged.values())
@@ -365,7 +377,8 @@ def run_all(args: argparse.Namespace, save=None) -> list[dict]:
     with contextlib.ExitStack() as stack:
         first = REPO if args.repo is None else stack.enter_context(checkout(args.repo))
         repos = [first] + [stack.enter_context(checkout(spec)) for spec in args.against]
-        runs = [{"checkout": git_state(repo), "machine": machine(), "cells": []} for repo in repos]
+        runs = [{"checkout": git_state(repo), "machine": machine(), "cells": [], "against": i > 0}
+                for i, repo in enumerate(repos)]
         for cell in plan_cells(args, generated):
             for repo, run in zip(repos, runs):
                 print(f"{run['checkout']['commit'][:12]} {cell['bench_dataset']} {cell['model']} "
@@ -406,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.report:
         saved = [json.loads(Path(path).read_text()) for path in args.report]
-        runs = merge_runs([run for data in saved for run in data["runs"]])
+        # Files written before runs were marked: their first run was --repo, the others --against.
+        runs = merge_runs([{**run, "against": run.get("against", i > 0)}
+                           for data in saved for i, run in enumerate(data["runs"])])
         commands = list(dict.fromkeys(data.get("command", command) for data in saved))
         command = "`; then `".join(commands)
         note = args.note or " ".join(dict.fromkeys(data.get("note", "") for data in saved))
