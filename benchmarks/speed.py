@@ -275,10 +275,17 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
     """Markdown: one table per checkout, then (with two or more) the ratio table first vs each other."""
     lines = ["# Speed: seconds per training epoch and per evaluation pass, peak memory", "",
              f"Made by `{command}`", ""]
-    meta = runs[0].get("machine", {})
-    if meta:
-        lines += [f"Machine: {meta.get('cpu', '?')}, {meta.get('cores', '?')} cores, Python {meta.get('python', '?')}, "
-                  f"torch {meta.get('torch', '?')}; run {meta.get('date', '?')}.", ""]
+    # One line per machine: a report merged from several files may come from more than one.
+    machines: dict[tuple, list[str]] = {}
+    for run in runs:
+        meta = run.get("machine", {})
+        if meta:
+            key = tuple(meta.get(k, "?") for k in ("cpu", "cores", "python", "torch"))
+            machines.setdefault(key, []).append(f"{run['checkout']['commit'][:12]} run {meta.get('date', '?')}")
+    for (cpu, cores, python, torch_version), which in machines.items():
+        runs_on = "; ".join(which) if len(machines) > 1 else which[0].split(" run ", 1)[1]
+        lines += [f"Machine: {cpu}, {cores} cores, Python {python}, torch {torch_version}; "
+                  f"{runs_on if len(machines) > 1 else 'run ' + runs_on}.", ""]
     if note:
         lines += [note, ""]
     lines += ["s/epoch and s/eval: medians over the cell's epochs (recbole_mm's trainer history; the evaluation "
@@ -287,7 +294,8 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
               "(one process per cell: data loading, model, training, evaluation, test). `baby` = the shipped "
               "Amazon-Baby interactions with **generated** 4096-d/384-d features (cost only, not accuracy).", ""]
     for run in runs:
-        lines += [f"## {_checkout_line(run)}", "",
+        on = f" (on {run.get('machine', {}).get('cpu', '?')})" if len(machines) > 1 else ""
+        lines += [f"## {_checkout_line(run)}{on}", "",
                   "| dataset | model | threads | s/epoch | s/eval | CPU s/epoch | CPU s/eval | peak RSS MiB | epochs "
                   "| epoch-1 loss |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -329,11 +337,12 @@ def ratio_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
 
 
 def merge_runs(runs: list[dict]) -> list[dict]:
-    """Runs of the same checkout (commit and dirty flag) from several files as one, in first-seen order;
-    a checkout that was an ``--against`` baseline in any file stays one."""
+    """Runs of the same checkout (commit and dirty flag) on the same machine from several files as one,
+    in first-seen order; a checkout that was an ``--against`` baseline in any file stays one. Runs on
+    different machines stay apart (their seconds are not comparable)."""
     merged: dict[tuple, dict] = {}
     for run in runs:
-        key = (run["checkout"]["commit"], run["checkout"].get("dirty"))
+        key = (run["checkout"]["commit"], run["checkout"].get("dirty"), run.get("machine", {}).get("cpu"))
         if key in merged:
             merged[key]["cells"] = merged[key]["cells"] + run["cells"]
             merged[key]["against"] = merged[key]["against"] or run["against"]

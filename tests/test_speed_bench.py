@@ -136,3 +136,10 @@ def test_report_rates_every_measured_checkout_against_the_shared_baseline(tmp_pa
     assert text.count("## Ratios") == 2
     assert f"## Ratios: {'n' * 12} / {'o' * 12}" in text and f"## Ratios: {'e' * 12} / {'o' * 12}" in text
     assert "| tiktok | GUME | 1 | 0.25 |" in text and "| tiktok | VBPR | 1 | 0.25 |" in text
+
+
+def test_runs_of_one_commit_on_two_machines_stay_apart():
+    a, b = fake_run("c" * 40, [fake_cell("GUME", 1, 1, 1, [1])]), fake_run("c" * 40, [fake_cell("VBPR", 1, 1, 1, [1])])
+    b["machine"] = {**b["machine"], "cpu": "other"}
+    assert len(speed.merge_runs([{**a, "against": False}, {**b, "against": False}])) == 2
+    assert len(speed.merge_runs([{**a, "against": False}, {**a, "against": True}])) == 1
