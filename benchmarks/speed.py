@@ -312,7 +312,8 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
         lines.append("")
     for run, other in ratio_pairs(runs):
         rows = ratios(run["cells"], other["cells"])
-        lines += [f"## Ratios: {run['checkout']['commit'][:12]} / {other['checkout']['commit'][:12]}", "",
+        on = f" (on {run.get('machine', {}).get('cpu', '?')})" if len(machines) > 1 else ""
+        lines += [f"## Ratios: {run['checkout']['commit'][:12]} / {other['checkout']['commit'][:12]}{on}", "",
                   "Below 1 = faster / smaller now. Loss and valid diff: largest relative difference over the "
                   "epochs of the per-epoch training loss and validation score (same function ⇒ ~0).", "",
                   "| dataset | model | threads | epoch | eval | CPU epoch | CPU eval | peak RSS | loss diff | valid diff |",
