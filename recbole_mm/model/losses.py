@@ -53,8 +53,8 @@ class _MeanLogSumExp(torch.autograd.Function):
             value = sums.log()
             values[rows] = (value if shift is None else value + shift).squeeze(1)
             if want_a or want_b:
-                # w_n / Σ_m c_m exp(·) per row
-                inverse = sums.reciprocal_().div_(n) if weights is None else sums.reciprocal_().mul_(weights[rows, None])
+                inverse = sums.reciprocal_()  # w_n / Σ_m c_m exp(·) per row, below
+                inverse = inverse.div_(n) if weights is None else inverse.mul_(weights[rows, None])
                 if want_a:
                     torch.mm(exps, b, out=grad_a[rows])
                     grad_a[rows].mul_(inverse)
