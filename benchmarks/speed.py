@@ -275,10 +275,17 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
     """Markdown: one table per checkout, then (with two or more) the ratio table first vs each other."""
     lines = ["# Speed: seconds per training epoch and per evaluation pass, peak memory", "",
              f"Made by `{command}`", ""]
-    meta = runs[0].get("machine", {})
-    if meta:
-        lines += [f"Machine: {meta.get('cpu', '?')}, {meta.get('cores', '?')} cores, Python {meta.get('python', '?')}, "
-                  f"torch {meta.get('torch', '?')}; run {meta.get('date', '?')}.", ""]
+    # One line per machine: a report merged from several files may come from more than one.
+    machines: dict[tuple, list[str]] = {}
+    for run in runs:
+        meta = run.get("machine", {})
+        if meta:
+            key = tuple(meta.get(k, "?") for k in ("cpu", "cores", "python", "torch"))
+            machines.setdefault(key, []).append(f"{run['checkout']['commit'][:12]} run {meta.get('date', '?')}")
+    for (cpu, cores, python, torch_version), which in machines.items():
+        runs_on = "; ".join(which) if len(machines) > 1 else which[0].split(" run ", 1)[1]
+        lines += [f"Machine: {cpu}, {cores} cores, Python {python}, torch {torch_version}; "
+                  f"{runs_on if len(machines) > 1 else 'run ' + runs_on}.", ""]
     if note:
         lines += [note, ""]
     lines += ["s/epoch and s/eval: medians over the cell's epochs (recbole_mm's trainer history; the evaluation "
@@ -287,7 +294,8 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
               "(one process per cell: data loading, model, training, evaluation, test). `baby` = the shipped "
               "Amazon-Baby interactions with **generated** 4096-d/384-d features (cost only, not accuracy).", ""]
     for run in runs:
-        lines += [f"## {_checkout_line(run)}", "",
+        on = f" (on {run.get('machine', {}).get('cpu', '?')})" if len(machines) > 1 else ""
+        lines += [f"## {_checkout_line(run)}{on}", "",
                   "| dataset | model | threads | s/epoch | s/eval | CPU s/epoch | CPU s/eval | peak RSS MiB | epochs "
                   "| epoch-1 loss |",
                   "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -302,9 +310,10 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
                          f"{_num(cell.get('train_cpu_seconds'))} | {_num(cell.get('eval_cpu_seconds'), 3)} | "
                          f"{_num(cell['peak_rss_mib'], 0)} | {len(cell['train_loss'])} | {_num(loss, 4)} |")
         lines.append("")
-    for other in runs[1:]:
-        rows = ratios(runs[0]["cells"], other["cells"])
-        lines += [f"## Ratios: {runs[0]['checkout']['commit'][:12]} / {other['checkout']['commit'][:12]}", "",
+    for run, other in ratio_pairs(runs):
+        rows = ratios(run["cells"], other["cells"])
+        on = f" (on {run.get('machine', {}).get('cpu', '?')})" if len(machines) > 1 else ""
+        lines += [f"## Ratios: {run['checkout']['commit'][:12]} / {other['checkout']['commit'][:12]}{on}", "",
                   "Below 1 = faster / smaller now. Loss and valid diff: largest relative difference over the "
                   "epochs of the per-epoch training loss and validation score (same function ⇒ ~0).", "",
                   "| dataset | model | threads | epoch | eval | CPU epoch | CPU eval | peak RSS | loss diff | valid diff |",
@@ -318,13 +327,26 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
     return "\n".join(lines)
 
 
+def ratio_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
+    """(measured, baseline) pairs for the ratio tables: every ``--repo`` run against every ``--against``
+    run it shares cells with (runs without the mark: the first against the others)."""
+    if not any("against" in run for run in runs):
+        return [(runs[0], other) for other in runs[1:]]
+    bases = [run for run in runs if run.get("against")]
+    pairs = [(run, base) for run in runs if not run.get("against") for base in bases]
+    return [(run, base) for run, base in pairs if ratios(run["cells"], base["cells"])]
+
+
 def merge_runs(runs: list[dict]) -> list[dict]:
-    """Runs of the same checkout (commit and dirty flag) from several files as one, in first-seen order."""
+    """Runs of the same checkout (commit and dirty flag) on the same machine from several files as one,
+    in first-seen order; a checkout that was an ``--against`` baseline in any file stays one. Runs on
+    different machines stay apart (their seconds are not comparable)."""
     merged: dict[tuple, dict] = {}
     for run in runs:
-        key = (run["checkout"]["commit"], run["checkout"].get("dirty"))
+        key = (run["checkout"]["commit"], run["checkout"].get("dirty"), run.get("machine", {}).get("cpu"))
         if key in merged:
             merged[key]["cells"] = merged[key]["cells"] + run["cells"]
+            merged[key]["against"] = merged[key]["against"] or run["against"]
         else:
             merged[key] = {**run, "cells": list(run["cells"])}
     return list(merged.values())
@@ -365,7 +387,8 @@ def run_all(args: argparse.Namespace, save=None) -> list[dict]:
     with contextlib.ExitStack() as stack:
         first = REPO if args.repo is None else stack.enter_context(checkout(args.repo))
         repos = [first] + [stack.enter_context(checkout(spec)) for spec in args.against]
-        runs = [{"checkout": git_state(repo), "machine": machine(), "cells": []} for repo in repos]
+        runs = [{"checkout": git_state(repo), "machine": machine(), "cells": [], "against": i > 0}
+                for i, repo in enumerate(repos)]
         for cell in plan_cells(args, generated):
             for repo, run in zip(repos, runs):
                 print(f"{run['checkout']['commit'][:12]} {cell['bench_dataset']} {cell['model']} "
@@ -406,7 +429,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "python benchmarks/speed.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     if args.report:
         saved = [json.loads(Path(path).read_text()) for path in args.report]
-        runs = merge_runs([run for data in saved for run in data["runs"]])
+        # Files written before runs were marked: their first run was --repo, the others --against.
+        runs = merge_runs([{**run, "against": run.get("against", i > 0)}
+                           for data in saved for i, run in enumerate(data["runs"])])
         commands = list(dict.fromkeys(data.get("command", command) for data in saved))
         command = "`; then `".join(commands)
         note = args.note or " ".join(dict.fromkeys(data.get("note", "") for data in saved))

@@ -106,8 +106,10 @@ def test_fast_step_matches_the_old_computation(planted, monkeypatch, overrides):
     # that nearly sum to zero (the attention's, ~1e-8 here).
     model.double()
     batch = next(iter(train_data))
-    # Duplicated users in the batch must share their noise, as in the old full-matrix draw.
+    # Duplicated users in the batch must share their noise, as in the old full-matrix draw; duplicated
+    # users and items are what the InfoNCE terms collapse into counts.
     assert len(torch.unique(batch[model.USER_ID])) < len(batch)
+    assert len(torch.unique(batch[model.ITEM_ID])) < len(batch)
     generator = torch.Generator().manual_seed(3)
     tables = [torch.rand(model.n_users, config["embedding_size"], generator=generator, dtype=torch.float64)
               for _ in range(4)]
@@ -141,6 +143,26 @@ def test_info_nce_matches_cross_entropy_with_gradients(temperature):
     assert_close(new.detach(), old.detach())
     for g_new, g_old in zip(grads_new, grads_old):
         assert_close(g_new, g_old)
+
+
+@pytest.mark.parametrize("temperature", [0.4, 0.01])
+def test_info_nce_over_distinct_rows_with_counts_is_the_expanded_batch(temperature):
+    """Distinct rows with multiplicities: the value and gradients of the batch with every duplicate."""
+    generator = torch.Generator().manual_seed(1)
+    a = torch.randn(7, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(7, 5, generator=generator, dtype=torch.float64, requires_grad=True)
+    ids = torch.tensor([3, 0, 6, 3, 3, 1, 2, 6, 4, 5, 0, 3])  # each of the 7 rows at least once
+    counts = torch.bincount(ids, minlength=7)
+    new = losses.info_nce(a, b, temperature, counts=counts)
+    grads_new = torch.autograd.grad(new, [a, b])
+    old = _old_info_nce(a[ids], b[ids], temperature)
+    grads_old = torch.autograd.grad(old, [a, b])
+    assert_close(new.detach(), old.detach())
+    for g_new, g_old in zip(grads_new, grads_old):
+        assert_close(g_new, g_old)
+    # Counts of one are the plain loss; ignoring the counts is not.
+    assert_close(losses.info_nce(a, b, temperature, counts=torch.ones(7)), losses.info_nce(a, b, temperature))
+    assert abs(losses.info_nce(a, b, temperature).item() - old.item()) > 1e-3
 
 
 def test_perturb_rows_shares_noise_between_duplicate_ids():

@@ -1,5 +1,6 @@
 """Speed-ups that must not change results, pinned to the computations they replace: the trainer's
-top-k collector (against RecBole's Collector) and its multi-tensor Adam (against torch's default)."""
+top-k collector (against RecBole's Collector), its multi-tensor Adam (against torch's default) and GUME's
+fused Adam (against multi-tensor, within rounding)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,28 @@ def test_multi_tensor_adam_is_bitwise_torchs_default(planted):
     for p, q in zip(trainer.model.parameters(), params):
         assert torch.equal(p, q)
 
+
+
+def test_gume_trains_with_fused_adam_within_rounding_of_multi_tensor(planted):
+    """GUME opts in to torch's fused Adam: the trainer builds it fused (other models stay multi-tensor,
+    bit for bit), and five steps agree with the multi-tensor update up to float rounding."""
+    root, config_dict = planted
+    config = make_config("GUME", "planted", config_dict={**config_dict, "knn_k": 5})
+    dataset = create_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    trainer = make_trainer(config, _build_model(config, train))
+    assert all(group["fused"] for group in trainer.optimizer.param_groups)
+    params = [torch.nn.Parameter(p.detach().clone()) for p in trainer.model.parameters()]
+    reference = torch.optim.Adam(params, lr=config["learning_rate"], foreach=True)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for p, q in zip(trainer.model.parameters(), params):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        trainer.optimizer.step()
+        reference.step()
+    for p, q in zip(trainer.model.parameters(), params):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
 
 def test_vbpr_loss_and_gradients_match_the_two_call_computation(planted):

@@ -117,3 +117,29 @@ def test_report_merges_files_of_the_same_checkouts(tmp_path):
     text = out.read_text()
     assert text.count("## `") == 2 and "cmd a`; then `cmd b" in text
     assert "| tiktok | GUME | 1 | 0.50 |" in text and "| tiktok | VBPR | 1 | 0.50 |" in text
+
+
+def test_report_rates_every_measured_checkout_against_the_shared_baseline(tmp_path):
+    """Two files measured against one older commit (o) at different times: each file's own checkout
+    gets its ratio table against o, and o is not rated against either."""
+    files = []
+    for name, commit, model in (("new", "n" * 40, "GUME"), ("earlier", "e" * 40, "VBPR")):
+        runs = [fake_run(commit, [fake_cell(model, 1.0, 0.1, 500.0, [1.0])]),
+                fake_run("o" * 40, [fake_cell(model, 4.0, 0.2, 600.0, [1.0])])]
+        for run, against in zip(runs, (False, True)):
+            run["against"] = against
+        (tmp_path / f"{name}.json").write_text(json.dumps({"command": f"cmd {name}", "note": "", "runs": runs}))
+        files.append(str(tmp_path / f"{name}.json"))
+    out = tmp_path / "speed.md"
+    speed.main(["--report", *files, "--out", str(out)])
+    text = out.read_text()
+    assert text.count("## Ratios") == 2
+    assert f"## Ratios: {'n' * 12} / {'o' * 12}" in text and f"## Ratios: {'e' * 12} / {'o' * 12}" in text
+    assert "| tiktok | GUME | 1 | 0.25 |" in text and "| tiktok | VBPR | 1 | 0.25 |" in text
+
+
+def test_runs_of_one_commit_on_two_machines_stay_apart():
+    a, b = fake_run("c" * 40, [fake_cell("GUME", 1, 1, 1, [1])]), fake_run("c" * 40, [fake_cell("VBPR", 1, 1, 1, [1])])
+    b["machine"] = {**b["machine"], "cpu": "other"}
+    assert len(speed.merge_runs([{**a, "against": False}, {**b, "against": False}])) == 2
+    assert len(speed.merge_runs([{**a, "against": False}, {**a, "against": True}])) == 1

@@ -14,20 +14,28 @@ def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor
 
 
 class _MeanLogSumExp(torch.autograd.Function):
-    """mean_n log Σ_m exp((a bᵀ)_nm) with its gradient formed in the forward pass.
+    """Σ_n w_n log Σ_m c_m exp((a bᵀ)_nm) with its gradient formed in the forward pass; w_n = c_n / Σ c
+    (the mean over rows when every count c is 1).
 
-    The gradient of a scalar mean log-sum-exp is known as soon as the logits are: dL/da = (P b)/n and
-    dL/db = (Pᵀ a)/n with P = softmax rows. Forming both in forward, over blocks of ``_BLOCK`` anchor
-    rows, keeps the working set in cache and never holds the n×m matrix (five 2048×2048 terms used to
-    wait for backward), and P itself is never formed: the row sums scale the n×d operands instead.
+    ``counts`` (None: all 1): row n of ``a`` and of ``b`` each stand for c_n identical rows of a batch,
+    so this equals the plain mean log-sum-exp of the expanded n'×n' problem (n' = Σ c): a candidate
+    repeated c_m times adds c_m equal exponentials to every row's sum, and an anchor repeated c_n times
+    adds c_n equal log-sum-exps to the mean. Duplicates all still count; only the summation is reordered.
+
+    The gradient of a scalar weighted log-sum-exp is known as soon as the logits are: dL/da = W P b and
+    dL/db = Pᵀ W a with P_nm = c_m exp(·)_nm / Σ_k c_k exp(·)_nk and W = diag(w). Forming both in
+    forward, over blocks of ``_BLOCK`` anchor rows, keeps the working set in cache and never holds the
+    n×n matrix for backward, and P itself is never formed: the row sums scale the n×d operands instead.
     ``bound`` ≥ max |logit| (1/τ for unit rows): up to 40 the exponentials can neither overflow nor
-    underflow in float32, so the usual max-shift pass is skipped.
+    underflow in float32 (the counts sum to the batch size, so a row's sum is bounded as in the expanded
+    batch), so the usual max-shift pass is skipped.
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, bound: float) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, bound: float, counts: torch.Tensor | None) -> torch.Tensor:
         want_a, want_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n = len(a)
+        weights = None if counts is None else counts / counts.sum()
         values = a.new_empty(n)
         grad_a = torch.empty_like(a) if want_a else None
         grad_b = torch.zeros_like(b) if want_b else None
@@ -39,40 +47,53 @@ class _MeanLogSumExp(torch.autograd.Function):
                 shift = exps.amax(dim=1, keepdim=True)
                 exps.sub_(shift)
             exps.exp_()
+            if counts is not None:
+                exps.mul_(counts)  # column m: c_m identical candidates
             sums = exps.sum(dim=1, keepdim=True)
             value = sums.log()
             values[rows] = (value if shift is None else value + shift).squeeze(1)
             if want_a or want_b:
-                inverse = sums.reciprocal_().div_(n)  # 1/(n·Σ_m exp) per row
+                inverse = sums.reciprocal_()  # w_n / Σ_m c_m exp(·) per row, below
+                inverse = inverse.div_(n) if weights is None else inverse.mul_(weights[rows, None])
                 if want_a:
                     torch.mm(exps, b, out=grad_a[rows])
                     grad_a[rows].mul_(inverse)
                 if want_b:
                     grad_b.addmm_(exps.T, a[rows] * inverse)
         ctx.save_for_backward(grad_a, grad_b)
-        return values.mean()
+        return values.mean() if weights is None else values @ weights
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         grad_a, grad_b = ctx.saved_tensors
         return (None if grad_a is None else grad_a * grad,
-                None if grad_b is None else grad_b * grad, None)
+                None if grad_b is None else grad_b * grad, None, None)
 
 
 _BLOCK = 128  # anchor rows per block: 128×2048 float32 logits = 1 MiB, fastest on this CPU (64-512 tried)
 
 
-def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float,
+             counts: torch.Tensor | None = None) -> torch.Tensor:
     """mean_n -log softmax_m(cos(a_n, b_m)/τ)[n]: row n of ``positives`` is the positive of anchor n,
     every other row an in-batch negative (duplicated rows act as false negatives, as in GUME).
 
     Computed as mean_n [logsumexp_m(â_n·b̂_m) − â_n·b̂_n] with â = a/(‖a‖τ), b̂ = b/‖b‖: the temperature
     is folded into the n×d anchors instead of dividing the n×n logits (same function, reordered).
+
+    ``counts``: for a batch whose duplicated ids have identical anchor rows and identical positive rows
+    (a user's representation is the same wherever the user occurs), pass the distinct ids' rows once
+    each with their multiplicities; the value and gradients are those of the expanded batch (every
+    duplicate still counts, as a negative and as an anchor, through its count), at (distinct/n)² of the
+    cost. See :class:`_MeanLogSumExp`.
     """
     a = F.normalize(anchors, dim=1) / temperature
     b = F.normalize(positives, dim=1)
-    return _MeanLogSumExp.apply(a, b, 1.0 / temperature) - (a * b).sum(dim=1).mean()
+    weights = None if counts is None else counts.to(a.dtype)
+    positive = (a * b).sum(dim=1)
+    positive = positive.mean() if weights is None else positive @ weights / weights.sum()
+    return _MeanLogSumExp.apply(a, b, 1.0 / temperature, weights) - positive
 
 
 def squared_l2(*tensors: torch.Tensor, denominator: float) -> torch.Tensor:
