@@ -70,6 +70,7 @@ def test_attention_weights_sum_to_one(planted, attention):
 @pytest.mark.parametrize("switch", [
     {"fusion": "late"}, {"graph_attention": "item"}, {"graph_attention": "mean"}, {"use_cf_graph": False},
     {"use_mm_graph": False}, {"inject": "input"}, {"inject": "both"}, {"n_item_layers": 2},
+    {"mm_graph": "learned"}, {"item_graph_input": "id"},
 ])
 def test_each_switch_changes_the_computation(planted, switch):
     root, _ = planted
@@ -94,6 +95,83 @@ def test_gradients_reach_every_parameter(planted):
         model.calculate_loss(next(iter(train_data))).backward()
         for name, parameter in model.named_parameters():
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, (attention, name)
+
+
+@pytest.mark.parametrize("reading", [
+    {"mm_graph": "learned"}, {"item_graph_input": "id"}, {"mm_graph": "learned", "item_graph_input": "id"},
+])
+def test_other_readings_reach_every_parameter(planted, reading):
+    root, _ = planted
+    model, train_data = build(root, graph_attention="item", fusion="late", inject="both", **reading)
+    model.train()
+    model.calculate_loss(next(iter(train_data))).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, (reading, name)
+    if reading == {"item_graph_input": "id"}:
+        assert len(model.projections) == 0  # nothing reads the projected content then
+
+
+def test_id_reading_propagates_the_id_embeddings(planted):
+    root, _ = planted
+    model, _ = build(root, item_graph_input="id", use_cf_graph=False)
+    with torch.no_grad():
+        h, _ = model.item_content()
+        expected = model.mm_graph_fused.to_dense() @ model.item_embedding.weight
+    assert torch.allclose(h, expected, atol=1e-6)
+
+
+def test_learned_graph_is_lattice_mix_rebuilt_once_per_epoch(planted):
+    """S = (1 - λ) sym(topk(cos(W x))) + λ Â^mm (dense reference); the first training batch of an epoch
+    builds it with gradient into W, later ones reuse it detached, train() (a new epoch) drops it."""
+    root, _ = planted
+    model, train_data = build(root, mm_graph="learned", use_cf_graph=False, lambda_coeff=0.7)
+    model.train()
+    batch = next(iter(train_data))
+    with torch.no_grad():
+        content = model.projections["fused"](model.input_fused)
+        expected = 0.3 * knn_graph(content[1:], 5).to_dense() + 0.7 * model.mm_graph_fused.to_dense()[1:, 1:]
+        model.forward()  # first batch of the epoch: builds and keeps the graph
+    kept = model.epoch_mm_graph_fused.to_dense()
+    assert torch.allclose(kept[1:, 1:], expected, atol=1e-6) and kept[0].abs().sum() == 0
+    with torch.no_grad():
+        h, _ = model.item_content()
+    assert torch.allclose(h, kept @ content, atol=1e-5)
+
+    model.zero_grad()
+    model.calculate_loss(batch).backward()  # the kept graph is detached: W gets gradient only via h⁰
+    via_content = model.projections["fused"].weight.grad.clone()
+    model.train()  # next epoch: rebuilt with gradient through the learned similarities too
+    model.zero_grad()
+    model.calculate_loss(batch).backward()
+    assert not torch.allclose(model.projections["fused"].weight.grad, via_content, atol=1e-9)
+    assert model.epoch_graph_ready("epoch_mm_graph_fused")
+    model.eval()
+    assert not model.epoch_graph_ready("epoch_mm_graph_fused")  # evaluation builds it from the current weights
+
+
+def test_learned_graph_needs_the_multimodal_graph(planted):
+    root, _ = planted
+    with pytest.raises(RecBoleMMError, match="use_mm_graph"):
+        build(root, mm_graph="learned", use_mm_graph=False)
+
+
+@pytest.mark.parametrize("reading", [{}, {"mm_graph": "learned", "item_graph_input": "id"}])
+def test_training_steps_are_deterministic_on_cpu(planted, reading):
+    root, _ = planted
+    losses = []
+    for _ in range(2):
+        model, train_data = build(root, **reading)
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+        run = []
+        for batch in list(train_data)[:3]:
+            optimizer.zero_grad()
+            loss = model.calculate_loss(batch)
+            loss.backward()
+            optimizer.step()
+            run.append(loss.item())
+        losses.append(run)
+    assert losses[0] == losses[1]
 
 
 def test_mmgef_beats_popularity_on_planted_clusters(planted):

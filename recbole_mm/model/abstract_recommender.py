@@ -92,6 +92,7 @@ class MultiModalRecommender(GeneralRecommender):
             self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)
         self._cache: dict[str, object] = {}
         self._csr = _CsrCache()
+        self._epoch_graphs: set[str] = set()  # learned graphs kept for the rest of this training epoch
         # Rows a training step of this process sees: the original models divide their L2 terms by the
         # configured batch size; under DDP each process draws train_batch_size // world_size rows and the
         # gradients are averaged over processes, so this keeps the terms' weight equal to a one-process run's.
@@ -125,6 +126,19 @@ class MultiModalRecommender(GeneralRecommender):
         # Re-registering a name (e.g. FREEDOM's graph re-sampled every epoch) drops its CSR copies.
         for key in [key for key in self._csr if key[0] == name]:
             del self._csr[key]
+
+    # ---- learned graphs, rebuilt once per training epoch (LATTICE's schedule) ---------------------
+    def epoch_graph_ready(self, name: str) -> bool:
+        """Whether :meth:`keep_epoch_graph` kept graph ``name`` in this training epoch. LATTICE's schedule:
+        a learned graph is built with gradient on an epoch's first training batch and reused, detached, by
+        the others; RecBole's trainer calls ``train()`` at the start of every epoch, which drops it. Always
+        False outside training (evaluation rebuilds it from the current weights)."""
+        return self.training and name in self._epoch_graphs
+
+    def keep_epoch_graph(self, name: str, graph: torch.Tensor) -> None:
+        """Register ``graph`` (detached) as graph ``name`` for the rest of this training epoch."""
+        self.register_graph(name, graph.detach())
+        self._epoch_graphs.add(name)
 
     # ---- multi-process (DDP) runs ---------------------------------------------------------------
     def data_buffer_names(self) -> list[str]:
@@ -227,6 +241,8 @@ class MultiModalRecommender(GeneralRecommender):
 
     def train(self, mode: bool = True):
         self._cache.clear()
+        if mode:
+            self._epoch_graphs.clear()
         if mode != self.training:
             release_free_heap()  # training's freed temporaries, before evaluation's score matrices and back
         return super().train(mode)

@@ -415,6 +415,23 @@ def knn_edges(features: torch.Tensor, k: int, offset: int = 0, chunk_size: int =
     return rows + offset, cols + offset, sims
 
 
+def learned_knn_graph(features: list[torch.Tensor], weights: torch.Tensor, k: int, n: int, offset: int = 0,
+                      chunk_size: int = 1024, backend: str = "exact") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """LATTICE's learned item graph sym(Σ_m w_m topk(cos(features_m))) as COO triplets over ``n`` nodes,
+    differentiable in the values (through the kept similarities, the weights ``w`` and the degrees): the
+    per-modality top-``k`` graphs of :func:`knn_edges` are mixed *before* the D^-1/2 · D^-1/2 normalisation.
+    Used by LATTICE and by MM-GEF's ``mm_graph: learned``."""
+    rows, cols, values = [], [], []
+    for weight, x in zip(weights, features):
+        r, c, sims = knn_edges(x, k, offset=offset, chunk_size=chunk_size, backend=backend)
+        rows.append(r)
+        cols.append(c)
+        values.append(weight * sims)
+    graph = normalize_adjacency(torch.cat(rows), torch.cat(cols), torch.cat(values), n, "sym")
+    indices = graph.indices()
+    return indices[0], indices[1], graph.values()
+
+
 def edge_propagate(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor, dense: torch.Tensor,
                    n: int) -> torch.Tensor:
     """``A @ dense`` for A given by COO triplets (n rows), differentiable in both ``values`` and

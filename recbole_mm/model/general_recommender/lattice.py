@@ -18,8 +18,8 @@ from torch import nn
 
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import (bipartite_adjacency, edge_propagate, graph_from_neighbours, knn_edges,
-                                    knn_neighbours, normalize_adjacency)
+from recbole_mm.model.graphs import (bipartite_adjacency, edge_propagate, graph_from_neighbours, knn_neighbours,
+                                    learned_knn_graph)
 from recbole_mm.model.losses import bpr_loss, squared_l2
 
 CF_MODELS = ("lightgcn", "mf")
@@ -59,36 +59,22 @@ class LATTICE(MultiModalRecommender):
         self.register_graph("norm_adj", bipartite_adjacency(
             torch.from_numpy(inter.row), torch.from_numpy(inter.col), self.n_users, self.n_items,
             self_loops=True, normalization="row"))
-        self._epoch_graph_ready = False  # whether epoch_item_graph holds this training epoch's S, detached
-
-    def train(self, mode: bool = True):
-        # The original rebuilds the learned graph on the first batch after pre_epoch_processing; RecBole's
-        # trainer calls train() at the start of every epoch (see docs/lattice.md).
-        if mode:
-            self._epoch_graph_ready = False
-        return super().train(mode)
 
     # ---- the learned item graph -----------------------------------------------------------------
     def learned_graph(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(rows, cols, values, w)``: the normalised learned graph sym(Σ_m w_m topk(cos(W_m f^m))) as
         COO triplets, differentiable in its values, and the modality weights w = softmax(modal_weight)."""
         weights = torch.softmax(self.modal_weight, dim=0)
-        rows, cols, values = [], [], []
-        for j, m in enumerate(self.modalities):
-            r, c, sims = knn_edges(self.projections[m](self.raw_features[m].weight[1:]), self.knn_k, offset=1,
-                                     backend=self.knn_backend)
-            rows.append(r)
-            cols.append(c)
-            values.append(weights[j] * sims)
-        graph = normalize_adjacency(torch.cat(rows), torch.cat(cols), torch.cat(values), self.n_items, "sym")
-        indices = graph.indices()
-        return indices[0], indices[1], graph.values(), weights
+        projected = [self.projections[m](self.raw_features[m].weight[1:]) for m in self.modalities]
+        rows, cols, values = learned_knn_graph(projected, weights, self.knn_k, self.n_items, offset=1,
+                                               backend=self.knn_backend)
+        return rows, cols, values, weights
 
     def item_propagation(self) -> torch.Tensor:
         """h = S^L E_I over the mixed graph S; on all but the first training batch of an epoch, S is that
         batch's graph, detached."""
         h = self.item_embedding.weight
-        if self.training and self._epoch_graph_ready:
+        if self.epoch_graph_ready("epoch_item_graph"):
             for _ in range(self.n_layers):
                 h = self.propagate("epoch_item_graph", h)
             return h
@@ -98,9 +84,8 @@ class LATTICE(MultiModalRecommender):
             # faster than the differentiable gather/scatter, and sums S as the original does.
             learned = torch.sparse_coo_tensor(torch.stack([rows, cols]), values.detach(), (self.n_items, self.n_items))
             frozen = [weights[j].item() * getattr(self, f"item_graph_{m}") for j, m in enumerate(self.modalities)]
-            self.register_graph("epoch_item_graph", (1 - self.lambda_coeff) * learned
-                                + self.lambda_coeff * sum(frozen[1:], frozen[0]))
-            self._epoch_graph_ready = True
+            self.keep_epoch_graph("epoch_item_graph", (1 - self.lambda_coeff) * learned
+                                  + self.lambda_coeff * sum(frozen[1:], frozen[0]))
         for _ in range(self.n_layers):
             frozen = sum(weights[j] * self.propagate(f"item_graph_{m}", h) for j, m in enumerate(self.modalities))
             h = (1 - self.lambda_coeff) * edge_propagate(rows, cols, values, h, self.n_items) + self.lambda_coeff * frozen

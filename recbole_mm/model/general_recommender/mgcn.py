@@ -63,9 +63,10 @@ class MGCN(MultiModalRecommender):
         self.register_graph("norm_adj", adjacency)
         self.register_graph("user_item_graph", user_item_block(adjacency, self.n_users, self.n_items))
 
-    def forward(self) -> dict[str, torch.Tensor]:
-        """All node representations (users first): ``o`` (final), ``side`` (fused modalities), ``h_id``
-        (user-item view) and ``attention`` ([N, M] fuser weights)."""
+    def forward(self, nodes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Node representations (users first): ``o`` (final), ``side`` (fused modalities), ``h_id``
+        (user-item view) and ``attention`` ([N, M] fuser weights), for every node or, given ``nodes``,
+        for those rows only (in that order)."""
         items = self.item_embedding.weight
         h_id = self.mean_propagation("norm_adj", torch.cat([self.user_embedding.weight, items]), self.n_ui_layers)
         views = []
@@ -74,15 +75,20 @@ class MGCN(MultiModalRecommender):
             for _ in range(self.n_layers):
                 x = self.propagate(f"item_graph_{m}", x)
             views.append(torch.cat([self.propagate("user_item_graph", x), x]))
+        if nodes is not None:
+            # The fuser is row-wise: a training step needs it on the batch's rows only (~4k of the 16k
+            # nodes on TikTok), not on the whole table as the reference computes it (same values).
+            h_id, views = h_id.index_select(0, nodes), [v.index_select(0, nodes) for v in views]
         side, weights = attentive_fusion(views, self.attention, [self.preference_gates[m] for m in self.modalities],
                                          h_id)
         return {"o": h_id + side, "side": side, "h_id": h_id, "attention": weights}
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        users = interaction[self.USER_ID]
-        pos = interaction[self.ITEM_ID] + self.n_users
-        neg = interaction[self.NEG_ITEM_ID] + self.n_users
-        out = self.forward()
+        batch = torch.cat([interaction[self.USER_ID], interaction[self.ITEM_ID] + self.n_users,
+                           interaction[self.NEG_ITEM_ID] + self.n_users])
+        nodes, rows = torch.unique(batch, return_inverse=True)
+        users, pos, neg = rows.chunk(3)  # positions of the batch's users, positives, negatives in ``nodes``
+        out = self.forward(nodes)
         o, side, h_id = out["o"], out["side"], out["h_id"]
         loss = bpr_loss((o[users] * o[pos]).sum(dim=1), (o[users] * o[neg]).sum(dim=1))
         loss = loss + self.reg_weight * squared_l2(o[users], o[pos], o[neg], denominator=self.batch_size)

@@ -5,7 +5,11 @@ No code was published; this follows docs/mm-gef.md, which fixes one faithful rea
 and makes every open choice a config switch: early fusion of ℓ2-normalised modality features
 (``fusion``), a linear transformation, a multimodal kNN item graph and a collaborative
 item-user-item graph merged by soft attention (``graph_attention``), GCN on the merged item graph,
-and a LightGCN backbone into which the item content is injected (``inject``).
+and a LightGCN backbone into which the item content is injected (``inject``). Two other readings,
+LATTICE's way (docs/mm-gef.md, "Other readings"): ``mm_graph: learned`` mixes the fixed multimodal graph with
+a kNN graph of the projected features, rebuilt during training (S = (1 - λ) learned + λ fixed), and
+``item_graph_input: id`` propagates the item ID embeddings over the item graph instead of the projected
+content.
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ from torch import nn
 from recbole_mm.config_check import Choice, Float, Int
 from recbole_mm.errors import RecBoleMMError, config_choice
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import augmented_adjacency, cooccurrence_graph, graph_from_neighbours, knn_neighbours
+from recbole_mm.model.graphs import (augmented_adjacency, cooccurrence_graph, edge_propagate, graph_from_neighbours,
+                                    knn_neighbours, learned_knn_graph)
 from recbole_mm.model.losses import bpr_loss, squared_l2
 
 FUSIONS = ("mean", "concat", "late")
 ATTENTIONS = ("global", "item", "mean")
 INJECTIONS = ("output", "input", "both")
+MM_GRAPHS = ("fixed", "learned")
+GRAPH_INPUTS = ("content", "id")
 
 
 class MMGEF(MultiModalRecommender):
@@ -32,6 +39,7 @@ class MMGEF(MultiModalRecommender):
     config_schema = {
         "knn_k": Int(min=1), "n_item_layers": Int(min=0), "n_ui_layers": Int(min=0), "reg_weight": Float(min=0),
         "fusion": Choice(*FUSIONS), "graph_attention": Choice(*ATTENTIONS), "inject": Choice(*INJECTIONS),
+        "mm_graph": Choice(*MM_GRAPHS), "lambda_coeff": Float(min=0, max=1), "item_graph_input": Choice(*GRAPH_INPUTS),
     }
 
     def __init__(self, config, dataset):
@@ -47,6 +55,11 @@ class MMGEF(MultiModalRecommender):
         self.graphs = [g for g, on in (("mm", config["use_mm_graph"]), ("cf", config["use_cf_graph"])) if on]
         if not self.graphs:
             raise RecBoleMMError("use_mm_graph and use_cf_graph are both False; keep at least one item graph")
+        self.mm_graph = config_choice(config, "mm_graph", MM_GRAPHS, default="fixed")
+        if self.mm_graph == "learned" and "mm" not in self.graphs:
+            raise RecBoleMMError("mm_graph: learned needs use_mm_graph: True (it learns the multimodal item graph)")
+        self.lambda_coeff = config["lambda_coeff"]  # weight of the fixed graph against the learned one
+        self.item_graph_input = config_choice(config, "item_graph_input", GRAPH_INPUTS, default="content")
 
         # Fused inputs: one "branch" for early fusion, one per modality for late fusion.
         unit = {m: self._unit_rows(self.item_features(m)) for m in self.modalities}
@@ -63,7 +76,11 @@ class MMGEF(MultiModalRecommender):
         self.branches = list(branches)
         for name, x in branches.items():
             self.register_buffer(f"input_{name}", x, persistent=False)
-        self.projections = nn.ModuleDict({name: nn.Linear(x.shape[1], d) for name, x in branches.items()})
+        # The projected content is what the item graph propagates, or (item_graph_input: id) what the
+        # learned graph is built from; with the ID embeddings on a fixed graph it has no use.
+        uses_content = self.item_graph_input == "content" or self.mm_graph == "learned"
+        self.projections = nn.ModuleDict({name: nn.Linear(x.shape[1], d) for name, x in branches.items()
+                                          if uses_content})
 
         self.user_embedding = nn.Embedding(self.n_users, d)
         self.item_embedding = nn.Embedding(self.n_items, d)
@@ -102,19 +119,40 @@ class MMGEF(MultiModalRecommender):
         scores = torch.cat([self.attention(hops[g]) for g in self.graphs], dim=1)
         return torch.softmax(scores, dim=1)
 
+    def multimodal_graph(self, name: str, content: torch.Tensor | None):
+        """``x ↦ Â^mm x`` for branch ``name``: the fixed kNN graph, or (``mm_graph: learned``, LATTICE's way)
+        (1 - λ) sym(topk(cos(content))) + λ Â^mm, the learned part differentiable in ``content`` on the first
+        training batch of an epoch and reused detached by the others (as LATTICE)."""
+        fixed, epoch = f"mm_graph_{name}", f"epoch_mm_graph_{name}"
+        if self.mm_graph == "fixed":
+            return lambda x: self.propagate(fixed, x)
+        if self.epoch_graph_ready(epoch):
+            return lambda x: self.propagate(epoch, x)
+        lam = self.lambda_coeff
+        rows, cols, values = learned_knn_graph([content[1:]], content.new_ones(1), self.knn_k, self.n_items,
+                                               offset=1, backend=self.knn_backend)
+        if self.training:
+            learned = torch.sparse_coo_tensor(torch.stack([rows, cols]), values.detach(), (self.n_items, self.n_items))
+            self.keep_epoch_graph(epoch, (1 - lam) * learned + lam * getattr(self, fixed))
+        return lambda x: (1 - lam) * edge_propagate(rows, cols, values, x, self.n_items) + lam * self.propagate(fixed, x)
+
     def item_content(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """h: the items' content representation after the merged item-graph GCN, summed over branches
-        (one branch unless fusion is late); also the graph attention weights of the last branch."""
+        """h: the items' representation after the merged item-graph GCN — of their projected content, or
+        of their ID embeddings (``item_graph_input: id``) — summed over branches (one branch unless fusion
+        is late); also the graph attention weights of the last branch."""
         total, weights = 0, None
         for name in self.branches:
-            h = self.projections[name](getattr(self, f"input_{name}"))
-            graph_names = {"mm": f"mm_graph_{name}", "cf": "cf_graph"}
+            content = self.projections[name](getattr(self, f"input_{name}")) if name in self.projections else None
+            h = content if self.item_graph_input == "content" else self.item_embedding.weight
+            graphs = {"cf": lambda x: self.propagate("cf_graph", x)}
+            if "mm" in self.graphs:
+                graphs["mm"] = self.multimodal_graph(name, content)
             # One propagation per graph and layer; the first layer's also drive item-level attention.
-            hops = {g: self.propagate(graph_names[g], h) for g in self.graphs}
+            hops = {g: graphs[g](h) for g in self.graphs}
             weights = self.graph_weights(hops)
             for layer in range(self.n_item_layers):
                 if layer:
-                    hops = {g: self.propagate(graph_names[g], h) for g in self.graphs}
+                    hops = {g: graphs[g](h) for g in self.graphs}
                 h = sum(weights[:, j:j + 1] * hops[g] for j, g in enumerate(self.graphs))
             total = total + h
         return total, weights
