@@ -98,6 +98,8 @@ CONFIG_CASES = [
     (("--model=FREEDOM", "--mm_image_weight=2"), ["mm_image_weight: 2", "<= 1"]),
     (("--model=FREEDOM", "--dropout=1.5"), ["dropout: 1.5", "< 1"]),
     (("--model=BM3", "--dropout=-1"), ["dropout: -1", ">= 0"]),
+    (("--model=LATTICE", "--cf_model=ngcf"), ["cf_model: 'ngcf'", "lightgcn, mf"]),
+    (("--model=MGCN", "--cl_temp=0"), ["cl_temp: 0", "> 0"]),
 ]
 
 

@@ -16,17 +16,22 @@ import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
-from recbole_mm.errors import RecBoleMMError
+from recbole_mm.config_check import Choice, Float, Int, ListOf
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import (bipartite_adjacency, edge_propagate, graph_from_neighbours, knn_neighbours,
                                     learned_knn_graph)
 from recbole_mm.model.losses import bpr_loss, squared_l2
 
-CF_MODELS = ("lightgcn", "mf")
+CF_MODELS = ("lightgcn", "mf")  # the original's ngcf backbone is not ported
 
 
 class LATTICE(MultiModalRecommender):
     input_type = InputType.PAIRWISE
+    config_schema = {
+        "knn_k": Int(min=1), "feat_embed_dim": Int(min=1), "weight_size": ListOf(Int(min=1), min_length=0),
+        "lambda_coeff": Float(min=0, max=1), "n_layers": Int(min=0), "cf_model": Choice(*CF_MODELS),
+        "reg_weight": Float(min=0),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -37,9 +42,6 @@ class LATTICE(MultiModalRecommender):
         self.n_ui_layers = len(config["weight_size"])  # LightGCN layers (the original's weight_size list)
         self.reg_weight = config["reg_weight"]
         self.cf_model = config["cf_model"]
-        if self.cf_model not in CF_MODELS:
-            raise RecBoleMMError(f"LATTICE cf_model: {self.cf_model!r} is not one of {', '.join(CF_MODELS)} "
-                                 "(the original's ngcf backbone is not ported); fix the model config")
 
         self.user_embedding = nn.Embedding(self.n_users, d)
         self.item_embedding = nn.Embedding(self.n_items, d)

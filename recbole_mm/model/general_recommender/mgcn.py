@@ -17,6 +17,7 @@ import torch
 from recbole.utils import InputType
 from torch import nn
 
+from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import augmented_adjacency, graph_from_neighbours, knn_neighbours, user_item_block
 from recbole_mm.model.layers import attentive_fusion
@@ -25,6 +26,10 @@ from recbole_mm.model.losses import bpr_loss, info_nce, squared_l2
 
 class MGCN(MultiModalRecommender):
     input_type = InputType.PAIRWISE
+    config_schema = {
+        "knn_k": Int(min=1), "n_layers": Int(min=0), "n_ui_layers": Int(min=0), "reg_weight": Float(min=0),
+        "cl_loss": Float(min=0), "cl_temp": Float(min=0, min_open=True),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
