@@ -123,6 +123,10 @@ def portable_config(config: dict) -> dict:
     return plain
 
 
+# Keys a run rewrites from its data (the split actually used), so a cell's recorded value is not the resolved one.
+_RUN_DERIVED = ("eval_args", "use_gpu")
+
+
 @lru_cache(maxsize=1)
 def code_version() -> dict:
     """The code a cell runs: a hash of the package's sources and the model/dataset yaml files (so that
@@ -272,8 +276,11 @@ def update_cache(path: Path, key: str | None = None, value: dict | None = None) 
 class Runner:
     """Runs the missing cells of benchmark plans, ``jobs`` at a time, into the per-dataset caches."""
 
-    def __init__(self, out: Path, workdir: Path, jobs: int = 1):
+    def __init__(self, out: Path, workdir: Path, jobs: int = 1, report_only: bool = False):
         self.out, self.workdir, self.jobs = out, workdir, max(1, jobs)
+        # report_only: run nothing; report the cached cells that match each cell's settings, whatever code
+        # they ran (the report names each cell's commit), and missing cells as not run.
+        self.report_only = report_only
         self.threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
         self.slots = Slots(self.jobs)
         self.print_lock = threading.Lock()
@@ -314,6 +321,8 @@ class Runner:
 
     def _cell(self, cells: dict, plan: dict, dataset: str, label: str, point: dict, seed: int) -> dict:
         """A finished cell, marked with whether this process ran it or found it in the cache."""
+        if self.report_only:
+            return self._matching(cells, plan, dataset, label, point, seed)
         key = self.key(plan, dataset, label, point, seed)
         cell = cells[key]
         return cell if "failed" in cell else {**cell, "from_cache": key not in self.ran_now}
@@ -323,8 +332,9 @@ class Runner:
         """Run the cells of ``todo`` that are not finished (a failed cell is tried again: its error may
         have been transient or fixed). ``last``: these are the run's final cells."""
         cached = update_cache(cache)
-        missing = [item for item in todo
-                   if "failed" in cached.get(self.key(plan, dataset, item[0], item[2], item[3]), {"failed": ""})]
+        missing = [] if self.report_only else [
+            item for item in todo if "failed" in cached.get(self.key(plan, dataset, item[0], item[2], item[3]),
+                                                            {"failed": ""})]
         extra = bool(priority[0])
         with self.slots.cond:
             if extra:  # not before every full-seed run has queued all its cells
@@ -350,6 +360,30 @@ class Runner:
         key = self.key(plan, dataset, label, point, seed)
         self.ran_now.add(key)
         update_cache(cache, key, result)
+
+    def _matching(self, cells: dict, plan: dict, dataset: str, label: str, point: dict, seed: int) -> dict:
+        """The latest cached cell of this model and dataset whose config holds every setting the plan gives
+        the cell (its overrides, grid point and seed), from whichever code; otherwise "not run"."""
+        from recbole_mm.errors import UnknownModelError
+        from recbole_mm.registry import canonical_model_name
+
+        run = plan["runs"][label]
+        want = {k: v for k, v in cell_config(plan, run, point, seed).items() if k != "show_progress"}
+        try:
+            model = canonical_model_name(run["model"])
+        except UnknownModelError:  # an unknown model has no cells; it is reported as not run
+            model = run["model"]
+        # Today's resolution of those settings: a cached cell must agree on every key both know (keys added
+        # since it ran are not held against it), so a plain run never matches its shuffled-features twin.
+        resolved = resolve_config(model, dataset, want) or {}
+        wanted = {**resolved, **want}
+        found = [c for c in cells.values() if "failed" not in c and c["config"].get("model") == model
+                 and c["config"].get("dataset") == dataset and all(c["config"].get(k) == v for k, v in want.items())
+                 and all(c["config"][k] == wanted[k] if k in wanted else c["config"][k] in (None, False)
+                         for k in c["config"] if k not in _RUN_DERIVED)]
+        if not found:
+            return {"failed": "not run yet, or run with other settings (report-only)"}
+        return {**max(found, key=lambda c: c.get("finished", 0)), "from_cache": True}
 
     def run_plans(self, plans: list[dict]) -> dict:
         """Every (dataset, label) of every plan; returns dataset → label → chosen entry, in plan order."""
@@ -398,7 +432,8 @@ def summarize(cells: list[dict]) -> dict:
             # One seed has no spread: its value alone, not a misleading "± 0".
             row[metric] = (statistics.mean(values), statistics.stdev(values)) if len(values) > 1 else values[0]
     row["best_epoch"] = statistics.mean(c["best_epoch"] or 0 for c in ok)
-    row["train_seconds"] = statistics.median(c["train_seconds"] for c in ok if c["train_seconds"] is not None)
+    trains = [c["train_seconds"] for c in ok if c["train_seconds"] is not None]
+    row["train_seconds"] = statistics.median(trains) if trains else None  # None: nothing to train (Pop)
     evals = [c["eval_seconds"] for c in ok if c["eval_seconds"] is not None]
     row["eval_seconds"] = statistics.median(evals) if evals else None
     row["peak_rss_mb"] = max(c["peak_memory_mb"]["rss"] for c in ok)
@@ -434,7 +469,8 @@ def config_changes(config: dict, defaults: dict | None) -> dict:
     """What a run's resolved config sets differently from the dataset's and model's defaults (its seed aside)."""
     if defaults is None:  # defaults unknown (the model did not resolve): the whole config
         return {k: v for k, v in config.items() if k != "seed"}
-    return {k: v for k, v in sorted(config.items()) if k != "seed" and defaults.get(k, object()) != v}
+    return {k: v for k, v in sorted(config.items())
+            if k != "seed" and k not in _RUN_DERIVED and defaults.get(k, object()) != v}
 
 
 def code_summary(chosen: dict) -> str:
@@ -574,6 +610,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="cells run at a time, each with cores/jobs threads")
     parser.add_argument("--out", default="results")
     parser.add_argument("--longtail", action="store_true", help="also chart per-popularity-group metrics")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report the cached cells matching each cell's settings, from whatever "
+                             "code they ran (each cell's commit is named), and missing cells as not run")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print its JSON
     args = parser.parse_args(argv)
     if args.cell:
@@ -587,7 +626,7 @@ def main(argv: list[str] | None = None) -> None:
              for w in (sys.argv[1:] if argv is None else argv)]
     command = shlex.join(["python", "-m", "recbole_mm.benchmark", *words])
     out = Path(args.out).resolve()
-    runner = Runner(out, Path.cwd(), args.jobs)
+    runner = Runner(out, Path.cwd(), args.jobs, report_only=args.report_only)
     runner.run_plans(plans)
     for (i, dataset), chosen in runner.by_plan.items():
         plan = plans[i]

@@ -9,6 +9,8 @@ import sys
 
 import yaml
 
+import pytest
+
 from recbole_mm import benchmark
 
 from conftest import planted_config, write_planted_dataset
@@ -243,3 +245,24 @@ def test_config_changes_show_only_what_differs_from_the_defaults():
     assert benchmark.config_changes(run, defaults) == {"epochs": 5, "n_layers": 2}
     assert benchmark.portable_config({"data_path": "/somewhere/else/tiktok", "show_progress": False, "a": 1}) == {
         "data_path": "<outside recbole_mm's dataset/>", "a": 1}
+
+
+def test_report_only_runs_nothing_and_matches_cells_by_their_settings(tmp_path, monkeypatch):
+    def fake_run(model, dataset, config, workdir, threads=None):
+        cell = fake_cell(valid=0.2, test=0.3 if config.get("shuffle_features") else 0.1)
+        cell["train_seconds"] = None  # e.g. Pop: nothing to train, the report must still be written
+        return {**cell, "config": {"model": model, "dataset": dataset, **config}, "code": {"commit": "old"}}
+
+    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(benchmark, "resolve_config", lambda model, dataset, config: {"model": model, "dataset": dataset, **config})
+    plan = {"datasets": ["d"], "seeds": [1], "runs": {"M": {"model": "M"}, "M shuffled": {"model": "M", "shuffle_features": True}}}
+    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    monkeypatch.setattr(benchmark, "_run_in_subprocess", lambda *a, **k: pytest.fail("report-only ran a cell"))
+    monkeypatch.setattr(benchmark, "code_version", lambda: {"hash": "new", "commit": "new"})  # other code now
+    plan["runs"]["N"] = {"model": "N"}
+    chosen = benchmark.Runner(tmp_path, tmp_path, report_only=True).run_plans([plan])["d"]
+    assert chosen["M"]["cells"][0]["test"]["recall@20"] == 0.1  # not its shuffled twin
+    assert chosen["M shuffled"]["cells"][0]["test"]["recall@20"] == 0.3
+    assert "not run yet" in chosen["N"]["cells"][0]["failed"]
+    md, _ = benchmark.write_tables("d", chosen, [1], tmp_path, [])
+    assert "at commit old" in md.read_text()
