@@ -260,10 +260,15 @@ def render(entries: dict) -> str:
               if rows else "", "",
               f"Machine: {'; '.join(machines)}. *Load at start* is the 1-minute load average when the model's "
               "process began: the machine was **shared with other jobs** (other sessions' tests and trainings on "
-              "its two cores), so wall times are pessimistic; the CPU seconds are the one-thread cost without them.",
+              "its two cores), so wall times are pessimistic; the CPU seconds (all the process's threads) are its cost "
+              "without them.",
               ""]
     if saving:
         lines += [saving, ""]
+    # Anything unusual about how a row was obtained, kept with the row in the store.
+    lines += [f"*{e['label']}*: {e['note']}" for e in rows if e.get("note")]
+    if any(e.get("note") for e in rows):
+        lines.append("")
     lines.append(END)
     return "\n".join(lines) + "\n"
 
