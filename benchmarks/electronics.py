@@ -266,7 +266,7 @@ def render(entries: dict) -> str:
     if saving:
         lines += [saving, ""]
     # Anything unusual about how a row was obtained, kept with the row in the store.
-    lines += [f"*{e['label']}*: {e['note']}" for e in rows if e.get("note")]
+    lines += [f"- *{e['label']}*: {e['note']}" for e in rows if e.get("note")]
     if any(e.get("note") for e in rows):
         lines.append("")
     lines.append(END)
