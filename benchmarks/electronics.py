@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import signal
@@ -273,20 +272,6 @@ def render(entries: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (between its markers), or append it; nothing else
-    changes. (``scale.write_section`` does the same for scale.py's own markers.)"""
-    text = path.read_text() if path.exists() else "# Scale\n\nMeasurements at catalogue scale.\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 # ---- driver -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -334,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
         entries = {e["label"]: e for e in (json.loads(store.read_text()) if store.exists() else [])}
         entries[label] = result
         store.write_text(json.dumps(list(entries.values()), indent=1) + "\n")
-        write_section(args.out, render(entries))
+        scale.write_section(args.out, render(entries), BEGIN, END)
     print(f"wrote {args.out}")
 
 

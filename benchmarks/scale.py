@@ -121,12 +121,13 @@ def render(entries: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace this script's section of ``path`` (between the markers), or append it; nothing else changes."""
+def write_section(path: Path, section: str, begin: str = BEGIN, end: str = END) -> None:
+    """Replace a script's section of ``path`` (between its ``begin``/``end`` markers, this script's by
+    default), or append it; nothing else changes."""
     text = path.read_text() if path.exists() else "# Scale\n\nMeasurements at catalogue scale.\n\n"
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         text = head + section + ("\n" + tail if tail else "")
     else:
         text = text.rstrip("\n") + "\n\n" + section

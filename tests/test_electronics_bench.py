@@ -108,7 +108,7 @@ def test_benchmark_writes_its_rows_and_keeps_other_sections(tiny):
     assert "python benchmarks/make_shaped.py ROOT" in text  # the data's command
     # Rewriting replaces the section; a failed model keeps its row with the reason.
     entries["VBPR"] = {**entries["GUME"], "label": "VBPR", "failed": "killed by SIGKILL (out of memory?)"}
-    electronics.write_section(out, electronics.render(entries))
+    electronics.scale.write_section(out, electronics.render(entries), electronics.BEGIN, electronics.END)
     text = out.read_text()
     assert text.count(electronics.BEGIN) == 1 and "knn rows" in text
     assert "| VBPR | | | | 1 | **failed**: killed by SIGKILL (out of memory?) |" in text
