@@ -109,8 +109,9 @@ _MACHINE_KEYS = ("data_path", "checkpoint_dir", "show_progress", "log_wandb", "w
 
 
 def portable_config(config: dict) -> dict:
-    """A resolved config without machine-specific paths: ``data_path`` inside recbole_mm's own
-    ``dataset/`` folder becomes the dataset name, other keys of :data:`_MACHINE_KEYS` are dropped."""
+    """A resolved config without machine-specific values: the keys of :data:`_MACHINE_KEYS` are dropped
+    (a ``data_path`` inside recbole_mm's own ``dataset/`` folder is then named by ``dataset`` alone; one
+    outside it is kept as a marker, so that a cell on other data never shares a key with it)."""
     from recbole_mm.resources import bundled_data_root
 
     plain = {k: v for k, v in config.items() if k not in _MACHINE_KEYS}

@@ -56,6 +56,17 @@ def test_evaluation_results_equal_recbole_collector(planted):
     assert trainer.evaluate(test, load_best_model=False) == ours
 
 
+def _five_steps_with_the_same_gradients(trainer, params: list, reference) -> None:
+    """Five optimizer steps of the trainer's and the reference optimizer, fed the same random gradients."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        for p, q in zip(trainer.model.parameters(), params):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        trainer.optimizer.step()
+        reference.step()
+
+
 def test_multi_tensor_adam_is_bitwise_torchs_default(planted):
     root, config_dict = planted
     config = make_config("VBPR", "planted", config_dict={**config_dict, "weight_decay": 1e-4})
@@ -65,13 +76,7 @@ def test_multi_tensor_adam_is_bitwise_torchs_default(planted):
     assert all(group["foreach"] for group in trainer.optimizer.param_groups)
     params = [torch.nn.Parameter(p.detach().clone()) for p in trainer.model.parameters()]
     reference = torch.optim.Adam(params, lr=config["learning_rate"], weight_decay=1e-4, foreach=False)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(5):
-        for p, q in zip(trainer.model.parameters(), params):
-            p.grad = torch.randn(p.shape, generator=g)
-            q.grad = p.grad.clone()
-        trainer.optimizer.step()
-        reference.step()
+    _five_steps_with_the_same_gradients(trainer, params, reference)
     for p, q in zip(trainer.model.parameters(), params):
         assert torch.equal(p, q)
 
@@ -88,13 +93,7 @@ def test_gume_trains_with_fused_adam_within_rounding_of_multi_tensor(planted):
     assert all(group["fused"] for group in trainer.optimizer.param_groups)
     params = [torch.nn.Parameter(p.detach().clone()) for p in trainer.model.parameters()]
     reference = torch.optim.Adam(params, lr=config["learning_rate"], foreach=True)
-    g = torch.Generator().manual_seed(1)
-    for _ in range(5):
-        for p, q in zip(trainer.model.parameters(), params):
-            p.grad = torch.randn(p.shape, generator=g)
-            q.grad = p.grad.clone()
-        trainer.optimizer.step()
-        reference.step()
+    _five_steps_with_the_same_gradients(trainer, params, reference)
     for p, q in zip(trainer.model.parameters(), params):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
