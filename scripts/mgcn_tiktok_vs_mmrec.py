@@ -29,21 +29,11 @@ import numpy as np
 import torch
 
 HERE = Path(__file__).resolve().parent
-# MMRec parameter name → ours (MMRec's "text" slot holds TikTok's audio, as in run_mmrec_reference.py).
-NAMES = {
-    "user_embedding.weight": "user_embedding.weight", "item_id_embedding.weight": "item_embedding.weight",
-    "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.audio.weight",
-    "image_trs.weight": "projections.image.weight", "image_trs.bias": "projections.image.bias",
-    "text_trs.weight": "projections.audio.weight", "text_trs.bias": "projections.audio.bias",
-    "gate_v.0.weight": "purifiers.image.0.weight", "gate_v.0.bias": "purifiers.image.0.bias",
-    "gate_t.0.weight": "purifiers.audio.0.weight", "gate_t.0.bias": "purifiers.audio.0.bias",
-    "query_common.0.weight": "attention.0.weight", "query_common.0.bias": "attention.0.bias",
-    "query_common.2.weight": "attention.2.weight",
-    "gate_image_prefer.0.weight": "preference_gates.image.0.weight",
-    "gate_image_prefer.0.bias": "preference_gates.image.0.bias",
-    "gate_text_prefer.0.weight": "preference_gates.audio.0.weight",
-    "gate_text_prefer.0.bias": "preference_gates.audio.0.bias",
-}
+sys.path.insert(0, str(HERE.parent / "tests"))
+from builders import MGCN_NAMES  # noqa: E402  (the fidelity test's table: MMRec parameter name → ours)
+
+# MMRec's "text" slot holds TikTok's audio, as in run_mmrec_reference.py.
+NAMES = {ref: ours.replace(".text.", ".audio.") for ref, ours in MGCN_NAMES.items()}
 
 
 def ours():

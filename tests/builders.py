@@ -13,6 +13,23 @@ import torch
 
 DATA = Path(__file__).resolve().parent / "data"
 
+# MMRec MGCN parameter name → ours, for the modalities named image and text (the fidelity fixture's;
+# scripts/mgcn_tiktok_vs_mmrec.py renames text to audio for TikTok).
+MGCN_NAMES = {
+    "user_embedding.weight": "user_embedding.weight", "item_id_embedding.weight": "item_embedding.weight",
+    "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.text.weight",
+    "image_trs.weight": "projections.image.weight", "image_trs.bias": "projections.image.bias",
+    "text_trs.weight": "projections.text.weight", "text_trs.bias": "projections.text.bias",
+    "gate_v.0.weight": "purifiers.image.0.weight", "gate_v.0.bias": "purifiers.image.0.bias",
+    "gate_t.0.weight": "purifiers.text.0.weight", "gate_t.0.bias": "purifiers.text.0.bias",
+    "query_common.0.weight": "attention.0.weight", "query_common.0.bias": "attention.0.bias",
+    "query_common.2.weight": "attention.2.weight",
+    "gate_image_prefer.0.weight": "preference_gates.image.0.weight",
+    "gate_image_prefer.0.bias": "preference_gates.image.0.bias",
+    "gate_text_prefer.0.weight": "preference_gates.text.0.weight",
+    "gate_text_prefer.0.bias": "preference_gates.text.0.bias",
+}
+
 
 def build_planted(model_name: str, planted, **overrides):
     """(config, model, train dataloader) of ``model_name`` on the planted set, seeded."""

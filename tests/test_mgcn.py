@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders import assert_scores_match, build_from_fixture, build_planted, load_fixture, load_reference_weights
+from builders import (MGCN_NAMES, assert_scores_match, build_from_fixture, build_planted, load_fixture,
+                      load_reference_weights)
 from torch import nn
 
 import recbole_mm
@@ -107,20 +108,6 @@ def test_recbole_run_recbole_finds_mgcn(planted):
 
 
 # ---- fidelity to MMRec's MGCN ---------------------------------------------------------------------
-NAMES = {
-    "user_embedding.weight": "user_embedding.weight", "item_id_embedding.weight": "item_embedding.weight",
-    "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.text.weight",
-    "image_trs.weight": "projections.image.weight", "image_trs.bias": "projections.image.bias",
-    "text_trs.weight": "projections.text.weight", "text_trs.bias": "projections.text.bias",
-    "gate_v.0.weight": "purifiers.image.0.weight", "gate_v.0.bias": "purifiers.image.0.bias",
-    "gate_t.0.weight": "purifiers.text.0.weight", "gate_t.0.bias": "purifiers.text.0.bias",
-    "query_common.0.weight": "attention.0.weight", "query_common.0.bias": "attention.0.bias",
-    "query_common.2.weight": "attention.2.weight",
-    "gate_image_prefer.0.weight": "preference_gates.image.0.weight",
-    "gate_image_prefer.0.bias": "preference_gates.image.0.bias",
-    "gate_text_prefer.0.weight": "preference_gates.text.0.weight",
-    "gate_text_prefer.0.bias": "preference_gates.text.0.bias",
-}
 
 
 def test_matches_mmrec_reference(tmp_path, monkeypatch):
@@ -129,7 +116,7 @@ def test_matches_mmrec_reference(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     fixture = load_fixture("mgcn")
     model, config, user_map, item_map = build_from_fixture("MGCN", fixture, tmp_path / "data")
-    load_reference_weights(model, fixture, NAMES, user_map, item_map)
+    load_reference_weights(model, fixture, MGCN_NAMES, user_map, item_map)
     batch = fixture["batch"]
     interaction = Interaction({"userID": user_map[batch["users"]], "itemID": item_map[batch["pos"]],
                                "neg_itemID": item_map[batch["neg"]]})
@@ -138,7 +125,7 @@ def test_matches_mmrec_reference(tmp_path, monkeypatch):
     assert loss.item() == pytest.approx(fixture["loss"], rel=1e-5)
     loss.backward()
     parameters = dict(model.named_parameters())
-    for ref_name, name in NAMES.items():
+    for ref_name, name in MGCN_NAMES.items():
         grad, expected = parameters[name].grad, torch.tensor(fixture["grads"][ref_name], dtype=torch.float32)
         if name.startswith("user_embedding"):
             grad = grad[user_map]
