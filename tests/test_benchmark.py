@@ -69,6 +69,18 @@ def test_table_writer_reports_failed_runs_and_mean_std(tmp_path):
     assert rows[2][:2] == ["broken", "failed: DataError: x.npy missing"]
 
 
+def test_header_says_what_the_test_metrics_rank():
+    def entry(**config):
+        return {"model": "A", "grid": None, "point": {}, "cells": [{**fake_cell(0.2, 0.1), "config": config}]}
+
+    assert benchmark.ranking_scope({"w": entry()}) == "full ranking over all items"
+    cold = benchmark.ranking_scope({"c": entry(cold_start_items=0.2)})
+    assert cold.startswith("cold start") and "among themselves" in cold
+    assert "among all items" in benchmark.ranking_scope({"c": entry(cold_start_items=0.2, cold_start_candidates="all")})
+    mixed = benchmark.ranking_scope({"w": entry(), "c": entry(cold_start_items=0.2)})
+    assert mixed.startswith("full ranking over all items, and for the cold-start runs the held-out items")
+
+
 def test_benchmark_end_to_end_on_a_generated_set(tmp_path):
     root = tmp_path / "data"
     write_planted_dataset(root)
