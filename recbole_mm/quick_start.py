@@ -10,6 +10,7 @@ recbole_mm's :class:`~recbole_mm.trainer.Trainer`, which records the best epoch 
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
 import sys
@@ -182,6 +183,13 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     if not config["single_spec"]:
         import torch.distributed as dist
 
+        # A process group's gloo threads must be gone before the interpreter finalises, or the process
+        # aborts at exit ("terminate called without an active exception", seen once in CI). The DDP
+        # wrapper keeps the group alive after destroy_process_group and sits in reference cycles, so it
+        # would otherwise be freed only at finalisation: release it now, once every rank is done.
+        dist.barrier()
+        trainer.distributed_model = None
+        gc.collect()
         dist.destroy_process_group()
     return {
         "best_valid_score": best_valid_score,

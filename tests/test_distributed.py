@@ -26,7 +26,7 @@ import torch
 
 from conftest import REPO, planted_config, write_planted_dataset
 from recbole_mm.errors import DataError, RecBoleMMError
-from recbole_mm.quick_start import check_distributed_args, load_data_and_model, run
+from recbole_mm.quick_start import check_distributed_args, load_data_and_model, run, run_recbole
 
 GUME_SETTINGS = {"epochs": 15, "knn_k": 5, "learning_rate": 0.01, "stopping_step": 15}
 NDCG_TOLERANCE = 0.06  # see the module docstring
@@ -147,6 +147,29 @@ def test_vbpr_two_processes(planted):
     result = run("VBPR", "planted", config_dict=config_dict, nproc=2, port=free_port())
     assert result["distributed"] == {"data_buffers_identical": True, "parameters_identical": True}
     assert 0.0 < result["test_result"]["recall@10"] <= 1.0
+
+
+def _count_ddp_wrappers_left(local_rank: int, config: dict, queue) -> None:
+    import gc
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    gc.disable()  # as when no collection happens to run between the end of training and exit
+    run_recbole("VBPR", "planted", config_dict={**config, "local_rank": local_rank}, saved=False)
+    queue.put(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+
+
+def test_no_ddp_wrapper_outlives_a_process_run(planted):
+    """The DDP wrapper holds the gloo group (and its threads) and sits in reference cycles: left to the
+    interpreter's finalisation, the process can abort at exit ("terminate called without an active
+    exception", seen once in CI). run_recbole releases it before it destroys the group."""
+    import torch.multiprocessing as mp
+
+    root, config_dict = planted
+    config = {**config_dict, "world_size": 2, "nproc": 2, "ip": "localhost", "port": free_port(), "offset": 0}
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.start_processes(_count_ddp_wrappers_left, args=(config, queue), nprocs=2, join=True, start_method="spawn")
+    assert [queue.get(), queue.get()] == [0, 0]
 
 
 def test_bad_data_in_the_processes_is_the_one_line_error(planted):
