@@ -493,9 +493,11 @@ def ranking_scope(chosen: dict) -> str:
     cold = [c.get("cold_start_candidates") or "cold" for c in configs if c.get("cold_start_items")]
     if not cold:
         return "full ranking over all items"
-    scope = ("the held-out items ranked among themselves (`cold_start_candidates: cold`)" if set(cold) == {"cold"}
-             else "the held-out items ranked among all items (`cold_start_candidates: all`)"
-             if set(cold) == {"all"} else "the held-out items ranked as each run's `cold_start_candidates` says")
+    among = {"cold": "among themselves (`cold_start_candidates: cold`)",
+             "all": "among all items (`cold_start_candidates: all`)"}
+    kinds = set(cold)
+    scope = "the held-out items ranked " + (among[kinds.pop()] if len(kinds) == 1
+                                            else "as each run's `cold_start_candidates` says")
     if len(cold) == len(configs):
         return f"cold start (`cold_start_items`): {scope}"
     return f"full ranking over all items, and for the cold-start runs {scope}"
