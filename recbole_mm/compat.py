@@ -1,7 +1,7 @@
 """Every fix that lets RecBole 1.2.1 run on today's numpy, scipy, pandas, torch and setuptools.
 
 RecBole 1.2.1 (Feb 2025) is the last release and upstream carries no compatibility fixes after it
-(see ../shared/docs/recbole-compat.md for the measured audit). Each shim below names the upstream
+(docs/recbole-compat.md lists the fixes and what each is for). Each shim below names the upstream
 cause, is installed once by :func:`install` at ``import recbole_mm``, never edits RecBole's files,
 and is guarded by a test in ``tests/test_compat.py``. Shims that change library behaviour act only
 when the caller is RecBole's own code, so other users of numpy/pandas/torch see no difference.

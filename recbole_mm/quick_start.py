@@ -258,7 +258,7 @@ def run(model: Any = None, dataset: str | None = None, config_file_list: list[st
         config_dict: dict | None = None, saved: bool = True, nproc: int = 1, world_size: int = -1,
         ip: str = "localhost", port: str = "5678", group_offset: int = 0, resume: str | None = None) -> dict | None:
     """RecBole's ``run``: :func:`run_recbole` in one process, or in ``nproc`` processes of a
-    torch.distributed job (gloo on CPU, nccl on GPUs; see the README's *Multi-process runs*).
+    torch.distributed job (gloo on CPU, nccl on GPUs; see docs/multi-process.md).
 
     Returns the result of this machine's first process (metrics are gathered over all processes, so
     every machine gets the same numbers); a :class:`RecBoleMMError` in a process is raised here.

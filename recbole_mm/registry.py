@@ -121,8 +121,8 @@ def _refuse_untyped_files(original):
             # RecBole would fail with "not enough values to unpack" on the untyped MMRec header.
             raise DataError(
                 f"{filepath}: an untyped (MMRec-layout) header, which RecBole's own Dataset cannot read; "
-                "train through recbole_mm (recbole_mm.run_recbole or run_recbole_mm.py, README 'From an "
-                "existing RecBole script'), or give the file RecBole's typed header (e.g. user_id:token)")
+                "train through recbole_mm (recbole_mm.run_recbole or run_recbole_mm.py; docs/command-line.md, "
+                "'From an existing RecBole script'), or give the file RecBole's typed header (e.g. user_id:token)")
         return original(self, filepath, source)
 
     _load_feat.__wrapped__ = original

@@ -310,9 +310,9 @@ def test_damaged_checkpoints_are_one_line(bad_checkpoints, tmp_path, monkeypatch
     assert not (tmp_path / "out.pth").exists() and not list(tmp_path.glob("lt*")) and not (tmp_path / "log").exists()
 
 
-# ---- the README's bad-input table: generated from CONFIG_CASES, so it cannot drift ---------------
-README = REPO / "README.md"
-TABLE_BEGIN = "<!-- bad-input table: written by `python tests/test_errors.py`; test_readme_bad_input_table checks it -->"
+# ---- the docs' bad-input table: generated from CONFIG_CASES, so it cannot drift -----------------
+TABLE_PAGE = REPO / "docs" / "checkpoints.md"
+TABLE_BEGIN = "<!-- bad-input table: written by `python tests/test_errors.py`; test_bad_input_table checks it -->"
 TABLE_END = "<!-- end of bad-input table -->"
 
 
@@ -338,20 +338,20 @@ def bad_input_table() -> str:
     return "\n".join(lines)
 
 
-def _readme_table() -> str:
-    text = README.read_text()
+def _page_table() -> str:
+    text = TABLE_PAGE.read_text()
     return text[text.index(TABLE_BEGIN) + len(TABLE_BEGIN):text.index(TABLE_END)].strip()
 
 
-def test_readme_bad_input_table():
-    assert _readme_table() == bad_input_table(), "README's bad-input table is stale: run python tests/test_errors.py"
+def test_bad_input_table():
+    assert _page_table() == bad_input_table(), f"{TABLE_PAGE}'s bad-input table is stale: run python tests/test_errors.py"
 
 
-if __name__ == "__main__":  # rewrite the README's table from what the cases print today
-    text = README.read_text()
+if __name__ == "__main__":  # rewrite the page's table from what the cases print today
+    text = TABLE_PAGE.read_text()
     start, end = text.index(TABLE_BEGIN) + len(TABLE_BEGIN), text.index(TABLE_END)
-    README.write_text(text[:start] + "\n" + bad_input_table() + "\n" + text[end:])
-    print(f"wrote the bad-input table into {README}")
+    TABLE_PAGE.write_text(text[:start] + "\n" + bad_input_table() + "\n" + text[end:])
+    print(f"wrote the bad-input table into {TABLE_PAGE}")
 
 
 # ---- silent differences ------------------------------------------------------------------------

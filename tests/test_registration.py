@@ -108,7 +108,7 @@ def test_recbole_builtin_models_on_ml100k(model, tmp_path, monkeypatch):
 
 def test_lightgcn_ml100k_matches_reference_values(tmp_path, monkeypatch):
     """Regression guard for silent breakage: RecBole's LightGCN, 2 epochs on ml-100k, gives the figures
-    measured on the pinned old stack (numpy 1.26 / pandas 2.3 / scipy 1.12) in recbole-compat.md."""
+    measured on the pinned old stack (numpy 1.26 / pandas 2.3 / scipy 1.12), docs/recbole-compat.md."""
     from recbole.quick_start import run_recbole
 
     monkeypatch.chdir(tmp_path)
