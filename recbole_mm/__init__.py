@@ -21,6 +21,7 @@ from recbole_mm.quick_start import (  # noqa: E402
     objective_function,
     run_recbole,
 )
+from recbole_mm.recommendations import recommend  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
@@ -29,5 +30,6 @@ __all__ = [
     "create_dataset",
     "load_data_and_model",
     "objective_function",
+    "recommend",
     "run_recbole",
 ]

@@ -326,11 +326,13 @@ def objective_function(config_dict: dict | None = None, config_file_list: list[s
     }
 
 
-def load_data_and_model(model_file: str, trust_pickle: bool = False) -> tuple:
+def load_data_and_model(model_file: str, trust_pickle: bool = False, log: bool = True) -> tuple:
     """Load a checkpoint with its dataset and dataloaders: ``(config, model, dataset, train, valid, test)``.
 
     Safe by default: only plain data is unpickled. A checkpoint written by plain RecBole pickles
-    Python objects and needs ``trust_pickle=True``, for files whose origin you trust.
+    Python objects and needs ``trust_pickle=True``, for files whose origin you trust. ``log=False``
+    leaves RecBole's logger as it is (no ``log/`` file, no config dump): for callers such as
+    ``recommend`` whose output is the answer and that write nothing.
     """
     checkpoint = load_checkpoint(model_file, trust_pickle=trust_pickle)
     config = checkpoint["config"]
@@ -343,9 +345,10 @@ def load_data_and_model(model_file: str, trust_pickle: bool = False) -> tuple:
         if config["device"].type == "cuda":
             config["device"] = torch.device("cuda")
     init_seed(config["seed"], config["reproducibility"])
-    init_logger(config)
     logger = getLogger()
-    logger.info(config)
+    if log:
+        init_logger(config)
+        logger.info(config)
     dataset = create_dataset(config)
     logger.info(dataset)
     train_data, valid_data, test_data = prepare_data(config, dataset)
