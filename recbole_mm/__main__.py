@@ -1,8 +1,7 @@
-"""``python -m recbole_mm --model=GUME --dataset=tiktok``."""
+"""``python -m recbole_mm --model=GUME --dataset=tiktok``: the ``recbole-mm`` command."""
 
 import recbole_mm  # noqa: F401  (installs the compatibility shims and registers the models)
-from recbole_mm.cli import main
-from recbole_mm.errors import exit_on_user_error
+from recbole_mm.cli import console_main
 
 if __name__ == "__main__":
-    exit_on_user_error(main)
+    console_main(prog="python -m recbole_mm")

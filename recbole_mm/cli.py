@@ -1,25 +1,47 @@
-"""``python run_recbole_mm.py`` / ``python -m recbole_mm``: train and test one model on one dataset."""
+"""The ``recbole-mm`` command: train and test one model on one dataset, or run a subcommand.
+
+``recbole-mm --model=GUME --dataset=tiktok`` trains (``python run_recbole_mm.py`` and ``python -m
+recbole_mm`` are the same command); ``recbole-mm recommend|benchmark|analysis|download|features ...``
+hands the rest of the line to that module's own ``main``. Modules are imported only when their
+subcommand runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 import sys
 import time
 
-from recbole_mm.errors import RecBoleMMError
-from recbole_mm.errors import exit_on_user_error  # noqa: F401  (re-exported: recbole_mm.cli.exit_on_user_error)
-from recbole_mm.trainer import median_epoch_seconds
+from recbole_mm.errors import RecBoleMMError, exit_on_user_error
 
 _KEY_VALUE = re.compile(r"^--[A-Za-z_][\w.]*=")
 
+# Subcommand → (module whose main(argv) runs it, the words put before the rest of the line, summary).
+SUBCOMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "recommend": ("recbole_mm.recommendations", (), "top-k unseen items per user from a trained checkpoint"),
+    "benchmark": ("recbole_mm.benchmark", (), "compare models on datasets over seeds; writes reports"),
+    "analysis": ("recbole_mm.analysis", (), "long-tail analysis of checkpoints (analysis longtail ...)"),
+    "download": ("recbole_mm.datasets", ("download",), "fetch and verify MMRec's Amazon datasets"),
+    "features": ("recbole_mm.features", (), "item feature files from raw text and images"),
+}
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
+
+def _subcommand_help() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {summary}" for name, (_, _, summary) in SUBCOMMANDS.items()]
+    return "subcommands (each has its own --help):\n" + "\n".join(lines)
+
+
+def parse_args(argv: list[str], prog: str = "run_recbole_mm.py") -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="run_recbole_mm.py",
+        prog=prog,
         description="Train and test a RecBole or recbole_mm model. Any RecBole parameter can be given "
         "as --key=value (e.g. --epochs=5 --learning_rate=0.01); RecBole reads those itself.",
+        epilog=_subcommand_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s (recbole_mm) {_version()}")
     parser.add_argument("--model", "-m", default="GUME", help="model name, e.g. GUME, MMGEF, VBPR, BPR, LightGCN")
     parser.add_argument("--dataset", "-d", default="tiktok", help="dataset name, e.g. tiktok, amazon-baby")
     parser.add_argument("--config_files", default=None,
@@ -51,8 +73,19 @@ def process_seconds() -> float | None:
         return None
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("recbole_mm")
+    except PackageNotFoundError:  # a checkout on sys.path without an install
+        return "not installed"
+
+
 def format_results(result: dict) -> str:
     """The best-valid epoch's valid and test metrics as an aligned text table, with median timings."""
+    from recbole_mm.trainer import median_epoch_seconds
+
     valid, test = result["best_valid_result"] or {}, result["test_result"] or {}
     metrics = list(dict.fromkeys([*valid, *test]))
     width = max([len(m) for m in metrics] + [6])
@@ -82,11 +115,11 @@ def format_results(result: dict) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``run_recbole_mm.py``; RecBole reads ``--key=value`` options from ``sys.argv``."""
+def main(argv: list[str] | None = None, prog: str = "run_recbole_mm.py") -> None:
+    """Train and test one model; RecBole reads the ``--key=value`` options from ``sys.argv`` itself."""
     from recbole_mm.quick_start import run
 
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    args = parse_args(sys.argv[1:] if argv is None else argv, prog)
     config_files = re.split(r"[,\s]+", args.config_files.strip()) if args.config_files else None
     result = run(model=args.model, dataset=args.dataset, config_file_list=config_files, nproc=args.nproc,
                  world_size=args.world_size, ip=args.ip, port=args.port, group_offset=args.offset,
@@ -98,3 +131,16 @@ def main(argv: list[str] | None = None) -> None:
     processes = "" if config["single_spec"] else f" ({config['world_size']} processes)"
     print(f"\n{config['model']} on {config['dataset']}{processes} — test metrics at the best validation epoch")
     print(format_results(result))
+
+
+def console_main(argv: list[str] | None = None, prog: str = "recbole-mm") -> None:
+    """Entry point of the ``recbole-mm`` command (and of ``run_recbole_mm.py``, ``python -m recbole_mm``):
+    a subcommand's name dispatches to its module, anything else trains. Bad input of either kind is one
+    ``recbole_mm: error:`` line and exit status 2."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and args[0] in SUBCOMMANDS:
+        module_name, prefix, _ = SUBCOMMANDS[args[0]]
+        module = importlib.import_module(module_name)
+        exit_on_user_error(lambda: module.main([*prefix, *args[1:]]))
+        return
+    exit_on_user_error(lambda: main(args, prog))

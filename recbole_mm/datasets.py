@@ -184,7 +184,9 @@ def _import_gdown():
     try:
         import gdown
     except ImportError as exc:
-        raise DownloadError("downloading from Google Drive needs gdown: pip install 'recbole_mm[download]' "
+        from recbole_mm.resources import install_command
+
+        raise DownloadError(f"downloading from Google Drive needs gdown: {install_command('download')} "
                             "(or pip install gdown), or fetch the files by hand and use --from DIR") from exc
     return gdown
 

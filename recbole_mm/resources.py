@@ -32,6 +32,23 @@ def resource_root() -> Path:
     )
 
 
+def checkout_root() -> Path | None:
+    """The source checkout this recbole_mm runs from (editable install, or the checkout on sys.path);
+    None when it was installed from a wheel or an index."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "setup.cfg").is_file() and (root / _MARKER).is_dir() else None
+
+
+def install_command(extra: str) -> str:
+    """The pip command that adds an optional extra where recbole_mm runs from: the checkout's own path
+    in a checkout (recbole_mm is not on an index there, so ``recbole_mm[extra]`` would not resolve), the
+    package name once installed."""
+    root = checkout_root()
+    if root is not None:
+        return f"pip install -e '{root}[{extra}]'"
+    return f"pip install 'recbole_mm[{extra}]'"
+
+
 def model_properties_file(model: str) -> Path:
     """The yaml of a plugin model's defaults (may not exist)."""
     return resource_root() / "properties" / "model" / f"{model}.yaml"

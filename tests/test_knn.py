@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ import torch
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model import graphs
 from recbole_mm.model.graphs import exact_neighbours, knn_neighbours
+from recbole_mm.resources import install_command
 
 from conftest import REPO
 
@@ -79,6 +81,7 @@ def test_exact_on_cuda_matches_cpu():
     assert (indices.cpu() == knn_neighbours(features, 10)[0]).float().mean() > 0.99
 
 
+@pytest.mark.slow
 def test_memory_stays_within_n_k_plus_one_block():
     """Peak RSS of a child process building 30,000 × 32 exactly (5 % zero rows, so the tie path runs):
     the rise over its baseline must stay within a few similarity blocks plus the outputs. The former
@@ -142,7 +145,7 @@ def test_faiss_backend_recall_and_order():
 
 def test_faiss_missing_is_one_clear_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss → ImportError
-    with pytest.raises(RecBoleMMError, match=r"pip install recbole_mm\[ann\]"):
+    with pytest.raises(RecBoleMMError, match=re.escape(install_command("ann"))):
         knn_neighbours(torch.randn(20, 3), 3, backend="faiss")
 
 
@@ -153,7 +156,7 @@ def test_auto_without_faiss_is_exact_and_says_so(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="recbole_mm.model.graphs"):
         indices, _ = knn_neighbours(features, 4, backend="auto")
     assert torch.equal(indices, knn_neighbours(features, 4)[0])
-    assert "recbole_mm[ann]" in caplog.text
+    assert install_command("ann") in caplog.text
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="recbole_mm.model.graphs"):
         knn_neighbours(features[:50], 4, backend="auto")  # below the threshold: exact, no line

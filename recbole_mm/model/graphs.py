@@ -13,6 +13,7 @@ import time
 import torch
 
 from recbole_mm.errors import RecBoleMMError
+from recbole_mm.resources import install_command
 
 _logger = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def knn_neighbours(features: torch.Tensor, k: int, chunk_size: int = 1024,
     neighbour, its slots and the slots no other row can fill being :data:`NO_NEIGHBOUR` (similarity 0),
     which the graph builders here drop; without it, it has similarity 0 to everything, so it would tie
     with every item and take the lowest ids. ``backend`` (the models' ``knn_backend``): ``exact`` (brute
-    force in row blocks); ``faiss`` (an HNSW index, approximate, CPU; needs ``pip install recbole_mm[ann]``);
+    force in row blocks); ``faiss`` (an HNSW index, approximate, CPU; needs the ``ann`` extra);
     ``auto`` (``faiss`` above ``AUTO_APPROXIMATE_ABOVE`` rows when it is installed, else exact).
     """
     if features.dim() != 2:
@@ -163,8 +164,8 @@ def knn_neighbours(features: torch.Tensor, k: int, chunk_size: int = 1024,
             if _faiss(required=False) is not None:
                 backend = "faiss"
             else:
-                _logger.info(f"kNN graph over {n:,} items: exact (knn_backend: auto); pip install "
-                             "recbole_mm[ann] for the much faster approximate index")
+                _logger.info(f"kNN graph over {n:,} items: exact (knn_backend: auto); "
+                             f"{install_command('ann')} for the much faster approximate index")
     if backend == "faiss":
         return _faiss_neighbours(features, k, chunk_size)
     return exact_neighbours(features, features, k, chunk_size)
@@ -185,7 +186,7 @@ def _faiss(required: bool = True):
         import faiss
     except ImportError:
         if required:
-            raise RecBoleMMError("knn_backend: faiss needs the faiss library; pip install recbole_mm[ann] "
+            raise RecBoleMMError(f"knn_backend: faiss needs the faiss library; {install_command('ann')} "
                                  "(or set knn_backend: exact)") from None
         return None
     return faiss
