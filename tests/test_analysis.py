@@ -73,6 +73,7 @@ def test_group_metrics_on_a_hand_made_example(planted):
     assert tail["ndcg@2"] == pytest.approx(1 / math.log2(3), abs=1e-4)
 
 
+@pytest.mark.slow
 def test_one_group_equals_recboles_test_metrics_and_report(planted, tmp_path):
     root, config = planted
     config.update(epochs=3, topk=[10], metrics=["Recall", "NDCG"])

@@ -81,6 +81,7 @@ def test_header_says_what_the_test_metrics_rank():
     assert mixed.startswith("full ranking over all items, and for the cold-start runs the held-out items")
 
 
+@pytest.mark.slow
 def test_benchmark_end_to_end_on_a_generated_set(tmp_path):
     root = tmp_path / "data"
     write_planted_dataset(root)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, write_planted_dataset
 
 
@@ -13,6 +15,7 @@ def run_cli(*args: str, cwd) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=cwd, timeout=600)
 
 
+@pytest.mark.slow
 def test_trains_a_recbole_model_and_prints_the_table(tmp_path):
     write_planted_dataset(tmp_path / "data")
     out = run_cli("--model=LightGCN", "--dataset=planted", f"--data_path={tmp_path / 'data'}",
@@ -26,6 +29,7 @@ def test_trains_a_recbole_model_and_prints_the_table(tmp_path):
     assert "best valid epoch:" in table and (tmp_path / "saved").is_dir()
 
 
+@pytest.mark.slow
 def test_module_entry_point_and_config_files(tmp_path):
     write_planted_dataset(tmp_path / "data")
     extra = tmp_path / "extra.yaml"
@@ -37,6 +41,7 @@ def test_module_entry_point_and_config_files(tmp_path):
     assert "VBPR on planted" in out.stdout
 
 
+@pytest.mark.slow
 def test_vbpr_on_amazon_baby_without_features_exits_2(tmp_path):
     out = run_cli("--model=VBPR", "--dataset=amazon-baby", cwd=tmp_path)
     assert out.returncode == 2
@@ -48,17 +53,20 @@ def test_vbpr_on_amazon_baby_without_features_exits_2(tmp_path):
     assert not any(tmp_path.iterdir()), "nothing may be written on bad input"
 
 
+@pytest.mark.slow
 def test_unknown_model_exits_2(tmp_path):
     out = run_cli("--model=NoSuchModel", "--dataset=tiktok", cwd=tmp_path)
     assert out.returncode == 2 and "unknown model 'NoSuchModel'" in out.stderr
     assert "lightgbm" not in out.stderr
 
 
+@pytest.mark.slow
 def test_unusable_argument_is_refused(tmp_path):
     out = run_cli("--model=BPR", "--epochs", "3", cwd=tmp_path)
     assert out.returncode == 2 and "--key=value" in out.stderr
 
 
+@pytest.mark.slow
 def test_bpr_on_amazon_baby_needs_no_features(tmp_path):
     """Models without features run on the interaction-only Amazon data (one epoch, real data)."""
     out = run_cli("--model=BPR", "--dataset=amazon-baby", "--epochs=1", "--show_progress=False", cwd=tmp_path)
@@ -66,6 +74,7 @@ def test_bpr_on_amazon_baby_needs_no_features(tmp_path):
     assert "BPR on amazon-baby" in out.stdout
 
 
+@pytest.mark.slow
 def test_vbpr_on_tiktok_one_epoch(tmp_path):
     """Real-data smoke run of the README's main job, shortened to one epoch."""
     out = run_cli("--model=VBPR", "--dataset=tiktok", "--epochs=1", "--show_progress=False", cwd=tmp_path)

@@ -192,6 +192,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.slow
 def test_two_process_run_on_cpu(tmp_path):
     """RecBole's run(nproc=2) trains with gloo on CPU; every rank loads the checkpoint rank 0 wrote."""
     import socket

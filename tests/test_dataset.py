@@ -345,6 +345,7 @@ def test_missing_dataset_folder_raises_data_error(tmp_path):
 
 
 # ---- 6. bad input on the command line ------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_wrong_row_count_exits_2_without_writing(tmp_path):
     """run_recbole_mm.py on a bad feature file: exit 2, one 'recbole_mm: error:' line naming it, no files."""
     data = tmp_path / "data"

@@ -101,6 +101,7 @@ def test_data_buffers_are_kept_out_of_ddp_broadcasts(planted, tmp_path):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_gume_two_processes_match_one(planted):
     root, config_dict = planted
     config_dict = {**config_dict, **GUME_SETTINGS}
@@ -123,6 +124,7 @@ def test_gume_two_processes_match_one(planted):
         assert again[metric] == pytest.approx(value, abs=2e-4), metric
 
 
+@pytest.mark.slow
 def test_mmgef_two_processes_through_the_cli(tmp_path):
     """`run_recbole_mm.py --nproc=2` runs two processes and prints the table once; an explicit
     `--world_size=-1` (= nproc) is resolved, although RecBole's Config would read -1 from sys.argv."""
@@ -142,6 +144,7 @@ def test_mmgef_two_processes_through_the_cli(tmp_path):
     assert "recall@10" in out.stdout.split("test metrics")[1]
 
 
+@pytest.mark.slow
 def test_vbpr_two_processes(planted):
     root, config_dict = planted
     result = run("VBPR", "planted", config_dict=config_dict, nproc=2, port=free_port())
@@ -159,6 +162,7 @@ def _count_ddp_wrappers_left(local_rank: int, config: dict, queue) -> None:
     queue.put(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
 
 
+@pytest.mark.slow
 def test_no_ddp_wrapper_outlives_a_process_run(planted):
     """The DDP wrapper holds the gloo group (and its threads) and sits in reference cycles: left to the
     interpreter's finalisation, the process can abort at exit ("terminate called without an active
@@ -172,6 +176,7 @@ def test_no_ddp_wrapper_outlives_a_process_run(planted):
     assert [queue.get(), queue.get()] == [0, 0]
 
 
+@pytest.mark.slow
 def test_bad_data_in_the_processes_is_the_one_line_error(planted):
     """A data error raised in the spawned processes reaches the caller as itself, and nothing is written."""
     root, config_dict = planted

@@ -172,6 +172,7 @@ def test_an_interrupted_install_leaves_nothing_that_looks_complete(published, se
     assert leftovers(tmp_path / "data") == []
 
 
+@pytest.mark.slow
 def test_command_line_checks_the_real_table(server, tmp_path):
     # The local files are not MMRec's: against the real digests the command stops with exit status 2, one line.
     done = subprocess.run([sys.executable, "-m", "recbole_mm.datasets", "download", "amazon-baby", "--url", server,

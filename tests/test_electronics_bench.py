@@ -79,6 +79,7 @@ def test_generated_set_has_the_shape_layout_and_split(tiny):
     assert same == (folder / f"{make_shaped.ELECTRONICS_NAME}.inter").read_bytes()  # seeded
 
 
+@pytest.mark.slow
 def test_benchmark_writes_its_rows_and_keeps_other_sections(tiny):
     out = tiny / "scale.md"
     out.write_text("# Scale\n\n<!-- scale.py: kNN graph building (begin) -->\nknn rows\n"

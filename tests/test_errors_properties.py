@@ -30,6 +30,7 @@ headers = st.one_of(st.just(["userID", "itemID", "x_label"]), st.just(["itemID",
 @FAST
 @given(header=headers, body=rows, sep=st.sampled_from(["\t", "\t", ",", " "]),
        newline=st.sampled_from(["\n", "\r\n", "\r"]), bom=st.booleans())
+@pytest.mark.slow
 def test_inter_reader_fails_only_with_one_line(tmp_path_factory, header, body, sep, newline, bom):
     path = tmp_path_factory.mktemp("inter") / "x.inter"
     text = newline.join(sep.join(line) for line in [header, *body]) + newline

@@ -129,6 +129,7 @@ def fake_encoder(monkeypatch):
 
 
 # ---- 1. MiniLM reproduces MMRec's published text features ---------------------------------------
+@pytest.mark.slow
 def test_minilm_reproduces_mmrec_text_features(tmp_path):
     reference = json.loads(REFERENCE.read_text(encoding="utf-8"))
     rows = [{"itemID": i, "text": s} for i, s in zip(reference["item_ids"], reference["sentences"])]
@@ -204,6 +205,7 @@ def test_clip_normalize_and_num_items(tmp_path, tiny_clip):
 
 
 # ---- 3. end to end: item content → feature files → VBPR trains on them ----------------------------
+@pytest.mark.slow
 def test_features_feed_vbpr_end_to_end(tmp_path, tiny_clip):
     name, n_items, n_clusters = "content", 40, 4
     raw, folder = tmp_path / "raw", tmp_path / "data" / name
@@ -247,6 +249,7 @@ def test_features_feed_vbpr_end_to_end(tmp_path, tiny_clip):
 
 
 # ---- 4. missing models, interrupted runs, bad input -----------------------------------------------
+@pytest.mark.slow
 def test_missing_clip_model_is_one_line_and_exit_2(tmp_path):
     items = write_items(tmp_path / "items.tsv", [{"itemID": 0, "text": "a", "image": "0.png"}])
     out = run_features(str(items), "-o", str(tmp_path / "ds"), "--clip-model", str(tmp_path / "no-such-clip"),
@@ -377,6 +380,7 @@ def test_unreadable_item_files(tmp_path, name, content, message):
         features.main([str(tmp_path / name), "-o", str(tmp_path / "ds")])
 
 
+@pytest.mark.slow
 def test_help_documents_the_flags():
     out = subprocess.run([sys.executable, "-m", "recbole_mm.features", "--help"], capture_output=True, text=True,
                          timeout=300)
@@ -386,6 +390,7 @@ def test_help_documents_the_flags():
         assert flag in out.stdout
 
 
+@pytest.mark.slow
 def test_importing_the_module_does_not_import_the_encoders():
     code = ("import sys, recbole_mm.features; "
             "print(any(m in sys.modules for m in ('transformers', 'sentence_transformers')))")

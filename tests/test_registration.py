@@ -93,7 +93,8 @@ def test_hyper_tuning_with_recbole_objective_function(planted, tmp_path):
     assert len(tuner.params2result) == 2 and tuner.model == "VBPR"
 
 
-@pytest.mark.parametrize("model", ["BPR", "LightGCN", "NGCF", "SGL", "ItemKNN", "Pop"])
+@pytest.mark.parametrize("model", ["BPR", "Pop", *(pytest.param(m, marks=pytest.mark.slow)
+                                                for m in ("LightGCN", "NGCF", "SGL", "ItemKNN"))])
 def test_recbole_builtin_models_on_ml100k(model, tmp_path, monkeypatch):
     """RecBole's own quick start on its bundled ml-100k: train, save, reload the best checkpoint, test."""
     from recbole.quick_start import run_recbole
@@ -106,6 +107,7 @@ def test_recbole_builtin_models_on_ml100k(model, tmp_path, monkeypatch):
     assert 0.0 < result["test_result"]["recall@20"] <= 1.0
 
 
+@pytest.mark.slow
 def test_lightgcn_ml100k_matches_reference_values(tmp_path, monkeypatch):
     """Regression guard for silent breakage: RecBole's LightGCN, 2 epochs on ml-100k, gives the figures
     measured on the pinned old stack (numpy 1.26 / pandas 2.3 / scipy 1.12), docs/recbole-compat.md."""
@@ -126,6 +128,7 @@ def test_unknown_model_is_a_clear_error():
         recbole_mm.run_recbole(model="NoSuchModel", dataset="tiktok")
 
 
+@pytest.mark.slow
 def test_get_model_in_a_fresh_process():
     """The README's one-liner."""
     out = subprocess.run([sys.executable, "-c", "import recbole_mm; from recbole.utils import get_model; "

@@ -55,6 +55,7 @@ KILLED_RUN = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys):
     from recbole_mm.quick_start import run_recbole
 

@@ -94,6 +94,7 @@ def test_thread_pinning_of_a_cell(monkeypatch):
     assert speed.thread_count("all") >= 1 and speed.thread_count("3") == 3
 
 
+@pytest.mark.slow
 def test_one_cell_on_the_planted_set(planted):
     root, config = planted
     config = {k: v for k, v in config.items() if k not in ("epochs", "show_progress", "state")}

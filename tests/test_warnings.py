@@ -43,6 +43,7 @@ def _cli(tmp_path: Path, model: str, *extra: str) -> tuple[subprocess.CompletedP
     return done, time.perf_counter() - start
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["GUME", "LightGCN"])
 def test_a_short_run_prints_no_library_warnings(model, tmp_path):
     """GUME: numpy's non-writable array (RecBole's dataframe conversion), torch.cuda.amp.GradScaler
@@ -54,6 +55,7 @@ def test_a_short_run_prints_no_library_warnings(model, tmp_path):
     assert not warned, warned
 
 
+@pytest.mark.slow
 def test_printed_wall_time_covers_the_whole_process(tmp_path):
     """The summary's wall time counts from the process start (imports, config, data) to the results,
     not from the start of run_recbole: it is most of what the caller measured around the process."""
