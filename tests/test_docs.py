@@ -192,6 +192,20 @@ def test_datasets_tables_match_the_shipped_files(page):
             assert shape == (inter["itemID"].max() + 1, int(dim)), (name, modality)
 
 
+# ---- commands quoted in the pages ----------------------------------------------------------------
+def test_quoted_recbole_mm_commands_exist():
+    """Every ``recbole-mm WORD`` in a page's code is a subcommand of the real command, or training."""
+    from recbole_mm.cli import SUBCOMMANDS
+
+    wrong = []
+    for page in PAGES:
+        for line in page.read_text(encoding="utf-8").splitlines():
+            for word in re.findall(r"(?:^|[\s`])recbole-mm ([^\s`]+)", line):
+                if not (word.startswith("-") or word in SUBCOMMANDS or word.isupper()):  # SUBCOMMAND, a placeholder
+                    wrong.append(f"{page.name}: recbole-mm {word}")
+    assert not wrong, wrong
+
+
 # ---- the front page -------------------------------------------------------------------------------
 def test_readme_is_a_short_front_page_that_opens_with_the_two_commands():
     lines = README.read_text(encoding="utf-8").splitlines()
