@@ -139,20 +139,19 @@ def config_from_plain(data: dict) -> Any:
     return config
 
 
+# Temporaries of checkpoint writes, as recbole_mm writes them and as earlier versions did (<file>.pth.tmp):
+# a killed run's are removed by the next checkpoint write into the same folder.
+STALE_CHECKPOINT_TEMPS = (".*.pth.*.tmp", "*.pth.tmp")
+
+
 def save_atomically(state: dict, path: str) -> None:
-    """``torch.save`` to a temporary file, then rename: an interrupted save never leaves a truncated file."""
-    tmp_file = f"{path}.tmp"
-    try:
-        with open(tmp_file, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # the data is on disk before the rename makes it the checkpoint
-        os.replace(tmp_file, path)
-    except OSError as exc:
-        if os.path.exists(tmp_file):
-            os.remove(tmp_file)
-        raise CheckpointError(f"cannot write checkpoint {path} ({exc.strerror or exc}); "
-                              "check that its folder exists and has space") from exc
+    """``torch.save`` through a temporary file that replaces ``path`` only when complete: an interrupted or
+    failed save (a kill, a full disk) leaves ``path`` as it was and no temporary file behind."""
+    from recbole_mm.storage import atomic_write
+
+    with atomic_write(path, "checkpoint", "set --checkpoint_dir to another folder",
+                      stale=STALE_CHECKPOINT_TEMPS) as tmp:
+        torch.save(state, tmp.file)
 
 
 def save_trainer_checkpoint(self: Any, epoch: int, verbose: bool = True, **kwargs: Any) -> None:

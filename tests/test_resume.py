@@ -44,7 +44,7 @@ KILLED_RUN = textwrap.dedent("""
 
     def save_then_die(state, f, *args, **kwargs):
         name = getattr(f, "name", str(f))
-        if name.endswith(".last.pth.tmp") and state.get("epoch") == kill_epoch:
+        if ".last.pth." in name and name.endswith(".tmp") and state.get("epoch") == kill_epoch:
             f.write(b"PK\\x03\\x04 half a checkpoint")  # the write has begun ...
             f.flush()
             os.kill(os.getpid(), signal.SIGKILL)  # ... and the process dies: no clean shutdown
@@ -75,11 +75,12 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch, capsys):
                              capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
         assert out.returncode == -signal.SIGKILL, out.stderr[-2000:]
         [last] = killed_dir.glob("*.last.pth")
-        assert last.with_name(last.name + ".tmp").exists()  # the half-written file ...
+        [half_written] = killed_dir.glob(f".{last.name}.*.tmp")  # the half-written file ...
         state = torch.load(last, weights_only=True)  # ... did not replace the last good one
         assert state["epoch"] == KILL_DURING_WRITE_OF - 1
 
         resumed = run_recbole("GUME", "planted", config_dict=config_killed, resume=str(last))
+        assert not half_written.exists()  # the killed writer's temporary file: removed by the next write
     finally:
         torch.set_num_threads(threads)
     assert resumed["best_epoch"] == uninterrupted["best_epoch"]
