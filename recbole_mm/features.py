@@ -23,13 +23,13 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from recbole_mm import storage
 from recbole_mm.errors import RecBoleMMError, exit_on_user_error
 from recbole_mm.resources import install_command
 
@@ -392,15 +392,12 @@ def write_features(items: ItemTable, modality: str, encoder: Encoder, out_path: 
             else:
                 skipped.add(path, "not found")
         todo = present
-    folder = os.path.dirname(os.path.abspath(out_path))
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(out_path)}.", suffix=".tmp")
-    os.close(fd)
     written = 0
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp's 0600 would otherwise survive the rename
-        array = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float32, shape=(n_rows, encoder.dim))
+    # atomic_write: a failure (or a full disk) leaves no partial file, and a killed run's temporary file
+    # (.text_feat.npy.<random>.tmp) is removed by the next run that writes the same file.
+    with storage.atomic_write(out_path, f"{modality} feature file", "give --output-dir another folder") as tmp:
+        array = np.lib.format.open_memmap(tmp.path, mode="w+", dtype=np.float32, shape=(n_rows, encoder.dim))
+        tmp.reserve(os.path.getsize(tmp.path))  # a full disk fails here, not as a SIGBUS in the memory map
         array[:] = np.nan
         bar = tqdm(total=len(todo), unit="item", desc=f"{modality} ({encoder.name})", disable=not progress,
                    file=sys.stderr)
@@ -435,12 +432,6 @@ def write_features(items: ItemTable, modality: str, encoder: Encoder, out_path: 
                 bar.update(len(chunk))
         array.flush()
         del array
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, out_path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
     if skipped.count:
         _warn(f"{skipped.count} image(s) could not be read and got NaN rows in {os.path.basename(out_path)}, "
               f"e.g. {'; '.join(skipped.examples)}")
@@ -507,6 +498,20 @@ def _parse_modalities(spec: str | None) -> list[str] | None:
     return list(dict.fromkeys(wanted))
 
 
+_OUTPUT_FIX = "give --output-dir a folder you can write to"
+
+
+def check_output_dir(output_dir: str, modalities: Sequence[str]) -> None:
+    """The output folder can be created and written, and no feature file name there is taken by a folder;
+    checked before any model loads, creating nothing."""
+    storage.check_folder(output_dir, "--output-dir", _OUTPUT_FIX)
+    for modality in modalities:
+        target = os.path.join(output_dir, f"{modality}_feat.npy")
+        if os.path.isdir(target):
+            raise FeatureError(f"{target} is a folder, so {modality} features cannot be written there; "
+                               f"move it away or {_OUTPUT_FIX}")
+
+
 def extract(args: argparse.Namespace, make: Callable[[str, EncoderSpec], Encoder] | None = None) -> list[dict]:
     """Run the extraction that ``args`` describes; return one summary per written file."""
     make = make or make_encoder
@@ -524,8 +529,9 @@ def extract(args: argparse.Namespace, make: Callable[[str, EncoderSpec], Encoder
         n_rows = args.num_items
     spec = EncoderSpec(text_encoder=args.text_encoder, clip_model=args.clip_model, device=args.device,
                        progress=not args.no_progress)
+    check_output_dir(args.output_dir, modalities)
     spec.check(modalities)
-    os.makedirs(args.output_dir, exist_ok=True)
+    storage.make_folder(args.output_dir, "--output-dir", _OUTPUT_FIX)
     summaries = []
     for modality in modalities:
         encoder = make(modality, spec)
