@@ -26,7 +26,6 @@ import http.client
 import os
 import shutil
 import sys
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from typing import Mapping, Protocol
 
 import numpy as np
 
+from recbole_mm import storage
 from recbole_mm.errors import RecBoleMMError
 
 MMREC_FOLDER = "https://drive.google.com/drive/folders/13cBy1EA_saTUuXxVllKgtfci2A09jyaG"
@@ -221,6 +221,8 @@ def to_float32(src: str, dest: str, shape: tuple[int, int] | None, name: str) ->
         raise DownloadError(f"{name}: array of shape {array.shape} and dtype {array.dtype}, expected float "
                             f"{shape}; it was not used")
     out = np.lib.format.open_memmap(dest, mode="w+", dtype=np.float32, shape=array.shape)
+    with open(dest, "r+b") as f:  # blocks on disk now: a full disk is an OSError here, not a SIGBUS below
+        os.posix_fallocate(f.fileno(), 0, os.path.getsize(dest))
     for start in range(0, array.shape[0], _CONVERT_ROWS):
         out[start:start + _CONVERT_ROWS] = array[start:start + _CONVERT_ROWS]
     out.flush()
@@ -242,16 +244,29 @@ def _no_network_message(name: str, spec: RemoteDataset, transport: Transport, de
             f"which verifies them and installs them into {dest}")
 
 
+_DATA_PATH_FIX = "give --data-path a folder you can write to"
+
+
+def prepare_destination(name: str, data_path: str) -> Path:
+    """``<data_path>/<name>``, its parent created and checked writable, and the staging folders of killed
+    installs of ``name`` removed; nothing is created when the folder cannot be used."""
+    dest = Path(data_path) / name
+    storage.make_folder(dest.parent, "--data-path", _DATA_PATH_FIX)
+    if dest.exists() and not dest.is_dir():
+        raise DownloadError(f"{dest} is a file, so {name} cannot be installed there; move it away or "
+                            f"{_DATA_PATH_FIX}")
+    storage.remove_stale(dest.parent, [f".{name}.partial-*"])
+    return dest
+
+
 def install(name: str, data_path: str, transport: Transport,
             table: Mapping[str, RemoteDataset] = DATASETS, log=print) -> Path:
     """Fetch, verify and install dataset ``name`` into ``<data_path>/<name>/``; return that folder."""
     if name not in table:
         raise DownloadError(f"dataset {name!r}: downloadable ones are {', '.join(table)}")
     spec = table[name]
-    dest = Path(data_path) / name
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=dest.parent))
-    try:
+    dest = prepare_destination(name, data_path)
+    with storage.locked_temp_folder(dest.parent, f".{name}.partial-") as staging:
         ready = []
         for remote in spec.files:
             fetched = staging / f"{remote.name}.fetched"
@@ -260,22 +275,28 @@ def install(name: str, data_path: str, transport: Transport,
             try:
                 transport.fetch(spec.folder, remote.name, str(fetched))
             except OSError as exc:  # connection refused, DNS, timeout, HTTP errors, a missing local file
+                if exc.errno in storage.LOCAL_WRITE_ERRORS:  # the fetch could not write here: not the network
+                    raise storage.write_error(exc, f"{name} file", dest / remote.name, _DATA_PATH_FIX) from exc
                 raise DownloadError(_no_network_message(name, spec, transport, dest, exc)) from exc
             verify(str(fetched), remote, source)
             final = staging / remote.name
-            if remote.convert == "float32":
-                to_float32(str(fetched), str(final), remote.shape, remote.name)
-                fetched.unlink()
-            else:
-                fetched.rename(final)
+            try:
+                if remote.convert == "float32":
+                    to_float32(str(fetched), str(final), remote.shape, remote.name)
+                    fetched.unlink()
+                else:
+                    fetched.rename(final)
+            except OSError as exc:
+                raise storage.write_error(exc, f"{name} file", dest / remote.name, _DATA_PATH_FIX) from exc
             ready.append(final)
             log(f"  verified sha256 {remote.sha256[:16]}…" + (", converted to float32" if remote.convert == "float32" else ""))
-        dest.mkdir(exist_ok=True)
-        # The .inter goes last: once it is in place, so is every feature file it needs.
-        for path in sorted(ready, key=lambda p: p.suffix == ".inter"):
-            os.replace(path, dest / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            dest.mkdir(exist_ok=True)
+            # The .inter goes last: once it is in place, so is every feature file it needs.
+            for path in sorted(ready, key=lambda p: p.suffix == ".inter"):
+                os.replace(path, dest / path.name)
+        except OSError as exc:
+            raise storage.write_error(exc, "dataset folder", dest, _DATA_PATH_FIX) from exc
     log(f"installed {', '.join(f.name for f in spec.files)} into {dest}")
     if spec.unverified:
         log(f"not installed: {', '.join(spec.unverified)} (no published digest to check it against); put it in "
