@@ -7,6 +7,7 @@ Pure functions (paths and arrays in, arrays out) that know nothing of RecBole; e
 from __future__ import annotations
 
 import os
+import zipfile
 from typing import Sequence
 
 import numpy as np
@@ -148,6 +149,48 @@ def drop_cold_start_users(table: pd.DataFrame, user_field: str) -> pd.DataFrame:
     return table[keep].reset_index(drop=True)
 
 
+_SAVE_NPY = "save the features with numpy.save(path, array) as a .npy file"
+
+
+def load_feature_array(path: str) -> np.ndarray:
+    """The array of a feature file, never unpickled: a ``.npy`` (memory-mapped), or a ``.npz`` that holds
+    exactly one array. A pickle (``torch.save``'s ``.pt``, ``pickle.dump``) is refused: unpickling a
+    file can run arbitrary code, and a feature file is data."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):  # a zip: numpy's .npz, or torch.save's format
+        return _single_npz_array(path)
+    if head[:1] == b"\x80":  # a pickle protocol marker: torch's legacy format or pickle.dump
+        raise DataError(f"{path}: a pickle (as torch.save or pickle.dump write), which recbole_mm does not load "
+                        f"because unpickling can run code; {_SAVE_NPY}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:  # cut short, empty, unreadable, pickled object array
+        raise DataError(f"{path}: not a readable .npy array ({exc}); {_SAVE_NPY}") from exc
+
+
+def _single_npz_array(path: str) -> np.ndarray:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{path}: a damaged zip file ({exc}); {_SAVE_NPY}") from exc
+    if any(name.endswith("data.pkl") for name in members):
+        raise DataError(f"{path}: a torch file (torch.save), which recbole_mm does not load because it unpickles "
+                        f"Python objects; {_SAVE_NPY}, e.g. numpy.save(path, tensor.cpu().numpy())")
+    arrays = [name[:-len(".npy")] for name in members if name.endswith(".npy")]
+    if len(arrays) != 1 or len(members) != 1:
+        held = f"{len(arrays)} arrays ({', '.join(arrays[:5])})" if arrays else "no .npy array"
+        raise DataError(f"{path}: a .npz (zip) file holding {held}; a feature file is one array: {_SAVE_NPY}, "
+                        "or a .npz holding that one array")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return npz[arrays[0]]
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: array '{arrays[0]}' of this .npz cannot be read without unpickling or is "
+                        f"damaged ({exc}); {_SAVE_NPY}") from exc
+
+
 def open_feature_file(path: str, modality: str, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
     """Memory-map a 2-D ``.npy`` with ``n_rows`` rows; return it and the indices of all-NaN rows.
 
@@ -155,10 +198,7 @@ def open_feature_file(path: str, modality: str, n_rows: int) -> tuple[np.ndarray
     """
     if not os.path.isfile(path):
         raise DataError(f"{path}: feature file for modality '{modality}' not found; put it there or fix 'modalities' in the dataset config")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, EOFError, OSError) as exc:  # cut short, empty, unreadable
-        raise DataError(f"{path}: not a readable .npy array ({exc}); save features with numpy.save") from exc
+    array = load_feature_array(path)
     if array.ndim != 2 or array.shape[1] == 0:
         raise DataError(f"{path}: features must be 2-D [items, dim] with dim >= 1, got shape {array.shape}; "
                         "reshape before saving")
