@@ -26,7 +26,7 @@ from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_s
 
 from recbole_mm.checkpoint import load_checkpoint
 from recbole_mm.config_check import check_against_dataset, make_checked_config
-from recbole_mm.data.dataset import MultiModalDataset
+from recbole_mm.data.dataset import MultiModalDataset, check_trainable
 from recbole_mm.data.protocol import apply_protocol
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
@@ -82,6 +82,7 @@ def _load_checked_dataset(config: Config):
     if needs_item_features(config):
         _ = dataset.item_features  # read and validate feature files now, before training starts
     check_against_dataset(config, dataset)
+    check_trainable(config, dataset)
     return dataset
 
 

@@ -212,3 +212,43 @@ class MultiModalDataset(Dataset):
             info += f"\nItem features: {dims}"
         return info
 
+
+
+def _samples_negatives(config) -> bool:
+    """Whether RecBole's data preparation builds a negative sampler (train, valid or test)."""
+    for key in ("train_neg_sample_args", "valid_neg_sample_args", "test_neg_sample_args"):
+        args = config[key]
+        if isinstance(args, dict) and str(args.get("distribution") or "none").lower() != "none":
+            return True
+    return False
+
+
+def check_trainable(config, dataset: Dataset) -> None:
+    """Checks of a loaded dataset against the run's settings that RecBole makes only later, with a
+    traceback: a user who has interacted with every item (a dataset of one item, or of one user who saw
+    them all) leaves nothing to sample as a negative (RecBole's ValueError in its sampler), and a
+    ``topk`` above the number of items fails in the first evaluation (torch's ``topk`` out of range)."""
+    n_items = dataset.item_num - 1  # RecBole's item_num counts the padding id 0
+    inter_file = getattr(dataset, "_inter_file", None)
+    where = (inter_file(dataset.dataset_name, dataset.dataset_path) if inter_file
+             else f"dataset '{config['dataset']}' ({dataset.dataset_path})")
+    if _samples_negatives(config) and len(dataset.inter_feat):
+        users = np.asarray(dataset.inter_feat[dataset.uid_field], dtype=np.int64)  # pandas before build()
+        items = np.asarray(dataset.inter_feat[dataset.iid_field], dtype=np.int64)
+        pairs = np.unique(users * dataset.item_num + items)
+        seen = np.bincount(pairs // dataset.item_num, minlength=dataset.user_num)
+        saturated = np.flatnonzero(seen >= n_items)
+        if n_items <= 1:
+            raise DataError(f"{where}: a single item, so training has no negative item to sample; a recommender "
+                            "needs at least two items: add items")
+        if saturated.size:
+            token = dataset.field2id_token[dataset.uid_field][saturated[0]]
+            more = f" and {saturated.size - 1} other user(s)" if saturated.size > 1 else ""
+            raise DataError(f"{where}: {dataset.uid_field} {token}{more} interacted with all {n_items} items, so "
+                            "training has no negative item to sample for them; add items, or remove those "
+                            "users' rows")
+    topk = config["topk"]
+    topk = [topk] if isinstance(topk, int) else list(topk or [])
+    if topk and max(topk) > n_items:
+        raise DataError(f"topk: {config['topk']} asks for more items than the {n_items} of {where}; give "
+                        f"topk values up to {n_items}, e.g. --topk=[{min(n_items, 10)}]")
