@@ -9,6 +9,10 @@ from recbole_mm import compat
 
 compat.install()
 
+from recbole_mm import logs  # noqa: E402
+
+logs.install()  # RecBole's log folders under log_dir (default: the working directory, as RecBole)
+
 from recbole_mm import registry  # noqa: E402  (needs the shims above)
 
 registry.register()

@@ -97,15 +97,17 @@ def evaluate_groups(rows: list[torch.Tensor], config, k: int) -> list[dict]:
 
 
 @torch.no_grad()
-def longtail(model_file: str, n_groups: int = 5, k: int = 20, label: str | None = None) -> dict:
-    """Per-group test Recall@k / NDCG@k of one checkpoint (``label`` names it in reports; default: the model)."""
+def longtail(model_file: str, n_groups: int = 5, k: int = 20, label: str | None = None,
+             log_dir: str | None = None) -> dict:
+    """Per-group test Recall@k / NDCG@k of one checkpoint (``label`` names it in reports; default: the model;
+    ``log_dir``: where RecBole's log of loading it goes, default the working directory)."""
     from recbole.data.dataloader import FullSortEvalDataLoader
     from recbole.trainer import Trainer
 
     from recbole_mm.quick_start import load_data_and_model
 
     asked = n_groups
-    config, model, dataset, train_data, _, test_data = load_data_and_model(model_file)
+    config, model, dataset, train_data, _, test_data = load_data_and_model(model_file, log_dir=log_dir)
     if not isinstance(test_data, FullSortEvalDataLoader):
         raise RecBoleMMError(f"{model_file}: long-tail analysis needs full-sort evaluation (eval_args mode: full)")
     degree = np.bincount(train_data._dataset.inter_feat[dataset.iid_field].numpy(), minlength=dataset.item_num)

@@ -105,7 +105,7 @@ def cell_config(plan: dict, run: dict, point: dict, seed: int) -> dict:
 # ---- what a cell is: its resolved config and the code that runs it ---------------------------------
 # Keys that name where things are on this machine, or only how a run reports progress: they neither change
 # a result nor belong in a committed report.
-_MACHINE_KEYS = ("data_path", "checkpoint_dir", "show_progress", "log_wandb", "wandb_project", "state")
+_MACHINE_KEYS = ("data_path", "checkpoint_dir", "show_progress", "log_wandb", "wandb_project", "state", "log_dir")
 
 
 def portable_config(config: dict) -> dict:
@@ -658,7 +658,7 @@ def main(argv: list[str] | None = None) -> None:
             first = {label: chosen[label]["cells"][0] for label in charted
                      if label in chosen and "failed" not in chosen[label]["cells"][0]}
             if first:
-                report = [longtail(cell["checkpoint"], label=label) for label, cell in first.items()]
+                report = [longtail(cell["checkpoint"], label=label, log_dir=str(out)) for label, cell in first.items()]
                 images.append(write_report(report, str(out / f"{name}-longtail"))[1])
         md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images], command, name)
         print(f"wrote {md}")

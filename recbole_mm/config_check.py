@@ -247,6 +247,7 @@ PLUGIN_SCHEMA: dict[str, Spec] = {
     "learning_rate_scheduler": ListOf(Float(min=0, min_open=True), length=2, none_ok=True),
     "modalities": MappingOf(Str(), "{image: image_feat.npy}"),
     "inter_file_name": Str(none_ok=True),
+    "log_dir": Str(none_ok=True),  # recbole_mm.logs: the folder that receives RecBole's log/ and log_tensorboard/
 }
 
 _VALUE_METRICS_NOTE = "value metrics (AUC, MAE, ...) take no @k"

@@ -22,13 +22,14 @@ from recbole.config import Config
 from recbole.data import create_dataset as recbole_create_dataset
 from recbole.data import data_preparation
 from recbole.trainer import Trainer as RecBoleTrainer
-from recbole.utils import ModelType, get_model, get_trainer, init_logger, init_seed
+from recbole.utils import ModelType, get_model, get_trainer, init_seed
 
 from recbole_mm.checkpoint import load_checkpoint
 from recbole_mm.config_check import check_against_dataset, make_checked_config
 from recbole_mm.data.dataset import MultiModalDataset, check_trainable
 from recbole_mm.data.protocol import apply_protocol
 from recbole_mm.errors import RecBoleMMError
+from recbole_mm.logs import LOG_DIR_KEY, check_log_folder, init_logger
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.registry import canonical_model_name
 from recbole_mm.trainer import PROTOCOL_MARK, Trainer, check_resume_file
@@ -151,6 +152,7 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     """
     start = perf_counter()
     config = make_config(model, dataset, config_file_list, config_dict)
+    check_log_folder(config)  # RecBole's log/ and log_tensorboard/ folders, before the data loads
     if resume:
         check_resume_file(resume)
     init_seed(config["seed"], config["reproducibility"])
@@ -327,13 +329,15 @@ def objective_function(config_dict: dict | None = None, config_file_list: list[s
     }
 
 
-def load_data_and_model(model_file: str, trust_pickle: bool = False, log: bool = True) -> tuple:
+def load_data_and_model(model_file: str, trust_pickle: bool = False, log: bool = True,
+                        log_dir: str | None = None) -> tuple:
     """Load a checkpoint with its dataset and dataloaders: ``(config, model, dataset, train, valid, test)``.
 
     Safe by default: only plain data is unpickled. A checkpoint written by plain RecBole pickles
     Python objects and needs ``trust_pickle=True``, for files whose origin you trust. ``log=False``
     leaves RecBole's logger as it is (no ``log/`` file, no config dump): for callers such as
-    ``recommend`` whose output is the answer and that write nothing.
+    ``recommend`` whose output is the answer and that write nothing. Otherwise RecBole's log of the
+    loading goes under ``log_dir`` (default: the working directory).
     """
     checkpoint = load_checkpoint(model_file, trust_pickle=trust_pickle)
     config = checkpoint["config"]
@@ -346,6 +350,9 @@ def load_data_and_model(model_file: str, trust_pickle: bool = False, log: bool =
         if config["device"].type == "cuda":
             config["device"] = torch.device("cuda")
     init_seed(config["seed"], config["reproducibility"])
+    # The stored log_dir is a folder of the machine and run that wrote the checkpoint: this process logs
+    # where its caller says.
+    config.final_config_dict[LOG_DIR_KEY] = log_dir
     logger = getLogger()
     if log:
         init_logger(config)
