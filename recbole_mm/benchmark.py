@@ -30,6 +30,7 @@ import csv
 import fcntl
 import hashlib
 import heapq
+import io
 import itertools
 import json
 import os
@@ -44,6 +45,7 @@ from pathlib import Path
 
 import yaml
 
+from recbole_mm import storage
 from recbole_mm.errors import RecBoleMMError
 
 METRICS = ["recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20", "map@10", "map@20"]
@@ -59,6 +61,7 @@ def load_plan(args: argparse.Namespace, path: str | None = None) -> dict:
                 plan = yaml.safe_load(f) or {}
         except (OSError, yaml.YAMLError) as err:
             raise RecBoleMMError(f"benchmark plan {path}: {err}") from err
+        check_plan_shape(plan, path)
     if args.datasets:
         plan["datasets"] = args.datasets
     if args.seeds:
@@ -80,6 +83,115 @@ def load_plan(args: argparse.Namespace, path: str | None = None) -> dict:
         raise RecBoleMMError(f"benchmark plan {path or ''}: longtail names {unknown}, which are not among its runs "
                              f"{list(plan['runs'])}")
     return plan
+
+
+PLAN_KEYS = ("datasets", "seeds", "runs", "config", "report", "longtail")
+_PLAN_EXAMPLE = "e.g. {datasets: [tiktok], seeds: [999], runs: {GUME: {model: GUME}}}"
+
+
+def _seeds_problem(seeds) -> str | None:
+    if not isinstance(seeds, list) or not seeds:
+        return f"{seeds!r} is not a list of seeds, e.g. [999, 1000]"
+    bad = [s for s in seeds if not isinstance(s, int) or isinstance(s, bool) or not 0 <= s < 2**32]
+    return f"{bad[0]!r} is not a seed (an integer from 0 to 2**32 - 1)" if bad else None
+
+
+def _grid_problem(grid) -> str | None:
+    if isinstance(grid, dict):
+        bad = [k for k, v in grid.items() if not isinstance(v, list) or not v]
+        return f"grid key '{bad[0]}' needs a non-empty list of values, e.g. {{{bad[0]}: [0.1, 0.01]}}" if bad else None
+    if isinstance(grid, list):
+        return None if grid and all(isinstance(p, dict) for p in grid) else \
+            "a grid list needs one mapping per point, e.g. [{fusion: mean}, {fusion: concat}]"
+    return "grid must map keys to lists of values, e.g. {reg_weight: [0.0, 0.001]}, or list points"
+
+
+def check_plan_shape(plan, path: str) -> None:
+    """A plan file's structure, before anything runs: a mapping of the known keys, ``datasets`` a list of
+    names, ``seeds`` a list of integers, ``runs`` a mapping of label to ``{model: NAME, ...}`` with a
+    well-formed ``grid`` and ``seeds``; the first problem is one line naming the file, the key and the fix."""
+    where = f"benchmark plan {path}"
+    if not isinstance(plan, dict):
+        raise RecBoleMMError(f"{where} holds a yaml {type(plan).__name__}, not a mapping of datasets, seeds and "
+                             f"runs; write it as {_PLAN_EXAMPLE}")
+    unknown = [str(key) for key in plan if key not in PLAN_KEYS]
+    if unknown:
+        raise RecBoleMMError(f"{where}: unknown key(s) {', '.join(unknown)}; a plan has {', '.join(PLAN_KEYS)}")
+    datasets = plan.get("datasets")
+    if datasets is not None and not (isinstance(datasets, list) and datasets
+                                     and all(isinstance(d, str) and d for d in datasets)):
+        raise RecBoleMMError(f"{where}: datasets: {datasets!r} is not a list of dataset names, e.g. [tiktok]")
+    if "seeds" in plan and _seeds_problem(plan["seeds"]):
+        raise RecBoleMMError(f"{where}: seeds: {_seeds_problem(plan['seeds'])}")
+    if plan.get("config") is not None and not isinstance(plan["config"], dict):
+        raise RecBoleMMError(f"{where}: config: {plan['config']!r} is not a mapping of settings, e.g. {{epochs: 5}}")
+    if plan.get("report") is not None and not (isinstance(plan["report"], str) and plan["report"]
+                                               and "/" not in plan["report"] and not plan["report"].startswith(".")):
+        raise RecBoleMMError(f"{where}: report: {plan['report']!r} is not a file name, e.g. tiktok-coldstart")
+    if plan.get("longtail") is not None and not isinstance(plan["longtail"], list):
+        raise RecBoleMMError(f"{where}: longtail: {plan['longtail']!r} is not a list of run labels")
+    runs = plan.get("runs")
+    if runs is None:
+        return
+    if not isinstance(runs, dict):
+        raise RecBoleMMError(f"{where}: runs must map a label to a run, e.g. {{GUME: {{model: GUME}}}}, "
+                             f"not a {type(runs).__name__}")
+    for label, run in runs.items():
+        if not isinstance(run, dict) or not isinstance(run.get("model"), str) or not run["model"]:
+            raise RecBoleMMError(f"{where}: run '{label}' needs a model, e.g. {{model: GUME}}")
+        if "grid" in run and run["grid"] is not None and _grid_problem(run["grid"]):
+            raise RecBoleMMError(f"{where}: run '{label}': {_grid_problem(run['grid'])}")
+        if "seeds" in run and _seeds_problem(run["seeds"]):
+            raise RecBoleMMError(f"{where}: run '{label}': seeds: {_seeds_problem(run['seeds'])}")
+
+
+def check_plan_models(plan: dict, path: str | None) -> None:
+    """Every run's model exists (RecBole's or recbole_mm's; aliases allowed), before any cell runs: a
+    misspelt model was a failed row in the report and exit status 0."""
+    from recbole_mm.errors import UnknownModelError
+    from recbole_mm.registry import canonical_model_name
+
+    for label, run in plan["runs"].items():
+        try:
+            canonical_model_name(run["model"])
+        except (UnknownModelError, ImportError, ValueError) as exc:
+            raise RecBoleMMError(f"benchmark plan {path or '(command line)'}: run '{label}': {exc}") from exc
+
+
+def check_plan_configs(plan: dict, path: str | None) -> None:
+    """Every run's settings, at each grid point, resolve to a valid config on each dataset whose folder
+    exists (values, metrics, checkpoint folder...), before any cell runs: one line naming the run."""
+    from recbole_mm.quick_start import make_config
+
+    where = f"benchmark plan {path or '(command line)'}"
+    for dataset in plan["datasets"]:
+        for label, run in plan["runs"].items():
+            for point in grid_points(run):
+                config = cell_config(plan, run, point, run_seeds(plan, run)[0])
+                at = f" at grid point {point}" if point else ""
+                argv, sys.argv = sys.argv, sys.argv[:1]  # the benchmark's own arguments are not a cell's config
+                try:
+                    resolved = make_config(run["model"], dataset, None, dict(config))
+                except RecBoleMMError as exc:
+                    raise RecBoleMMError(f"{where}: run '{label}' on {dataset}{at}: {exc}") from exc
+                finally:
+                    sys.argv = argv
+                folder = resolved["data_path"]
+                if not os.path.isdir(folder):
+                    from recbole_mm.data.files import available_datasets
+
+                    found = available_datasets(os.path.dirname(folder)) or ["none"]
+                    raise RecBoleMMError(f"{where}: dataset '{dataset}': folder {folder} not found (datasets there: "
+                                         f"{', '.join(found)}; names are case-sensitive); fix datasets or data_path")
+
+
+def check_plans(plans: list[dict], paths: list[str | None], run_cells: bool = True) -> None:
+    """Every plan's models (and, when cells will run, their resolved configs and dataset folders), before
+    any cell runs; ``--report-only`` builds no config for this."""
+    for plan, path in zip(plans, paths):
+        check_plan_models(plan, path)
+        if run_cells:
+            check_plan_configs(plan, path)
 
 
 def run_seeds(plan: dict, run: dict) -> list[int]:
@@ -260,18 +372,39 @@ def _run_in_subprocess(model: str, dataset: str, config: dict, workdir: Path, th
 
 
 # ---- the cache ------------------------------------------------------------------------------------
+_OUT_FIX = "give --out a folder you can write to"
+
+
 def update_cache(path: Path, key: str | None = None, value: dict | None = None) -> dict:
     """Read (and optionally add one cell to) a cache that parallel benchmark processes may share."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "w") as lock:
+    storage.make_folder(path.parent, "--out", _OUT_FIX)
+    try:
+        lock = open(path.with_suffix(".lock"), "w")
+    except OSError as exc:
+        raise storage.write_error(exc, "benchmark cache lock", path.with_suffix(".lock"), _OUT_FIX) from exc
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        cells = json.loads(path.read_text()) if path.exists() else {}
+        cells = _read_cache(path)
         if key is not None:
             cells[key] = value
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(cells, indent=1) + "\n")
-            os.replace(tmp, path)
+            # atomic: a full disk leaves the cache as it was; the .tmp of earlier versions is removed
+            with storage.atomic_write(path, "benchmark cache", _OUT_FIX, stale=[path.with_suffix(".tmp").name]) as tmp:
+                tmp.file.write((json.dumps(cells, indent=1) + "\n").encode())
         return cells
+
+
+def _read_cache(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    try:
+        cells = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RecBoleMMError(f"benchmark cache {path} cannot be read ({' '.join(str(exc).split())}); delete it "
+                             "(its cells run again) or restore it") from exc
+    if not isinstance(cells, dict):
+        raise RecBoleMMError(f"benchmark cache {path} holds a {type(cells).__name__}, not cells by key; delete it "
+                             "(its cells run again)")
+    return cells
 
 
 class Runner:
@@ -289,6 +422,7 @@ class Runner:
         self.ran_now: set[str] = set()
         self.key_lock = threading.Lock()
         self.by_plan: dict[tuple[int, str], dict] = {}  # (plan index, dataset) → label → chosen entry
+        self.aborted = False  # a worker thread failed: the others queue nothing more
 
     def run_label(self, plan: dict, dataset: str, label: str, priority: tuple) -> dict:
         """Grid on the first seed, choose on validation, then the other seeds; the chosen entry."""
@@ -339,28 +473,53 @@ class Runner:
         extra = bool(priority[0])
         with self.slots.cond:
             if extra:  # not before every full-seed run has queued all its cells
-                self.slots.cond.wait_for(lambda: self.mains_left == 0)
+                self.slots.cond.wait_for(lambda: self.mains_left == 0 or self.aborted)
+            if self.aborted:
+                return
             tickets = [self.slots.enqueue(priority) for _ in missing]
             if last and not extra:
                 self.mains_left -= 1
                 self.slots.cond.notify_all()
-        threads = [threading.Thread(target=self._run, args=(cache, ticket, *item, plan, dataset))
-                   for ticket, item in zip(tickets, missing)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        self._in_threads([lambda ticket=ticket, item=item: self._run(cache, ticket, *item, plan, dataset)
+                          for ticket, item in zip(tickets, missing)])
 
     def _run(self, cache: Path, ticket: tuple, label: str, run: dict, point: dict, seed: int, plan: dict,
              dataset: str) -> None:
         with self.slots.hold(ticket):
             with self.print_lock:
                 print(f"[{dataset}] {label} {point or ''} seed {seed}", flush=True)
-            result = _run_in_subprocess(run["model"], dataset, cell_config(plan, run, point, seed), self.workdir,
-                                        self.threads)
+            # RecBole's log/ and log_tensorboard/ of a cell go under --out (log_dir), not the working directory.
+            result = _run_in_subprocess(run["model"], dataset, {**cell_config(plan, run, point, seed),
+                                                                "log_dir": str(self.out)}, self.workdir, self.threads)
         key = self.key(plan, dataset, label, point, seed)
         self.ran_now.add(key)
         update_cache(cache, key, result)
+
+    def _in_threads(self, jobs: list) -> None:
+        """Run ``jobs`` (callables) in threads and wait for all; the first exception of any is raised here as
+        one line (in a thread it was printed as a traceback and lost, and the missing result became a
+        KeyError), after the other threads have stopped queueing work."""
+        errors: list[BaseException] = []
+
+        def guarded(job) -> None:
+            try:
+                job()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, in the calling thread
+                errors.append(exc)
+                with self.slots.cond:
+                    self.aborted = True
+                    self.slots.cond.notify_all()
+
+        threads = [threading.Thread(target=guarded, args=(job,)) for job in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            exc = errors[0]
+            if isinstance(exc, OSError):  # a write under --out that no check caught (e.g. the disk filled up)
+                raise storage.write_error(exc, "benchmark output", exc.filename or self.out, _OUT_FIX) from exc
+            raise exc
 
     def _matching(self, cells: dict, plan: dict, dataset: str, label: str, point: dict, seed: int) -> dict:
         """The latest cached cell of this model and dataset whose config holds every setting the plan gives
@@ -381,7 +540,7 @@ class Runner:
         found = [c for c in cells.values() if "failed" not in c and c["config"].get("model") == model
                  and c["config"].get("dataset") == dataset and all(c["config"].get(k) == v for k, v in want.items())
                  and all(c["config"][k] == wanted[k] if k in wanted else c["config"][k] in (None, False)
-                         for k in c["config"] if k not in _RUN_DERIVED)]
+                         for k in c["config"] if k not in _RUN_DERIVED and k not in _MACHINE_KEYS)]
         if not found:
             return {"failed": "not run yet, or run with other settings (report-only)"}
         return {**max(found, key=lambda c: c.get("finished", 0)), "from_cache": True}
@@ -402,11 +561,7 @@ class Runner:
             plan, dataset, label, priority = task
             results[(priority[1], dataset, label)] = self.run_label(plan, dataset, label, priority)
 
-        threads = [threading.Thread(target=work, args=(task,)) for task in tasks]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        self._in_threads([lambda task=task: work(task) for task in tasks])
         chosen: dict = {}
         for plan, dataset, label, priority in tasks:
             entry = results[(priority[1], dataset, label)]
@@ -570,12 +725,14 @@ def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images
                       f"of {cell['epochs']}; changes `{json.dumps(changes, sort_keys=True, default=str)}`; "
                       f"{source}{f', commit {commit}' if commit else ''}")
     md_path, csv_path = out / f"{name}.md", out / f"{name}.csv"
-    md_path.write_text("\n".join(md) + "\n")
-    (out / f"{name}.configs.json").write_text(json.dumps(configs, indent=1, sort_keys=True, default=str) + "\n")
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+    storage.write_text(md_path, "\n".join(md) + "\n", "benchmark report", _OUT_FIX)
+    storage.write_text(out / f"{name}.configs.json", json.dumps(configs, indent=1, sort_keys=True, default=str) + "\n",
+                       "benchmark configs", _OUT_FIX)
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(header)
+    writer.writerows(rows)
+    storage.write_text(csv_path, table.getvalue(), "benchmark table", _OUT_FIX)
     return md_path, csv_path
 
 
@@ -612,8 +769,11 @@ def plot_curves(name: str, chosen: dict, out: Path) -> Path | None:
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     path = out / f"{name}-curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with storage.atomic_write(path, "benchmark chart", _OUT_FIX) as tmp:
+            fig.savefig(tmp.file, format="png", dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -637,12 +797,14 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(run_cell(request["model"], request["dataset"], request["config"]), default=str))
         return
     plans = [load_plan(args, path) for path in args.plan] if args.plan else [load_plan(args)]
+    check_plans(plans, args.plan or [None], run_cells=not args.report_only)
     # The command as it can be rerun from the checkout: paths below the working directory made relative.
     cwd = Path.cwd().resolve()
     words = [os.path.relpath(w, cwd) if os.path.isabs(w) and Path(w).resolve().is_relative_to(cwd) else w
              for w in (sys.argv[1:] if argv is None else argv)]
     command = shlex.join(["python", "-m", "recbole_mm.benchmark", *words])
     out = Path(args.out).resolve()
+    storage.make_folder(out, "--out", _OUT_FIX)
     runner = Runner(out, Path.cwd(), args.jobs, report_only=args.report_only)
     runner.run_plans(plans)
     for (i, dataset), chosen in runner.by_plan.items():
