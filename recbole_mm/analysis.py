@@ -15,11 +15,13 @@ with the group's hits. Writes ``<out>.md`` (a table) and ``<out>.png`` (bar char
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from recbole_mm import storage
 from recbole_mm.errors import RecBoleMMError
 
 
@@ -137,6 +139,9 @@ def group_names(result: dict) -> list[str]:
     return [f"group {g + 1}" if tuple(d) != (0, 0) else "no training interaction" for g, d in enumerate(degrees)]
 
 
+_OUT_FIX = "give --out a path in a folder you can write to"
+
+
 def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
     """``<out>.md`` table and ``<out>.png`` chart comparing checkpoints group by group."""
     import matplotlib
@@ -172,8 +177,8 @@ def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
             lines.append(f"| {r['model']} | {m} | " + " | ".join(cells) + " |")
     lines += ["", "Checkpoints: " + ", ".join(f"`{r['file']}`" for r in results)]
     md, png = Path(f"{out}.md"), Path(f"{out}.png")
-    md.parent.mkdir(parents=True, exist_ok=True)
-    md.write_text("\n".join(lines) + "\n")
+    storage.make_folder(md.parent, "--out's folder", _OUT_FIX)
+    storage.write_text(md, "\n".join(lines) + "\n", "long-tail report", _OUT_FIX)
 
     # Head and tail get their own y-scales: tail values are an order of magnitude smaller.
     columns = [[0], list(range(1, n_groups))] if n_groups > 1 else [[0]]
@@ -195,8 +200,11 @@ def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
     fig.legend(handles, labels, loc="center right", fontsize=8)
     fig.suptitle(f"Per-group test metrics on {first['dataset']} (groups by training degree; 1 = most popular)")
     fig.tight_layout(rect=(0, 0, 0.85, 1))
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
+    try:
+        with storage.atomic_write(png, "long-tail chart", _OUT_FIX) as tmp:
+            fig.savefig(tmp.file, format="png", dpi=120)
+    finally:
+        plt.close(fig)
     return md, png
 
 
@@ -221,7 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     given = set(args.checkpoints)
     kept = [(path, label) for path, label in zip(args.checkpoints, labels)
             if not (path.endswith(".last.pth") and path[: -len(".last.pth")] + ".pth" in given)]
-    results = [longtail(path, args.groups, args.k, label) for path, label in kept]
+    # Checked before the checkpoints load (minutes on a large dataset); RecBole's log of loading them goes
+    # next to the report, not into the working directory.
+    folder = os.path.dirname(os.path.abspath(args.out))
+    storage.check_folder(folder, "--out's folder", _OUT_FIX)
+    results = [longtail(path, args.groups, args.k, label, log_dir=folder) for path, label in kept]
     md, png = write_report(results, args.out)
     print(md.read_text())
     print(f"wrote {md} and {png}")

@@ -144,13 +144,13 @@ def config_from_plain(data: dict) -> Any:
 STALE_CHECKPOINT_TEMPS = (".*.pth.*.tmp", "*.pth.tmp")
 
 
-def save_atomically(state: dict, path: str) -> None:
+def save_atomically(state: dict, path: str, elsewhere: str = "set --checkpoint_dir to another folder") -> None:
     """``torch.save`` through a temporary file that replaces ``path`` only when complete: an interrupted or
-    failed save (a kill, a full disk) leaves ``path`` as it was and no temporary file behind."""
+    failed save (a kill, a full disk) leaves ``path`` as it was and no temporary file behind (``elsewhere``:
+    how the user writes to another folder, for the error line)."""
     from recbole_mm.storage import atomic_write
 
-    with atomic_write(path, "checkpoint", "set --checkpoint_dir to another folder",
-                      stale=STALE_CHECKPOINT_TEMPS) as tmp:
+    with atomic_write(path, "checkpoint", elsewhere, stale=STALE_CHECKPOINT_TEMPS) as tmp:
         torch.save(state, tmp.file)
 
 
@@ -248,11 +248,16 @@ def _damaged(path: str, exc: BaseException) -> CheckpointError:
 
 def convert_checkpoint(src: str, dst: str, trust_pickle: bool = False) -> None:
     """Rewrite a (trusted) full-pickle RecBole checkpoint as a safe recbole_mm checkpoint."""
+    from recbole_mm.storage import check_folder, make_folder
+
+    fix = "give DST in a folder you can write to"
+    check_folder(os.path.dirname(os.path.abspath(dst)), "DST's folder", fix)  # before SRC is read
     checkpoint = load_checkpoint(src, map_location="cpu", trust_pickle=trust_pickle)
     checkpoint["config"] = config_to_plain(checkpoint["config"])
     checkpoint["other_parameter"] = encode_other_parameter(checkpoint.get("other_parameter") or {})
     checkpoint["best_valid_score"] = float(checkpoint["best_valid_score"])
-    save_atomically(checkpoint, dst)
+    make_folder(os.path.dirname(os.path.abspath(dst)), "DST's folder", fix)
+    save_atomically(checkpoint, dst, fix)
 
 
 def main(argv: list[str] | None = None) -> None:
