@@ -74,35 +74,32 @@ def make_folder(folder: str | os.PathLike, what: str, fix: str) -> Path:
 
 
 # ---- stale temporaries ----------------------------------------------------------------------------
-def _abandoned(path: str) -> bool:
-    """True when no live process holds the lock on ``path`` (its writer was killed or never locked it)."""
+def _remove_if_abandoned(path: str) -> bool:
+    """Remove ``path`` (a file or folder) if no live process holds its lock (its writer was killed, or is of
+    a version that did not lock); the lock is held while removing, so a writer that has just created it
+    and waits for its lock sees it gone and makes another."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
         return False  # gone already, or not ours to read
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
     except OSError:
-        return False
+        return False  # held by a live writer, or not ours to remove
     finally:
-        os.close(fd)  # releases the lock we may have taken
+        os.close(fd)
     return True
 
 
 def remove_stale(folder: str | os.PathLike, patterns: Iterable[str]) -> list[str]:
     """Remove the files and folders in ``folder`` matching ``patterns`` (globs) that no live writer holds."""
-    removed = []
-    for pattern in patterns:
-        for path in sorted(glob.glob(os.path.join(glob.escape(str(folder)), pattern))):
-            if not _abandoned(path):
-                continue
-            with contextlib.suppress(OSError):
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path)
-                else:
-                    os.remove(path)
-                removed.append(path)
-    return removed
+    return [path for pattern in patterns
+            for path in sorted(glob.glob(os.path.join(glob.escape(str(folder)), pattern)))
+            if _remove_if_abandoned(path)]
 
 
 def temp_pattern(name: str) -> str:
@@ -112,7 +109,12 @@ def temp_pattern(name: str) -> str:
 
 def _locked(fd: int, path: str) -> bool:
     """Lock ``fd``; False when a cleaner removed ``path`` before the lock was taken (then retry)."""
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return True  # a file system without flock: no lock, and no cleaner can take one either
+        raise
     try:
         return os.fstat(fd).st_ino == os.stat(path).st_ino
     except FileNotFoundError:
