@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -31,7 +32,7 @@ import torch
 import yaml
 from conftest import REPO, planted_config, write_planted_dataset
 
-from recbole_mm import benchmark, checkpoint, cli, datasets, features, storage
+from recbole_mm import analysis, benchmark, checkpoint, cli, datasets, features, storage
 from recbole_mm.errors import RecBoleMMError, exit_on_user_error
 
 ENOSPC_TEXT = "No space left on device: the disk is full"
@@ -106,6 +107,7 @@ def test_torch_write_failure_is_one_line_and_leaves_the_old_checkpoint(tmp_path,
     assert tree(tmp_path) == ["BPR.pth"]
 
 
+@pytest.mark.slow
 def test_a_killed_writers_temporary_files_are_removed_by_the_next_run(tmp_path, monkeypatch, capsys):
     """A temporary checkpoint nobody holds (a killed run's, in today's and in the old naming) is removed by
     the next checkpoint write into the folder; one a live writer holds (a parallel run) is kept."""
@@ -200,6 +202,7 @@ KILLED_EXTRACTION = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_killed_extraction_leaves_a_temporary_file_that_the_next_run_removes(tmp_path, monkeypatch):
     items = tmp_path / "items.tsv"
     pd.DataFrame({"itemID": range(8), "text": [f"item {i}" for i in range(8)]}).to_csv(items, sep="\t", index=False)
@@ -554,6 +557,7 @@ def _sandbox(tmp_path: Path, size_kib: int) -> list[str]:
     return ["unshare", "-rm", "sh", "-c", script, "sandbox"]
 
 
+@pytest.mark.slow
 def test_full_disk_and_read_only_folders_for_real(tmp_path, by_hand):
     (tmp_path / "ro").mkdir()
     (tmp_path / "full").mkdir()
@@ -596,3 +600,133 @@ def test_full_disk_and_read_only_folders_for_real(tmp_path, by_hand):
     assert line("benchmark") == (f"recbole_mm: error: --out {ro}/results cannot be used: {ro} is not writable; "
                                  "give --out a folder you can write to")
     assert results["full left"] == []  # no temporary file of any of the failed writes
+
+
+# ---- the docs' table of these faults: generated from FAULT_CASES, so it cannot drift ---------------------
+def _fault_table_data(tmp: Path) -> None:
+    """Inputs shared by the table's cases, made in ``tmp`` (the working directory)."""
+    (tmp / "afile").write_text("")
+    root = tmp / "data"
+    folder = write_planted_dataset(root)
+    image = np.load(folder / "image_feat.npy")
+    np.savez(folder / "two.npz", image, image)
+    torch.save(torch.from_numpy(image), folder / "image_feat.pt")
+    write_inter(root, "one-item", [(u, 0, 0) for u in range(5)] + [(0, 0, 1), (1, 0, 2)], 1)
+    write_inter(root, "one-user", [(0, i, 0) for i in range(5)] + [(0, 5, 1), (0, 6, 2)], 7)
+    write_inter(root, "few-items", [(u, (u + k) % 6, label) for u in range(6) for k, label in enumerate((0, 0, 1, 2))], 6)
+    pd.DataFrame({"itemID": [0, 1], "text": ["a", "b c"]}).to_csv(tmp / "items.tsv", sep="\t", index=False)
+    (tmp / "by-hand").mkdir()
+    (tmp / "by-hand" / "baby.inter").write_text("userID\titemID\tx_label\n")
+    config = {k: v for k, v in planted_config(root).items() if k != "seed"}
+    for name, plan in (("plan", {"datasets": ["planted"], "seeds": [1], "config": config,
+                                 "runs": {"BPR": {"model": "BPR"}}}),
+                       ("list", [{"datasets": ["planted"], "runs": {"BPR": {"model": "BPR"}}}]),
+                       ("typo", {"datasets": ["planted"], "config": config, "runs": {"VBPR": {"model": "VPBR"}}}),
+                       ("seed", {"datasets": ["planted"], "seed": [1], "runs": {"BPR": {"model": "BPR"}}})):
+        (tmp / f"{name}.yaml").write_text(yaml.safe_dump(plan))
+    (tmp / "results").mkdir()
+    (tmp / "results" / "planted.cells.json").write_text('{"3f2a": {"valid"')
+    (tmp / "saved").mkdir()
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+_real_access = os.access
+
+
+def _read_only_cwd(path, mode, **kwargs) -> bool:
+    """``os.access`` as a read-only working directory answers it (root's chmod cannot make one)."""
+    return str(Path(path).absolute()) != os.getcwd() and _real_access(path, mode, **kwargs)
+
+
+def _with(patches: list[tuple], call):
+    """``call()`` with ``(object, attribute, value)`` patches in place."""
+    with pytest.MonkeyPatch.context() as patch:
+        for target, name, value in patches:
+            patch.setattr(target, name, value)
+        return call()
+
+
+_STUB_FEATURES = [(features, "make_encoder", lambda modality, spec: StubEncoder()),
+                  (features.EncoderSpec, "check", lambda self, modalities: None)]
+_PLANTED = ("--dataset=planted", "--data_path=data", "--USER_ID_FIELD=userID", "--ITEM_ID_FIELD=itemID",
+            "--epochs=1", "--show_progress=False")
+_VBPR = ("--model=VBPR", *_PLANTED)
+
+# (what the user does, the entry point, its arguments, patches that simulate the fault)
+FAULT_CASES = [
+    ("a read-only working directory (`log_dir` unset)", cli.main, ("--model=BPR", *_PLANTED, "--checkpoint_dir=saved"),
+     [(os, "access", _read_only_cwd)]),
+    ("`--log_dir=afile/logs`", cli.main, ("--model=BPR", *_PLANTED, "--log_dir=afile/logs"), []),
+    ("a checkpoint write on a full disk (torch: `[enforce fail at inline_container.cc:672]`)",
+     lambda argv: checkpoint.save_atomically({"epoch": 1}, "saved/BPR.pth"), (),
+     [(checkpoint.torch, "save", _no_space)]),
+    ("`recbole-mm features items.tsv --output-dir afile/ds`", features.main,
+     ("items.tsv", "--output-dir", "afile/ds", "--no-progress"), _STUB_FEATURES),
+    ("`recbole-mm features` on a full disk", features.main,
+     ("items.tsv", "--output-dir", "ds", "--no-progress"), [*_STUB_FEATURES, (storage.TempFile, "reserve", _no_space)]),
+    ("`recbole-mm download amazon-baby --data-path afile/data`", datasets.main,
+     ("download", "amazon-baby", "--from", "by-hand", "--data-path", "afile/data"), []),
+    ("`recbole-mm download` on a full disk", datasets.main,
+     ("download", "amazon-baby", "--from", "by-hand", "--data-path", "downloads"),
+     [(datasets.shutil, "copyfile", _no_space)]),
+    ("`recbole-mm benchmark --plan plan.yaml --out afile/results`", benchmark.main,
+     ("--plan", "plan.yaml", "--out", "afile/results"), []),
+    ("a benchmark plan that is a yaml list", benchmark.main, ("--plan", "list.yaml"), []),
+    ("a benchmark plan with `model: VPBR`", benchmark.main, ("--plan", "typo.yaml"), []),
+    ("a benchmark plan with `seed:` for `seeds:`", benchmark.main, ("--plan", "seed.yaml"), []),
+    ("a damaged benchmark cache", benchmark.main, ("--plan", "plan.yaml", "--out", "results"), []),
+    ("`modalities: {image: two.npz}`, a .npz of two arrays", cli.main,
+     (*_VBPR, "--modalities={'image':'two.npz'}"), []),
+    ("`modalities: {image: image_feat.pt}`, written by torch.save", cli.main,
+     (*_VBPR, "--modalities={'image':'image_feat.pt'}"), []),
+    ("a dataset of one item", cli.main,
+     ("--model=BPR", *[a.replace("planted", "one-item") for a in _PLANTED]), []),
+    ("a user who interacted with every item", cli.main,
+     ("--model=BPR", *[a.replace("planted", "one-user") for a in _PLANTED]), []),
+    ("`--topk=[10]` on a dataset of 6 items", cli.main,
+     ("--model=BPR", *[a.replace("planted", "few-items") for a in _PLANTED], "--topk=[10]",
+      "--valid_metric=Recall@10"), []),
+    ("`recbole-mm analysis longtail X.pth --out afile/lt`", analysis.main,
+     ("longtail", "X.pth", "--out", "afile/lt"), []),
+    ("`python -m recbole_mm.checkpoint OLD.pth afile/new/X.pth`", checkpoint.main, ("OLD.pth", "afile/new/X.pth"), []),
+]
+
+TABLE_PAGE = REPO / "docs" / "checkpoints.md"
+TABLE_BEGIN = "<!-- fault table: written by `python tests/test_faults.py`; test_fault_table checks it -->"
+TABLE_END = "<!-- end of fault table -->"
+
+
+def fault_table() -> str:
+    """The table of FAULT_CASES and the line each prints today, run in a fresh folder (paths shortened)."""
+    rows, here = [], os.getcwd()
+    with tempfile.TemporaryDirectory() as tmp:
+        _fault_table_data(Path(tmp))
+        os.chdir(tmp)
+        try:
+            for what, main, args, patches in FAULT_CASES:
+                line = _with(patches, lambda: one_line(main, *args))
+                rows.append((what, line.replace(f"{tmp}/", "").replace(tmp, ".").replace(str(REPO), "<checkout>")))
+        finally:
+            os.chdir(here)
+    lines = ["| what you do | what you see (exit status 2, nothing half-written) |", "|---|---|"]
+    return "\n".join(lines + [f"| {what} | {line.replace('|', chr(92) + '|')} |" for what, line in rows])
+
+
+def _page_table() -> str:
+    text = TABLE_PAGE.read_text()
+    return text[text.index(TABLE_BEGIN) + len(TABLE_BEGIN):text.index(TABLE_END)].strip()
+
+
+@pytest.mark.slow
+def test_fault_table():
+    assert _page_table() == fault_table(), f"{TABLE_PAGE}'s fault table is stale: run python tests/test_faults.py"
+
+
+if __name__ == "__main__":  # rewrite the page's table from what the cases print today
+    text = TABLE_PAGE.read_text()
+    start, end = text.index(TABLE_BEGIN) + len(TABLE_BEGIN), text.index(TABLE_END)
+    TABLE_PAGE.write_text(text[:start] + "\n" + fault_table() + "\n" + text[end:])
+    print(f"wrote the fault table into {TABLE_PAGE}")
