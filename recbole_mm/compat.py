@@ -5,6 +5,7 @@ RecBole 1.2.1 (Feb 2025) is the last release and upstream carries no compatibili
 cause, is installed once by :func:`install` at ``import recbole_mm``, never edits RecBole's files,
 and is guarded by a test in ``tests/test_compat.py``. Shims that change library behaviour act only
 when the caller is RecBole's own code, so other users of numpy/pandas/torch see no difference.
+Shim 16 closes HyperTuning's ``eval`` of a params file; its test is in ``tests/test_security.py``.
 """
 
 from __future__ import annotations
@@ -469,6 +470,42 @@ def _install_distributed() -> None:
     Trainer.evaluate = evaluate
 
 
+# --- 16: HyperTuning's params file --------------------------------------------------------------
+# hyper_tuning.py:239 eval()s the value of every `choice` line of a params file; the same lines are read
+# here with recbole_mm's literal parser (config_check.parse_setting), and a bad line is one error naming it.
+def build_space_from_file(file: str) -> dict:
+    """``HyperTuning._build_space_from_file``: ``name choice [v1, v2]``, ``name uniform low,high``,
+    ``name quniform low,high,q``, ``name loguniform low,high`` per line, values parsed as data."""
+    from hyperopt import hp
+
+    from recbole_mm.config_check import ConfigError, parse_setting
+
+    bounds = {"uniform": 2, "quniform": 3, "loguniform": 2}
+    space = {}
+    with open(file, encoding="utf-8") as fp:
+        for number, line in enumerate(fp, start=1):
+            parts = line.strip().split(" ")
+            if len(parts) < 3:
+                continue
+            name, kind, text = parts[0], parts[1], "".join(parts[2:])
+            where = f"params file {file}, line {number}"
+            if kind == "choice":
+                values = parse_setting(text)
+                if not isinstance(values, (list, tuple)) or not values:
+                    raise ConfigError(f"{where}: choice {text!r} is not a list of values; write e.g. "
+                                      f"{name} choice [0.01,0.001]")
+                space[name] = hp.choice(name, list(values))
+            elif kind in bounds:
+                numbers = [parse_setting(v) for v in text.split(",")]
+                if len(numbers) != bounds[kind] or not all(
+                        isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+                    raise ConfigError(f"{where}: {kind} needs {bounds[kind]} numbers separated by commas, got {text!r}")
+                space[name] = getattr(hp, kind)(name, *(float(v) for v in numbers))
+            else:
+                raise ConfigError(f"{where}: unknown parameter type {kind!r}; use choice, uniform, quniform or loguniform")
+    return space
+
+
 def install() -> None:
     """Install every shim once; safe to call repeatedly."""
     global _installed
@@ -488,6 +525,7 @@ def install() -> None:
 
     hyper_tuning.exhaustive_search = exhaustive_search
     hyper_tuning.HyperTuning.run = hyper_tuning_run
+    hyper_tuning.HyperTuning._build_space_from_file = staticmethod(build_space_from_file)
     _install_distributed()
     _install_ensure_dir()
     _installed = True

@@ -14,11 +14,17 @@ Where the declarations live:
 :class:`CheckedConfig`), so a wrong value is one line naming the key, the value, what is allowed and
 where it was set (command line, config_dict, config file, dataset config, model defaults), and never
 a traceback from deep inside torch or after an epoch.
+
+Settings are data: text values are parsed as literals (:func:`parse_setting`, never ``eval``), yaml is
+read with :class:`SettingsLoader` (no ``!!python/...`` tags), both installed on RecBole's own ``Config``
+at ``import recbole_mm``.
 """
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -250,6 +256,13 @@ PLUGIN_SCHEMA: dict[str, Spec] = {
     "log_dir": Str(none_ok=True),  # recbole_mm.logs: the folder that receives RecBole's log/ and log_tensorboard/
 }
 
+# RecBole models whose code runs a setting: KD_DAGFM does eval(f"{config['teacher']}")
+# (kd_dagfm.py:44), so its teacher must be one of the networks defined next to it.
+RECBOLE_MODEL_SCHEMAS: dict[str, dict[str, Spec]] = {
+    "KD_DAGFM": {"teacher": Choice("CrossNet", "CIN"),
+                 "phase": Choice("teacher_training", "distillation", "finetuning")},
+}
+
 _VALUE_METRICS_NOTE = "value metrics (AUC, MAE, ...) take no @k"
 
 
@@ -276,8 +289,95 @@ def model_schema(model_class: Any, model_defaults: dict, strict: bool = True) ->
     return schema
 
 
+# ---- settings are data ---------------------------------------------------------------------------
+# What RecBole's Config kept from eval(): these types; anything else (a set, bytes, a complex number) stays text.
+_LITERAL_TYPES = (str, int, float, list, tuple, dict, bool)
+
+
+def parse_setting(text: str) -> Any:
+    """A setting written as text (command line, ``config_dict``, a HyperTuning params file) as the value
+    it spells, never run as code: a Python literal (``5``, ``1e-3``, ``'x'``, ``[10, 20]``,
+    ``{'RS': [0.8, 0.1, 0.1]}``, ``True``, ``None``), ``true``/``false`` in any case (as RecBole reads
+    them), else the text itself. RecBole's ``Config`` ran ``eval`` on it, so a value could run any code."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        # Not a literal: a plain word (a path, a model name), or an expression, which is not evaluated.
+        return {"true": True, "false": False}.get(text.lower(), text)
+    if value is not None and not isinstance(value, _LITERAL_TYPES):
+        return text
+    return value
+
+
+def convert_config_dict(self: Any, config_dict: dict) -> dict:
+    """``Config._convert_config_dict`` (command-line and ``config_dict`` values) with :func:`parse_setting`
+    instead of ``eval``; installed on RecBole's ``Config`` at ``import recbole_mm``."""
+    for key, value in config_dict.items():
+        if isinstance(value, str):
+            config_dict[key] = parse_setting(value)
+    return config_dict
+
+
+class UnsafeYamlTagError(ConfigError):
+    """A yaml ``!!python/...`` tag: yaml would build a Python object (or call a function) from it."""
+
+
+class SettingsLoader(yaml.SafeLoader):
+    """yaml's safe loader (plain values only) with RecBole's one extension: a float may omit the dot
+    (``1e-3``). RecBole's own loader is a ``FullLoader``, which accepts ``!!python/name:os.system``."""
+
+
+SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                  |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                  |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def _refuse_python_tag(loader: Any, suffix: str, node: Any) -> None:
+    raise UnsafeYamlTagError(f"line {node.start_mark.line + 1}: the tag !!python/{suffix} asks yaml to build a "
+                             "Python object, which could run code; settings are plain values only "
+                             "(numbers, strings, lists, mappings), so write the value itself")
+
+
+SettingsLoader.add_multi_constructor("tag:yaml.org,2002:python/", _refuse_python_tag)
+
+
+def build_yaml_loader(self: Any = None) -> type:
+    """``Config._build_yaml_loader``: :class:`SettingsLoader` (RecBole's adds its float pattern to
+    yaml's ``FullLoader`` itself, again in every ``Config``)."""
+    return SettingsLoader
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """yaml ``text`` read with :class:`SettingsLoader`; a python tag or a syntax error is one line naming
+    ``source`` (e.g. ``config file x.yaml``)."""
+    try:
+        return yaml.load(text, Loader=SettingsLoader)
+    except UnsafeYamlTagError as exc:
+        raise UnsafeYamlTagError(f"{source}: {exc}") from exc
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{source}: yaml syntax error{at}: {exc.problem or exc.context}; "
+                          "fix the yaml (key: value, one per line)") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid yaml ({' '.join(str(exc).split())})") from exc
+
+
+def load_yaml_file(path: os.PathLike | str, what: str = "yaml file") -> Any:
+    """The yaml file at ``path`` (see :func:`load_yaml_text`); errors name ``what`` and the path."""
+    with open(path, encoding="utf-8") as f:
+        return load_yaml_text(f.read(), f"{what} {path}")
+
+
 # ---- sources -----------------------------------------------------------------------------------
-def read_config_file(path: str, loader: Any = None) -> dict:
+def read_config_file(path: str) -> dict:
     """A yaml config file as a dict; a missing, unreadable or malformed file is one line naming it."""
     path = str(path)
     if os.path.isdir(path):
@@ -293,15 +393,7 @@ def read_config_file(path: str, loader: Any = None) -> dict:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
                           "save it as UTF-8") from exc
-    try:
-        data = yaml.load(text, Loader=loader or yaml.FullLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config file {path}: yaml syntax error{at}: {exc.problem or exc.context}; "
-                          "fix the yaml (key: value, one per line)") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path}: not valid yaml ({' '.join(str(exc).split())})") from exc
+    data = load_yaml_text(text, f"config file {path}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -337,8 +429,8 @@ def where_set(config: Any, key: str) -> str:
 
 def _quiet_yaml(path: Path) -> dict:
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=yaml.FullLoader)
-    except (OSError, yaml.YAMLError):
+        data = load_yaml_text(path.read_text(encoding="utf-8"), str(path))
+    except (OSError, ConfigError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -419,7 +511,20 @@ def check_config(config: Any, values: dict | None = None) -> None:
 
         recbole_yaml = Path(recbole.__file__).parent / "properties" / "model" / f"{model}.yaml"
         check_values(config, values, model_schema(model_class, _quiet_yaml(recbole_yaml), strict=False))
+        check_values(config, values, RECBOLE_MODEL_SCHEMAS.get(model, {}))
     check_metrics(config, values)
+
+
+def check_code_settings(config: Any, source: str | None = None) -> None:
+    """The settings that RecBole's code runs (:data:`RECBOLE_MODEL_SCHEMAS`) hold one of the allowed
+    names; on every ``Config`` (RecBole's own ``run_recbole`` too) and on a checkpoint's stored config
+    (``source`` then says where the value came from)."""
+    values = config.final_config_dict
+    for key, spec in RECBOLE_MODEL_SCHEMAS.get(str(values.get("model") or ""), {}).items():
+        problem = spec.problem(values.get(key)) if key in values else None
+        if problem is not None:
+            raise ConfigError(f"{key}: {values[key]!r} ({source or where_set(config, key)}) is not allowed: "
+                              f"it must be {problem}")
 
 
 def check_device(config: Any) -> None:
@@ -480,7 +585,7 @@ class CheckedConfig(Config):
     def _load_config_files(self, file_list):
         merged, self._recbole_mm_file_sources = {}, {}
         for file in file_list or []:
-            data = read_config_file(file, self.yaml_loader)
+            data = read_config_file(file)
             merged.update(data)
             self._recbole_mm_file_sources.update({key: str(file) for key in data})
         return merged
@@ -488,25 +593,6 @@ class CheckedConfig(Config):
     def _set_default_parameters(self):
         check_config(self, self.final_config_dict)
         super()._set_default_parameters()
-
-    def _convert_config_dict(self, config_dict):
-        """RecBole's conversion of string values (``eval``, else true/false, else the string), except that
-        a value whose ``eval`` raises anything is kept as the string: RecBole lets all but NameError,
-        SyntaxError and TypeError through, so ``--resume=list.pth`` ended in an AttributeError traceback
-        and ``--x=1/0`` in a ZeroDivisionError."""
-        from enum import Enum
-
-        for key, param in config_dict.items():
-            if not isinstance(param, str):
-                continue
-            try:
-                value = eval(param)  # noqa: S307  (RecBole's own parsing of the user's command line)
-                if value is not None and not isinstance(value, (str, int, float, list, tuple, dict, bool, Enum)):
-                    value = param
-            except Exception:
-                value = {"true": True, "false": False}.get(param.lower(), param)
-            config_dict[key] = value
-        return config_dict
 
 
 def make_checked_config(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,

@@ -6,6 +6,8 @@
 - ``Config`` reads only RecBole's own ``properties/``; its internal-config step is extended to merge
   ``properties/model/<Model>.yaml`` (plugin models) and ``dataset_configs/<dataset>.yaml``, keeping
   RecBole's precedence overall < model < dataset < config files < config_dict < command line.
+- Every ``Config`` reads settings as data (:func:`_settings_are_data`): no ``eval`` of a value, no
+  python yaml tags.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ import os
 import sys
 
 import recbole
-import yaml
 
 from recbole_mm import resources
 from recbole_mm.errors import UnknownModelError
@@ -74,9 +75,10 @@ def is_plugin_model(name: str) -> bool:
     return MODEL_ALIASES.get(name, name) in PLUGIN_MODELS
 
 
-def _read_yaml(path: os.PathLike, loader) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return yaml.load(f.read(), Loader=loader) or {}
+def _read_yaml(path: os.PathLike, what: str) -> dict:
+    from recbole_mm.config_check import load_yaml_file
+
+    return load_yaml_file(path, what) or {}
 
 
 def _extend_internal_config(original):
@@ -88,15 +90,15 @@ def _extend_internal_config(original):
         for name in ("sample.yaml", f"{dataset}.yaml"):
             path = os.path.join(recbole_props, name)
             if os.path.isfile(path):
-                protected |= set(_read_yaml(path, self.yaml_loader))
+                protected |= set(_read_yaml(path, "RecBole's dataset defaults"))
         model_file = resources.model_properties_file(model)
         if model in PLUGIN_MODELS and model_file.is_file():
-            for key, value in _read_yaml(model_file, self.yaml_loader).items():
+            for key, value in _read_yaml(model_file, "model defaults").items():
                 if key not in protected:
                     self.internal_config_dict[key] = value
         dataset_file = resources.dataset_config_file(dataset)
         if dataset_file.is_file():
-            dataset_config = _read_yaml(dataset_file, self.yaml_loader)
+            dataset_config = _read_yaml(dataset_file, "dataset config")
             # model_overrides: {GUME: {...}} holds a model's per-dataset values (e.g. GUME's n_layers,
             # which must not reach LightGCN's n_layers on the same dataset).
             overrides = dataset_config.pop("model_overrides", None) or {}
@@ -129,6 +131,39 @@ def _refuse_untyped_files(original):
     return _load_feat
 
 
+def _settings_are_data(config_class) -> None:
+    """Make every RecBole ``Config`` (recbole_mm's entry points, RecBole's own ``run_recbole``,
+    ``objective_function``, ``HyperTuning``) read settings as data: ``--key=value`` and ``config_dict``
+    strings are parsed as literals, never ``eval``-ed (configurator.py:131); yaml files are read with a
+    safe loader that refuses ``!!python/...`` tags, naming the file; the settings that a RecBole model runs
+    as code (KD_DAGFM's ``teacher``) must be one of the names it allows."""
+    from recbole_mm import config_check
+
+    config_class._convert_config_dict = config_check.convert_config_dict
+    config_class._build_yaml_loader = config_check.build_yaml_loader
+
+    def _update_internal_config_dict(self, file):
+        config_dict = _read_yaml(file, "RecBole's defaults")
+        self.internal_config_dict.update(config_dict)
+        return config_dict
+
+    def _load_config_files(self, file_list):
+        merged = {}
+        for file in file_list or []:
+            merged.update(config_check.read_config_file(file))
+        return merged
+
+    original_defaults = config_class._set_default_parameters
+
+    def _set_default_parameters(self):
+        original_defaults(self)
+        config_check.check_code_settings(self)
+
+    config_class._update_internal_config_dict = _update_internal_config_dict
+    config_class._load_config_files = _load_config_files
+    config_class._set_default_parameters = _set_default_parameters
+
+
 def register() -> None:
     """Alias plugin models into RecBole's model packages and hook the config defaults; idempotent."""
     global _registered
@@ -143,6 +178,7 @@ def register() -> None:
         module = importlib.import_module(module_path)
         sys.modules[f"recbole.model.general_recommender.{name.lower()}"] = module
         setattr(recbole_datasets, f"{name}Dataset", getattr(module, "dataset_class", MultiModalDataset))
+    _settings_are_data(Config)
     Config._load_internal_config_dict = _extend_internal_config(Config._load_internal_config_dict)
     original_categories = Config._init_parameters_category
 

@@ -1,0 +1,248 @@
+"""Settings, plans and checkpoints are data: nothing in them runs as code, and nothing is unpickled
+without ``trust_pickle: True``.
+
+The four routes by which a run executed code (issue 20) each have a test that plants a payload which
+would create a file, and checks that the file never appears: 1. a command-line value, 2. a benchmark
+plan value, 3. a checkpoint's stored config naming a pickle, 4. a pickle at RecBole's default cache path.
+Then the settings checks that come with them: unknown keys, yaml python tags, KD_DAGFM's teacher, an
+``eval_args`` split a dataset file overrides, pairwise training without negatives, ``--nproc`` above
+the cores, embedding tables larger than memory, and ``--resume`` with another run's checkpoint.
+"""
+
+from __future__ import annotations
+
+import builtins
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import planted_config, write_planted_dataset
+
+from recbole_mm import benchmark, cli, quick_start
+from recbole_mm.config_check import ConfigError, parse_setting
+from recbole_mm.errors import exit_on_user_error
+
+
+# ---- helpers -----------------------------------------------------------------------------------
+def code_payload(marker: Path) -> str:
+    """A setting that creates ``marker`` if anything evaluates it."""
+    return f'__import__("os").system("touch {marker}")'
+
+
+def planted_args(root: Path, *extra: str, model: str = "BPR") -> tuple[str, ...]:
+    return (f"--model={model}", "--dataset=planted", f"--data_path={root}", "--USER_ID_FIELD=userID",
+            "--ITEM_ID_FIELD=itemID", "--epochs=1", "--show_progress=False", "--topk=[10]",
+            "--valid_metric=Recall@10", f"--checkpoint_dir={root / 'saved'}", "--state=WARNING",
+            "--modalities={'image':'image_feat.npy','text':'text_feat.npy'}", *extra)
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, list[str]]:
+    """Run ``run_recbole_mm.py ARGS`` in-process; (exit status, stderr lines)."""
+    monkeypatch.setattr(sys, "argv", ["run_recbole_mm.py", *args])
+    code = 0
+    try:
+        exit_on_user_error(cli.main)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def one_error_line(monkeypatch, capsys, *args: str) -> str:
+    code, lines = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("recbole_mm: error:"), (code, lines)
+    return lines[0]
+
+
+def files_under(folder: Path) -> set[Path]:
+    return set(folder.rglob("*"))
+
+
+@pytest.fixture
+def no_eval(monkeypatch):
+    """builtins.eval replaced by a recorder that refuses a call from RecBole's or recbole_mm's code (the
+    Config, HyperTuning and KD_DAGFM call eval by that name) and any call on a payload: a configured
+    value that reaches eval fails the test. Other libraries' own eval calls (sympy's import) pass."""
+    calls = []
+    real_eval = builtins.eval
+
+    def refusing_eval(source, *args, **kwargs):
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller.split(".")[0] in ("recbole", "recbole_mm") or "payload-ran" in str(source):
+            calls.append(source)
+            raise AssertionError(f"eval reached from {caller} with {source!r}")
+        return real_eval(source, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "eval", refusing_eval)
+    yield calls
+    assert calls == []
+
+
+@pytest.fixture
+def data(tmp_path, monkeypatch):
+    """(data root, config_dict, payload marker): a planted dataset; cwd is tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    write_planted_dataset(root)
+    return root, planted_config(root), tmp_path / "payload-ran"
+
+
+# ---- settings are parsed as literals -------------------------------------------------------------
+LITERALS = [
+    ("10", 10), ("-3", -3), ("1e-3", 0.001), ("0.5", 0.5), ("1_000", 1000), ("[10,20]", [10, 20]),
+    ("{'RS':[0.8,0.1,0.1]}", {"RS": [0.8, 0.1, 0.1]}), ("None", None), ("True", True), ("true", True),
+    ("TRUE", True), ("False", False), ("false", False), ("'x'", "x"), ("0,1", (0, 1)),
+    ("abc", "abc"), ("saved/x.pth", "saved/x.pth"), ("1/0", "1/0"), ("{1,2}", "{1,2}"), ("1+2j", "1+2j"),
+    ("[10]*2", "[10]*2"), ("none", "none"), ('__import__("os").getcwd()', '__import__("os").getcwd()'),
+]
+
+
+@pytest.mark.parametrize("text, value", LITERALS, ids=[t for t, _ in LITERALS])
+def test_settings_are_parsed_as_literals_never_evaluated(text, value, no_eval):
+    parsed = parse_setting(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_recbole_config_reads_settings_as_data_after_import(tmp_path, monkeypatch, no_eval):
+    """RecBole's own Config (what recbole.quick_start.run_recbole builds) after ``import recbole_mm``:
+    the command line and config_dict keep their accepted spellings, and an expression is a string."""
+    from recbole.config import Config
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "payload-ran"
+    monkeypatch.setattr(sys, "argv", ["x", "--topk=[10,20]", "--learning_rate=1e-3", f"--note={code_payload(marker)}"])
+    config = Config(model="BPR", dataset="tiktok", config_dict={
+        "reg_weight": "0.5", "eval_args": "{'split': {'RS': [0.8, 0.1, 0.1]}, 'mode': 'full'}",
+        "show_progress": "false", "other_note": code_payload(marker)})
+    assert config["topk"] == [10, 20] and config["learning_rate"] == 0.001 and config["reg_weight"] == 0.5
+    assert config["eval_args"]["split"] == {"RS": [0.8, 0.1, 0.1]} and config["show_progress"] is False
+    assert config["note"] == code_payload(marker) and config["other_note"] == code_payload(marker)
+    assert not marker.exists()
+
+
+# ---- route 1: the command line -------------------------------------------------------------------
+def test_route1_command_line_values_never_run(data, monkeypatch, capsys, no_eval):
+    root, _, marker = data
+    line = one_error_line(monkeypatch, capsys, *planted_args(root, f"--learning_rate={code_payload(marker)}"))
+    assert "learning_rate: '__import__" in line and "a number > 0" in line
+    assert not marker.exists() and not (root.parent / "log").exists()
+    # A key no model reads, holding code: the run trains as if it were not there.
+    code, lines = run_cli(monkeypatch, capsys, *planted_args(root, f"--note={code_payload(marker)}"))
+    assert code == 0
+    assert not marker.exists()
+
+
+def test_route1_python_entry_points_never_run_values(data, monkeypatch, no_eval):
+    """recbole_mm.run_recbole, objective_function and RecBole's own run_recbole (after import) with a
+    code value in config_dict and on the command line."""
+    from recbole.quick_start import run_recbole as recbole_run_recbole
+
+    import recbole_mm
+
+    root, config, marker = data
+    monkeypatch.setattr(sys, "argv", ["x", f"--cmd_note={code_payload(marker)}"])
+    config = {**config, "note": code_payload(marker), "learning_rate": "0.01"}
+    assert recbole_mm.run_recbole("BPR", "planted", config_dict=config, saved=False)["test_result"]
+    assert recbole_mm.objective_function({**config, "model": "BPR", "dataset": "planted"}, saved=False)["test_result"]
+    assert recbole_run_recbole(model="VBPR", dataset="planted", config_dict=config, saved=False)["test_result"]
+    assert not marker.exists()
+
+
+def test_hyper_tuning_params_file_is_read_as_data(data, no_eval):
+    """RecBole's HyperTuning eval()ed each `choice` line (hyper_tuning.py:239)."""
+    from recbole.trainer import HyperTuning
+
+    import recbole_mm
+
+    root, config, marker = data
+    params = root.parent / "params.txt"
+    params.write_text("learning_rate choice [0.01,0.005]\nreg_weight uniform 0,1\n")
+    config_file = root.parent / "fixed.yaml"
+    config_file.write_text(yaml.safe_dump({**config, "model": "BPR", "dataset": "planted"}))
+    tuning = HyperTuning(recbole_mm.objective_function, params_file=str(params), fixed_config_file_list=[str(config_file)],
+                         algo="random", max_evals=2)
+    tuning.run()
+    assert len(tuning.params2result) == 2
+    params.write_text(f"learning_rate choice {code_payload(marker).replace(' ', '')}\n")
+    with pytest.raises(ConfigError, match=rf"params file {params}, line 1: choice .* is not a list"):
+        HyperTuning(recbole_mm.objective_function, params_file=str(params))
+    params.write_text("learning_rate uniform 0.1\n")
+    with pytest.raises(ConfigError, match="uniform needs 2 numbers"):
+        HyperTuning(recbole_mm.objective_function, params_file=str(params))
+    assert not marker.exists()
+
+
+# ---- route 2: benchmark plans --------------------------------------------------------------------
+def test_route2_plan_values_never_run(data, monkeypatch, capsys, no_eval):
+    root, config, marker = data
+    plan = {"datasets": ["planted"], "seeds": [1], "config": {**config, "epochs": 1},
+            "runs": {"BPR": {"model": "BPR", "note": code_payload(marker)}}}
+    plan_file = root.parent / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump(plan))
+    out = root.parent / "results"
+    exit_on_user_error(lambda: benchmark.main(["--plan", str(plan_file), "--out", str(out), "--report-only"]))
+    assert (out / "planted.md").exists() and not marker.exists()
+    # The config path a cell's process runs (benchmark --cell): resolved and trained.
+    cell = benchmark.cell_config(plan, plan["runs"]["BPR"], {}, 1)
+    assert benchmark.resolve_config("BPR", "planted", cell)["note"] == code_payload(marker)
+    assert benchmark.run_cell("BPR", "planted", cell)["test"]
+    assert not marker.exists()
+
+
+def test_plan_with_a_python_tag_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text("datasets: [tiktok]\nruns:\n  BPR: {model: BPR, note: !!python/name:os.system }\n")
+    with pytest.raises(SystemExit) as stop:
+        exit_on_user_error(lambda: benchmark.main(["--plan", str(plan_file), "--out", str(tmp_path / "out")]))
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(lines) == 1 and str(plan_file) in lines[0] and "python/name" in lines[0]
+    assert set(tmp_path.iterdir()) == {plan_file}
+
+
+# ---- yaml tags -----------------------------------------------------------------------------------
+def test_python_yaml_tags_are_refused_naming_the_file(data, monkeypatch, capsys):
+    """Accepted by RecBole's FullLoader, the value failed after a training epoch."""
+    from recbole.config import Config
+
+    from recbole_mm import resources
+
+    root, _, _ = data
+    tagged = root.parent / "tagged.yaml"
+    tagged.write_text("epochs: 1\nlearning_rate: !!python/name:os.system\n")
+    before = files_under(root.parent)
+    line = one_error_line(monkeypatch, capsys, *planted_args(root, f"--config_files={tagged}"))
+    assert f"config file {tagged}: line 2: the tag !!python/name:os.system" in line
+    monkeypatch.setattr(sys, "argv", ["x"])
+    with pytest.raises(ConfigError, match=f"config file {tagged}: line 2"):  # RecBole's own Config
+        Config(model="BPR", dataset="tiktok", config_file_list=[str(tagged)])
+    dataset_config = root.parent / "planted.yaml"
+    dataset_config.write_text("USER_ID_FIELD: userID\nmissing_feature: !!python/object/apply:os.getcwd []\n")
+    real = resources.dataset_config_file
+    monkeypatch.setattr(resources, "dataset_config_file",
+                        lambda name: dataset_config if name == "planted" else real(name))
+    line = one_error_line(monkeypatch, capsys, *planted_args(root))
+    assert f"dataset config {dataset_config}: line 2: the tag !!python/object/apply:os.getcwd" in line
+    model_yaml = root.parent / "VBPR.yaml"
+    model_yaml.write_text("embedding_size: !!python/tuple [1, 2]\n")
+    monkeypatch.setattr(resources, "model_properties_file", lambda name: model_yaml)
+    monkeypatch.setattr(resources, "dataset_config_file", real)
+    line = one_error_line(monkeypatch, capsys, *planted_args(root, model="VBPR"))
+    assert f"model defaults {model_yaml}: line 1: the tag !!python/tuple" in line
+    assert files_under(root.parent) == before | {dataset_config, model_yaml}
+
+
+# ---- KD_DAGFM's teacher --------------------------------------------------------------------------
+def test_kd_dagfm_teacher_must_be_one_of_its_networks(tmp_path, monkeypatch, no_eval):
+    from recbole.config import Config
+
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "payload-ran"
+    monkeypatch.setattr(sys, "argv", ["x"])
+    for make in (lambda d: quick_start.make_config("KD_DAGFM", "ml-100k", config_dict=d),
+                 lambda d: Config(model="KD_DAGFM", dataset="ml-100k", config_dict=d)):
+        with pytest.raises(ConfigError, match=r"teacher: .* \(set in config_dict\) is not allowed: it must be one of "
+                                              "CrossNet, CIN"):
+            make({"teacher": code_payload(marker)})
+        assert make({"teacher": "CIN"})["teacher"] == "CIN"
+    assert not marker.exists()
