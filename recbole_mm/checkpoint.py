@@ -220,7 +220,31 @@ def load_checkpoint(path: str, map_location: Any = None, trust_pickle: bool = Fa
         except (KeyError, ValueError, AttributeError, ImportError) as exc:
             raise CheckpointError(f"{path}: its config cannot be rebuilt ({type(exc).__name__}: {exc}); "
                                   "was it written by another version of RecBole or recbole_mm?") from exc
+    stored_config_as_data(checkpoint["config"], path)
     return checkpoint
+
+
+# A stored config's settings that make RecBole read a file other than the data: its pickled dataset and
+# dataloader caches (recbole/data/utils.py:61, :122). A checkpoint brings weights, never a cache to read.
+STORED_CONFIG_OFF = {"dataset_save_path": None, "dataloaders_save_path": None, "save_dataset": False,
+                     "save_dataloaders": False, "trust_pickle": False}
+
+
+def stored_config_as_data(config: Any, path: str) -> None:
+    """Make a checkpoint's stored config safe to load data and a model with: the keys of
+    :data:`STORED_CONFIG_OFF` are switched off (a stored ``trust_pickle`` never carries over), and a
+    setting that RecBole's code runs (KD_DAGFM's ``teacher``) must hold an allowed name."""
+    from recbole_mm.config_check import ConfigError, check_code_settings
+
+    values = getattr(config, "final_config_dict", None)
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: its config is a {type(config).__name__}, not a RecBole Config; "
+                              "pass a .pth file written by a training run")
+    values.update(STORED_CONFIG_OFF)
+    try:
+        check_code_settings(config, source=f"stored in checkpoint {path}")
+    except ConfigError as exc:
+        raise CheckpointError(f"{exc}; RecBole would run it as code, so the checkpoint is not loaded") from exc
 
 
 # What torch.load raises on a truncated or damaged file (a zip without its directory, a pickle cut short).

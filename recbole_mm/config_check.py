@@ -17,7 +17,7 @@ a traceback from deep inside torch or after an epoch.
 
 Settings are data: text values are parsed as literals (:func:`parse_setting`, never ``eval``), yaml is
 read with :class:`SettingsLoader` (no ``!!python/...`` tags), both installed on RecBole's own ``Config``
-at ``import recbole_mm``.
+at ``import recbole_mm``; RecBole's pickled caches need ``trust_pickle: True``.
 """
 
 from __future__ import annotations
@@ -254,6 +254,7 @@ PLUGIN_SCHEMA: dict[str, Spec] = {
     "modalities": MappingOf(Str(), "{image: image_feat.npy}"),
     "inter_file_name": Str(none_ok=True),
     "log_dir": Str(none_ok=True),  # recbole_mm.logs: the folder that receives RecBole's log/ and log_tensorboard/
+    "trust_pickle": Bool(none_ok=True),  # RecBole's pickled dataset/dataloader caches are read only when True
 }
 
 # RecBole models whose code runs a setting: KD_DAGFM does eval(f"{config['teacher']}")
@@ -513,6 +514,7 @@ def check_config(config: Any, values: dict | None = None) -> None:
         check_values(config, values, model_schema(model_class, _quiet_yaml(recbole_yaml), strict=False))
         check_values(config, values, RECBOLE_MODEL_SCHEMAS.get(model, {}))
     check_metrics(config, values)
+    check_pickle_settings(config, values)
 
 
 def check_code_settings(config: Any, source: str | None = None) -> None:
@@ -525,6 +527,33 @@ def check_code_settings(config: Any, source: str | None = None) -> None:
         if problem is not None:
             raise ConfigError(f"{key}: {values[key]!r} ({source or where_set(config, key)}) is not allowed: "
                               f"it must be {problem}")
+
+
+# ---- pickled caches ----------------------------------------------------------------------------
+# RecBole's dataset and dataloader caches are pickles (recbole/data/utils.py:61, :122): reading one runs any
+# code it holds. Each path key with the switch that writes the file there.
+PICKLE_CACHES = {"dataset_save_path": "save_dataset", "dataloaders_save_path": "save_dataloaders"}
+
+
+def pickle_cache_problem(config: Any, key: str, value: Any) -> str:
+    """The one-line refusal of a pickled-cache setting made without ``trust_pickle: True``."""
+    where = where_set(config, key)
+    if key in PICKLE_CACHES:
+        return (f"{key}: {value!r} ({where}) names a pickled {key.split('_')[0]} cache, and unpickling a file "
+                f"can run any code it holds; set trust_pickle: True as well if you wrote that file yourself, "
+                f"or unset {key}")
+    return (f"{key}: {value!r} ({where}) writes a pickled {key.split('_')[1]} cache, which later runs read "
+            f"only with trust_pickle: True (unpickling can run code); set trust_pickle: True as well, or unset {key}")
+
+
+def check_pickle_settings(config: Any, values: dict) -> None:
+    """Without ``trust_pickle: True`` no setting may make RecBole write or read a pickled cache."""
+    if values.get("trust_pickle") is True:
+        return
+    for path_key, switch in PICKLE_CACHES.items():
+        for key in (path_key, switch):
+            if values.get(key):
+                raise ConfigError(pickle_cache_problem(config, key, values[key]))
 
 
 def check_device(config: Any) -> None:

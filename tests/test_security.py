@@ -12,22 +12,42 @@ the cores, embedding tables larger than memory, and ``--resume`` with another ru
 from __future__ import annotations
 
 import builtins
+import os
+import pickle
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 import yaml
 from conftest import planted_config, write_planted_dataset
 
-from recbole_mm import benchmark, cli, quick_start
+from recbole_mm import analysis, benchmark, cli, quick_start
 from recbole_mm.config_check import ConfigError, parse_setting
-from recbole_mm.errors import exit_on_user_error
+from recbole_mm.errors import CheckpointError, RecBoleMMError, exit_on_user_error
 
 
 # ---- helpers -----------------------------------------------------------------------------------
 def code_payload(marker: Path) -> str:
     """A setting that creates ``marker`` if anything evaluates it."""
     return f'__import__("os").system("touch {marker}")'
+
+
+class _Touch:
+    """Unpickling an instance creates the file: what a planted cache would do (no shell needed)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def write_pickle_payload(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(_Touch(marker)))
+    return path
 
 
 def planted_args(root: Path, *extra: str, model: str = "BPR") -> tuple[str, ...]:
@@ -198,6 +218,134 @@ def test_plan_with_a_python_tag_is_one_line(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(lines) == 1 and str(plan_file) in lines[0] and "python/name" in lines[0]
     assert set(tmp_path.iterdir()) == {plan_file}
+
+
+# ---- route 3: a checkpoint's stored config ------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(folder, data root, config_dict, checkpoint) of a one-epoch VBPR run on the planted set."""
+    folder = tmp_path_factory.mktemp("trained")
+    root = folder / "data"
+    write_planted_dataset(root)
+    config = planted_config(root)
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        result = quick_start.run_recbole("VBPR", "planted", config_dict=config)
+    finally:
+        os.chdir(here)
+    return folder, root, config, Path(result["saved_model_file"])
+
+
+def test_route3_checkpoint_config_cannot_point_loaders_at_a_pickle(trained, tmp_path, monkeypatch, capsys, no_eval):
+    _, root, config, model_file = trained
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "payload-ran"
+    state = torch.load(model_file, weights_only=True)
+    state["config"].update({
+        "dataloaders_save_path": str(write_pickle_payload(tmp_path / "loaders.pth", marker)),
+        "dataset_save_path": str(write_pickle_payload(tmp_path / "dataset.pth", marker)),
+        "save_dataloaders": True, "save_dataset": True, "trust_pickle": True,
+        "checkpoint_dir": str(tmp_path / "cache")})
+    # ... and pickles at the default cache paths of the checkpoint_dir it names.
+    write_pickle_payload(tmp_path / "cache" / "planted-for-VBPR-dataloader.pth", marker)
+    write_pickle_payload(tmp_path / "cache" / "planted-MultiModalDataset.pth", marker)
+    crafted = tmp_path / "crafted.pth"
+    torch.save(state, crafted)
+
+    from recbole_mm.quick_start import load_data_and_model
+
+    loaded, model, *_ = load_data_and_model(str(crafted))
+    assert loaded["dataloaders_save_path"] is None and loaded["trust_pickle"] is False and not loaded["save_dataset"]
+    assert not marker.exists()
+    analysis.main(["longtail", str(crafted), "--out", str(tmp_path / "lt")])
+    assert (tmp_path / "lt.md").exists() and not marker.exists()
+    err = capsys.readouterr().err
+    assert "planted-for-VBPR-dataloader.pth (a pickled dataloaders cache at RecBole's default path) was not read" in err
+    # --resume reads the stored state, never the stored config's caches.
+    result = quick_start.run_recbole("VBPR", "planted", config_dict={**config, "epochs": 2}, resume=str(crafted))
+    assert result["best_epoch"] is not None and not marker.exists()
+
+
+def test_checkpoint_teacher_that_would_run_is_refused(trained, tmp_path, no_eval):
+    """KD_DAGFM builds its teacher with eval(config['teacher']): a stored config cannot name code."""
+    _, _, _, model_file = trained
+    state = torch.load(model_file, weights_only=True)
+    marker = tmp_path / "payload-ran"
+    state["config"].update({"model": "KD_DAGFM", "teacher": code_payload(marker)})
+    crafted = tmp_path / "teacher.pth"
+    torch.save(state, crafted)
+    with pytest.raises(CheckpointError, match=r"teacher: .* \(stored in checkpoint .*\) is not allowed: it must be "
+                                              r"one of CrossNet, CIN"):
+        quick_start.load_data_and_model(str(crafted))
+    assert not marker.exists()
+
+
+# ---- route 4: RecBole's default cache paths -----------------------------------------------------
+def test_route4_pickles_at_default_cache_paths_are_not_read(data, capsys, no_eval):
+    root, config, marker = data
+    loaders = write_pickle_payload(root / "saved" / "planted-for-VBPR-dataloader.pth", marker)
+    dataset = write_pickle_payload(root / "saved" / "planted-MultiModalDataset.pth", marker)
+    assert quick_start.run_recbole("VBPR", "planted", config_dict=config, saved=False)["test_result"]
+    assert not marker.exists()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("recbole_mm: warning:")]
+    assert len(warnings) == 2
+    assert str(loaders) in warnings[1] and "trust_pickle: True" in warnings[1] and str(dataset) in warnings[0]
+
+
+def test_trusted_caches_are_written_and_read(data, monkeypatch, capsys):
+    """With trust_pickle: True RecBole's caches work as in RecBole (written, then read on the next run);
+    without it the same files are left unread."""
+    import recbole.data.utils as data_utils
+
+    root, config, _ = data
+    loads = []
+    real_load = pickle.load
+
+    def counting_load(file, *args, **kwargs):
+        if str(getattr(file, "name", "")).startswith(str(root / "saved")):
+            loads.append(file.name)
+        return real_load(file, *args, **kwargs)
+
+    monkeypatch.setattr(data_utils.pickle, "load", counting_load)
+    trusted = {**config, "trust_pickle": True, "save_dataloaders": True, "save_dataset": True}
+    first = quick_start.run_recbole("VBPR", "planted", config_dict=trusted, saved=False)
+    assert loads == [] and (root / "saved" / "planted-for-VBPR-dataloader.pth").exists()
+    second = quick_start.run_recbole("VBPR", "planted", config_dict=trusted, saved=False)
+    assert sorted(Path(name).name for name in loads) == ["planted-MultiModalDataset.pth", "planted-for-VBPR-dataloader.pth"]
+    assert second["test_result"] == first["test_result"]
+    capsys.readouterr()
+    quick_start.run_recbole("VBPR", "planted", config_dict=config, saved=False)
+    assert len(loads) == 2 and capsys.readouterr().err.count("was not read") == 2
+
+
+CACHE_SETTINGS = [("--dataloaders_save_path=saved/x.pth", "dataloaders_save_path: 'saved/x.pth'"),
+                  ("--dataset_save_path=saved/y.pth", "dataset_save_path: 'saved/y.pth'"),
+                  ("--save_dataloaders=True", "save_dataloaders: True"), ("--save_dataset=True", "save_dataset: True")]
+
+
+@pytest.mark.parametrize("arg, expected", CACHE_SETTINGS, ids=[a for a, _ in CACHE_SETTINGS])
+def test_cache_settings_need_trust_pickle(arg, expected, data, monkeypatch, capsys):
+    root, _, _ = data
+    before = files_under(root.parent)
+    line = one_error_line(monkeypatch, capsys, *planted_args(root, arg, model="VBPR"))
+    assert expected in line and "(set on the command line)" in line and "trust_pickle: True" in line
+    assert files_under(root.parent) == before
+
+
+def test_ldiffrec_embeddings_are_loaded_without_unpickling(tmp_path):
+    """LDiffRec np.load()s item_emb.npy with allow_pickle=True (ldiffrec.py:232)."""
+    import recbole.model.general_recommender.ldiffrec as ldiffrec
+
+    numbers = tmp_path / "item_emb.npy"
+    np.save(numbers, np.arange(6, dtype=np.float32).reshape(3, 2))
+    assert ldiffrec.np.load(numbers, allow_pickle=True).tolist() == [[0, 1], [2, 3], [4, 5]]
+    marker = tmp_path / "payload-ran"
+    objects = tmp_path / "objects.npy"
+    np.save(objects, np.array([_Touch(marker)], dtype=object), allow_pickle=True)
+    with pytest.raises(RecBoleMMError, match="holds pickled Python objects"):
+        ldiffrec.np.load(objects, allow_pickle=True)
+    assert not marker.exists()
 
 
 # ---- yaml tags -----------------------------------------------------------------------------------
