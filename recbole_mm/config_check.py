@@ -720,6 +720,31 @@ def check_settings_known(config: Any) -> None:
             warn_user(message)
 
 
+# ---- after RecBole's defaults --------------------------------------------------------------------
+def _no_negatives(args: Any) -> bool:
+    if args is None or args == "None":
+        return True
+    return isinstance(args, dict) and args.get("distribution") in (None, "none", "None")
+
+
+def check_negative_sampling(config: Any) -> None:
+    """A pairwise model (or ``loss_type``, e.g. BPR) needs negative items: with ``train_neg_sample_args``
+    None its first batch failed with ``KeyError: 'neg_itemID'``, after the log was written."""
+    from recbole.utils import InputType
+
+    values = config.final_config_dict
+    if values.get("MODEL_INPUT_TYPE") != InputType.PAIRWISE or not _no_negatives(values.get("train_neg_sample_args")):
+        return
+    # RecBole reads the input type from the model class, or from loss_type when the class has none.
+    by_loss = not hasattr(config.model_class, "input_type")
+    why = (f"loss_type {values.get('loss_type')!r} ({where_set(config, 'loss_type')}) makes {config.model} train"
+           if by_loss else f"{config.model} trains")
+    fix = " or a loss_type without negatives (e.g. CE)" if by_loss else ""
+    raise ConfigError(f"train_neg_sample_args: None ({where_set(config, 'train_neg_sample_args')}) gives no "
+                      f"negative items, but {why} on (positive, negative) pairs; set train_neg_sample_args: "
+                      f"{{distribution: uniform, sample_num: 1}}{fix}")
+
+
 def check_device(config: Any) -> None:
     """A GPU asked for (``device``, ``gpu_id`` or ``use_gpu`` set by the user) on a machine without one:
     one warning line, then the CPU; ``use_gpu`` is made to tell the truth."""
@@ -744,12 +769,90 @@ def check_device(config: Any) -> None:
 
 
 def check_against_dataset(config: Any, dataset: Any) -> None:
-    """Checks that need the loaded dataset: a ``knn_k`` at or above the catalogue is clamped (warning)."""
+    """Checks that need the loaded dataset: a split the dataset's file overrides (error), embedding tables
+    larger than the memory there is (error), a ``knn_k`` at or above the catalogue (warning: clamped)."""
+    check_split_source(config, dataset)
+    check_model_size(config, dataset)
     k = config.final_config_dict.get("knn_k")
     n_items = getattr(dataset, "item_num", None)
     if _is_int(k) and n_items and k >= n_items - 1:
         warn_user(f"knn_k={k} ({where_set(config, 'knn_k')}) is not below the {n_items - 1} items of "
                   f"{config['dataset']}; every item graph links each item to all others (k is clamped)")
+
+
+def _configured_split(config: Any) -> Any:
+    """``eval_args['split']`` as the user or the dataset config set it (None when only RecBole's default
+    applies): the dataset rewrites ``config['eval_args']`` once it has read its file's split."""
+    from recbole_mm import resources
+
+    sources = [getattr(config, name, None) or {} for name in ("cmd_config_dict", "variable_config_dict",
+                                                              "file_config_dict")]
+    data = _quiet_yaml(resources.dataset_config_file(str(config["dataset"])))
+    sources += [(data.get("model_overrides") or {}).get(str(config["model"])) or {}, data]
+    for source in sources:
+        eval_args = source.get("eval_args")
+        if isinstance(eval_args, dict) and eval_args.get("split"):
+            return eval_args["split"]
+    return None
+
+
+def check_split_source(config: Any, dataset: Any) -> None:
+    """A dataset whose file carries its split (MMRec's ``x_label`` column, RecBole's ``benchmark_filename``)
+    is split by that file: an ``eval_args`` split given as well was silently replaced by it."""
+    if not getattr(dataset, "benchmark_filename_list", None):
+        return
+    split = _configured_split(config)
+    if not split or (isinstance(split, dict) and set(split) == {"x_label"}):  # the split as a run reports it
+        return
+    benchmark = config["benchmark_filename"]
+    source = (f"its benchmark_filename files {', '.join(map(str, benchmark))}" if benchmark
+              else "the x_label column of its interaction file")
+    raise ConfigError(f"eval_args: split {split!r} ({where_set(config, 'eval_args')}) cannot apply: dataset "
+                      f"{config['dataset']} brings its own train/valid/test split ({source}); remove 'split' "
+                      f"from eval_args (its order, group_by and mode still apply)")
+
+
+def available_memory(device: Any) -> int:
+    """Bytes free for new tensors on ``device``: free GPU memory on CUDA, else available RAM."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def _bytes_text(n: float) -> str:
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024:
+            break
+    return f"{n:.1f} {unit}"
+
+
+def check_model_size(config: Any, dataset: Any) -> None:
+    """An ``embedding_size`` whose embedding tables alone exceed the free memory is one line with the
+    estimate, before anything is allocated (torch failed with "can't allocate N bytes" after the log was
+    written). The estimate is a lower bound: float32 ID embeddings for the items (every model with an
+    ``embedding_size`` embeds them) and, for recbole_mm's models, the users; weights, gradients and
+    optimizer state come on top."""
+    from recbole_mm.registry import is_plugin_model
+
+    width = config.final_config_dict.get("embedding_size")
+    if not _is_int(width) or "embedding_size" not in model_settings(str(config["model"]), config.model_class):
+        return
+    n_items = int(getattr(dataset, "item_num", 0) or 0)
+    n_users = int(getattr(dataset, "user_num", 0) or 0) if is_plugin_model(str(config["model"])) else 0
+    needed = 4 * width * (n_items + n_users)
+    free = available_memory(config["device"])
+    if needed > free:
+        rows = f"{n_items:,} items" + (f" and {n_users:,} users" if n_users else "")
+        raise ConfigError(f"embedding_size: {width} ({where_set(config, 'embedding_size')}) needs at least "
+                          f"{_bytes_text(needed)} for the embedding tables of {rows} (float32), more than the "
+                          f"{_bytes_text(free)} of memory free on {config['device']}; choose a smaller embedding_size")
 
 
 def check_output_folder(config: Any, key: str = "checkpoint_dir") -> None:
@@ -787,6 +890,7 @@ class CheckedConfig(Config):
         check_config(self, self.final_config_dict)
         check_settings_known(self)
         super()._set_default_parameters()
+        check_negative_sampling(self)
 
 
 def make_checked_config(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,

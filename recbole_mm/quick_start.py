@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import re
 import sys
 from logging import getLogger
@@ -28,7 +29,7 @@ from recbole_mm.checkpoint import load_checkpoint
 from recbole_mm.config_check import check_against_dataset, make_checked_config
 from recbole_mm.data.dataset import MultiModalDataset, check_trainable
 from recbole_mm.data.protocol import apply_protocol
-from recbole_mm.errors import RecBoleMMError
+from recbole_mm.errors import RecBoleMMError, warn_user
 from recbole_mm.logs import LOG_DIR_KEY, check_log_folder, init_logger
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.registry import canonical_model_name
@@ -154,7 +155,7 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     config = make_config(model, dataset, config_file_list, config_dict)
     check_log_folder(config)  # RecBole's log/ and log_tensorboard/ folders, before the data loads
     if resume:
-        check_resume_file(resume)
+        check_resume_file(resume, config)  # another model's or dataset's checkpoint: before data and log
     init_seed(config["seed"], config["reproducibility"])
     # Data and features are checked before init_logger writes anything, so bad input leaves no files.
     dataset = _load_checked_dataset(config)
@@ -227,6 +228,7 @@ def check_distributed_args(nproc: Any, world_size: Any = -1, group_offset: Any =
     nproc, world_size, offset = as_int("nproc", nproc), as_int("world_size", world_size), as_int("offset", group_offset)
     if nproc < 1:
         raise RecBoleMMError(f"nproc: {nproc} must be at least 1 (processes on this machine); give e.g. --nproc=2")
+    check_nproc_against_cores(nproc)
     if world_size != -1 and world_size < 1:
         raise RecBoleMMError(f"world_size: {world_size} must be -1 (= nproc) or the total number of processes")
     if offset < 0:
@@ -237,6 +239,32 @@ def check_distributed_args(nproc: Any, world_size: Any = -1, group_offset: Any =
     if not str(port).isdigit() or not 0 < int(port) < 65536:
         raise RecBoleMMError(f"port: {port!r} is not a TCP port (1-65535); give e.g. --port=29500")
     return nproc, world_size, offset
+
+
+# More processes than this many per core is a mistake, not an oversubscription (each process holds the
+# dataset, the model and its torch threads).
+NPROC_PER_CORE_LIMIT = 4
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the system has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_nproc_against_cores(nproc: int) -> None:
+    """``nproc`` above the cores here is a warning (the processes share them, each slower); more than
+    :data:`NPROC_PER_CORE_LIMIT` per core is an error (``--nproc=64`` on 2 cores started 66 processes)."""
+    cores = available_cores()
+    if nproc > NPROC_PER_CORE_LIMIT * cores:
+        raise RecBoleMMError(f"nproc: {nproc} processes on a machine with {cores} CPU cores (more than "
+                             f"{NPROC_PER_CORE_LIMIT} per core); give at most --nproc={cores}, or spread the run "
+                             "over machines with --world_size and --offset")
+    if nproc > cores:
+        warn_user(f"nproc={nproc} is more than the {cores} CPU cores here; the processes share them and each "
+                  f"runs slower (--nproc={cores} uses every core once)")
 
 
 _LAUNCH_KEYS = ("nproc", "world_size", "ip", "port", "offset")

@@ -26,14 +26,25 @@ def last_checkpoint_file(best_file: str) -> str:
     return stem + LAST_SUFFIX
 
 
-def check_resume_file(resume_file: str) -> str:
+def check_resume_file(resume_file: str, config: Any = None) -> str:
     """The checkpoint a resume will read (``<name>.last.pth`` when present), loaded once to check it,
-    so a missing or damaged file is one line before anything is written."""
+    so a missing or damaged file, or (given the run's ``config``) one of another model or dataset, is one
+    line before the data loads and anything is written."""
     resume_file = str(resume_file)
     last = resume_file if resume_file.endswith(LAST_SUFFIX) else last_checkpoint_file(resume_file)
     chosen = last if os.path.isfile(last) else resume_file
-    ckpt.load_checkpoint(chosen, map_location="cpu")
+    stored = ckpt.load_checkpoint(chosen, map_location="cpu")["config"]
+    if config is not None:
+        check_same_run(stored, config, chosen)
     return chosen
+
+
+def check_same_run(stored: Any, config: Any, path: str) -> None:
+    """A checkpoint's stored config is of the model and dataset of ``config`` (else one line saying which)."""
+    for key in ("model", "dataset"):
+        if str(stored[key]) != str(config[key]):
+            raise CheckpointError(f"{path} is a checkpoint of {key} {stored[key]}, not {config[key]}; resume "
+                                  f"with --{key}={stored[key]} (and the run's other settings)")
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:
@@ -186,11 +197,7 @@ class Trainer(RecBoleTrainer):
         last = resume_file if resume_file.endswith(LAST_SUFFIX) else last_checkpoint_file(resume_file)
         use_last = os.path.isfile(last) and (last == resume_file or not ckpt.load_checkpoint(last).get("finished"))
         state = ckpt.load_checkpoint(last if use_last else resume_file, map_location=self.device)
-        for key in ("model", "dataset"):
-            if str(state["config"][key]) != str(self.config[key]):
-                raise CheckpointError(f"{last if use_last else resume_file} is a checkpoint of {key} "
-                                      f"{state['config'][key]}, not {self.config[key]}; resume with "
-                                      f"--{key}={state['config'][key]} (and the run's other settings)")
+        check_same_run(state["config"], self.config, last if use_last else resume_file)
         if not use_last:
             if not os.path.isfile(last):
                 self.logger.warning(f"no {last}: resuming from the best epoch in {resume_file}, not the last one")

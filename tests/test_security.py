@@ -23,7 +23,7 @@ import torch
 import yaml
 from conftest import REPO, planted_config, write_planted_dataset
 
-from recbole_mm import analysis, benchmark, cli, quick_start
+from recbole_mm import analysis, benchmark, cli, config_check, quick_start
 from recbole_mm.config_check import ConfigError, parse_setting
 from recbole_mm.errors import CheckpointError, RecBoleMMError, exit_on_user_error
 
@@ -460,3 +460,71 @@ def test_shipped_benchmark_cells_do_not_warn(tmp_path, monkeypatch, capsys):
                     quick_start.make_config(run["model"], dataset, config_dict={**config, "strict_config": True})
                     cells += 1
     assert cells > 40 and capsys.readouterr().err == ""
+
+
+# ---- item 4: settings that failed late ----------------------------------------------------------
+def test_split_that_the_dataset_file_overrides_is_one_line(data, monkeypatch, capsys):
+    root, _, _ = data
+    before = files_under(root.parent)
+    line = one_error_line(monkeypatch, capsys,
+                          *planted_args(root, "--eval_args={'split':{'RS':[0.8,0.1,0.1]},'mode':'full'}"))
+    assert "eval_args: split {'RS': [0.8, 0.1, 0.1]} (set on the command line) cannot apply" in line
+    assert "x_label column" in line and "remove 'split'" in line
+    assert files_under(root.parent) == before
+    # order, group_by and mode without a split still apply.
+    code, _ = run_cli(monkeypatch, capsys, *planted_args(root, "--eval_args={'mode':'full','order':'RO'}"))
+    assert code == 0
+
+
+def test_pairwise_training_without_negatives_is_one_line(data, monkeypatch, capsys):
+    root, _, _ = data
+    before = files_under(root.parent)
+    line = one_error_line(monkeypatch, capsys, *planted_args(root, "--train_neg_sample_args=None", model="VBPR"))
+    assert "train_neg_sample_args: None (set on the command line) gives no negative items, but VBPR trains on " \
+           "(positive, negative) pairs" in line
+    assert files_under(root.parent) == before
+    monkeypatch.setattr(sys, "argv", ["x"])
+    with pytest.raises(ConfigError, match="loss_type 'BPR' .* makes SASRec train on .* or a loss_type without negatives"):
+        quick_start.make_config("SASRec", "ml-100k", config_dict={"loss_type": "BPR", "train_neg_sample_args": None})
+
+
+def test_nproc_above_the_cores_warns_and_far_above_fails(data, monkeypatch, capsys):
+    root, _, _ = data
+    monkeypatch.setattr(quick_start, "available_cores", lambda: 2)
+    quick_start.check_nproc_against_cores(2)
+    assert capsys.readouterr().err == ""
+    quick_start.check_nproc_against_cores(8)
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "recbole_mm: warning: nproc=8 is more than the 2 CPU cores here; the processes share them and each runs "
+        "slower (--nproc=2 uses every core once)"]
+    before = files_under(root.parent)
+    line = one_error_line(monkeypatch, capsys, *planted_args(root, "--nproc=9"))
+    assert "nproc: 9 processes on a machine with 2 CPU cores (more than 4 per core)" in line
+    assert files_under(root.parent) == before
+
+
+def test_embedding_tables_larger_than_memory_are_one_line(data, monkeypatch, capsys):
+    root, _, _ = data
+    before = files_under(root.parent)
+    line = one_error_line(monkeypatch, capsys, *planted_args(root, "--embedding_size=1000000000", model="VBPR"))
+    # 60 items and 120 users (+1 padding row each): 4 bytes x 1e9 x 182.
+    assert "embedding_size: 1000000000 (set on the command line) needs at least 678.0 GiB for the embedding " \
+           "tables of 61 items and 121 users (float32), more than the" in line
+    assert files_under(root.parent) == before
+    monkeypatch.setattr(config_check, "available_memory", lambda device: 10**6)
+    line = one_error_line(monkeypatch, capsys, *planted_args(root, "--embedding_size=5000"))  # items only: BPR
+    assert "needs at least 1.2 MiB for the embedding tables of 61 items (float32), more than the 976.6 KiB" in line
+
+
+def test_resume_with_another_runs_checkpoint_fails_before_the_data_loads(trained, tmp_path, monkeypatch, capsys):
+    _, root, _, model_file = trained
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(quick_start, "_load_checked_dataset", lambda config: pytest.fail("the data was loaded"))
+    line = one_error_line(monkeypatch, capsys, *planted_args(root, f"--resume={model_file}", model="BPR"))
+    # (its .last.pth, which a resume reads)
+    assert model_file.stem in line and "is a checkpoint of model VBPR, not BPR; resume with --model=VBPR" in line
+    args = [a.replace("--dataset=planted", "--dataset=other") for a in planted_args(root, f"--resume={model_file}",
+                                                                                   model="VBPR")]
+    line = one_error_line(monkeypatch, capsys, *args)
+    assert "is a checkpoint of dataset planted, not other; resume with --dataset=planted" in line
+    assert list(tmp_path.iterdir()) == []  # no log, no checkpoint
