@@ -100,8 +100,10 @@ def no_eval(monkeypatch):
 
 @pytest.fixture
 def data(tmp_path, monkeypatch):
-    """(data root, config_dict, payload marker): a planted dataset; cwd is tmp_path."""
+    """(data root, config_dict, payload marker): a planted dataset; cwd is tmp_path; sys.argv holds no
+    ``--key=value`` (RecBole's Config reads it: pytest's own ``--durations=5`` would be a setting)."""
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["x"])
     root = tmp_path / "data"
     write_planted_dataset(root)
     return root, planted_config(root), tmp_path / "payload-ran"
@@ -230,18 +232,21 @@ def trained(tmp_path_factory):
     root = folder / "data"
     write_planted_dataset(root)
     config = planted_config(root)
-    here = os.getcwd()
+    here, argv = os.getcwd(), sys.argv
     os.chdir(folder)
+    sys.argv = ["x"]  # RecBole's Config reads --key=value words of sys.argv (pytest's too)
     try:
         result = quick_start.run_recbole("VBPR", "planted", config_dict=config)
     finally:
         os.chdir(here)
+        sys.argv = argv
     return folder, root, config, Path(result["saved_model_file"])
 
 
 def test_route3_checkpoint_config_cannot_point_loaders_at_a_pickle(trained, tmp_path, monkeypatch, capsys, no_eval):
     _, root, config, model_file = trained
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["x"])
     marker = tmp_path / "payload-ran"
     state = torch.load(model_file, weights_only=True)
     state["config"].update({
@@ -444,6 +449,7 @@ def test_runtime_and_launch_settings_are_known(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err == ""
 
 
+@pytest.mark.slow
 def test_shipped_benchmark_cells_do_not_warn(tmp_path, monkeypatch, capsys):
     """Every cell of every plan in benchmarks/ resolves without an unknown-setting line (they resolve
     once in the benchmark's process and again in the cell's)."""
