@@ -100,6 +100,15 @@ CONFIG_CASES = [
     (("--model=BM3", "--dropout=-1"), ["dropout: -1", ">= 0"]),
     (("--model=LATTICE", "--cf_model=ngcf"), ["cf_model: 'ngcf'", "lightgcn, mf"]),
     (("--model=MGCN", "--cl_temp=0"), ["cl_temp: 0", "> 0"]),
+    # Settings are data (tests/test_security.py): an expression is a string, never evaluated; RecBole's
+    # pickled caches need trust_pickle; settings that failed late or changed the run without a word.
+    (("--model=GUME", "--learning_rate=__import__('os').getcwd()"), ["learning_rate: \"__import__", "number > 0"]),
+    (("--model=KD_DAGFM", "--teacher=__import__('os').getcwd()"), ["teacher:", "one of CrossNet, CIN"]),
+    (("--model=VBPR", "--dataloaders_save_path=saved/x.pth"), ["dataloaders_save_path: 'saved/x.pth'", "trust_pickle"]),
+    (("--model=VBPR", "--save_dataset=True"), ["save_dataset: True", "trust_pickle: True"]),
+    (("--model=GUME", "--knn_kk=5", "--strict_config=True"), ["unknown setting 'knn_kk'", "did you mean 'knn_k'?"]),
+    (("--model=VBPR", "--train_neg_sample_args=None"), ["train_neg_sample_args: None", "no negative items"]),
+    (("--model=BPR", "--eval_args={'split':{'RS':[0.8,0.1,0.1]}}"), ["eval_args: split", "x_label column"]),
 ]
 
 
