@@ -34,6 +34,7 @@ GRAPH_INPUTS = ("content", "id")
 
 class MMGEF(MultiModalRecommender):
     input_type = InputType.PAIRWISE
+    aliases = ("MM-GEF",)  # the paper's spelling, accepted by recbole_mm's entry points (registry)
     # Types and ranges of properties/model/MMGEF.yaml's keys (checked before anything runs).
     config_schema = {
         "knn_k": Int(min=1), "n_item_layers": Int(min=0), "n_ui_layers": Int(min=0), "reg_weight": Float(min=0),
