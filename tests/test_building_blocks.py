@@ -1,0 +1,108 @@
+"""MultiModalRecommender's building blocks (what new models are made of) against hand-built references."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from builders import build_planted
+from test_graphs import dense_knn, dense_normalize
+from torch import nn
+
+from recbole_mm import MultiModalRecommender
+
+
+@pytest.fixture
+def mgcn(planted):
+    """A built model (any MultiModalRecommender serves) and its training dataset."""
+    _, model, train_data = build_planted("MGCN", planted, knn_k=5)
+    return model, train_data._dataset
+
+
+def test_id_embeddings_draw_as_the_reference_does(mgcn):
+    """nn.Embedding's own init for users then items, then xavier_uniform_ users then items: the random
+    draws of the MMRec models' four lines, so a model calling it keeps its initial weights."""
+    model, _ = mgcn
+    torch.manual_seed(3)
+    users, items = model.id_embeddings(8)
+    torch.manual_seed(3)
+    ref_users, ref_items = nn.Embedding(model.n_users, 8), nn.Embedding(model.n_items, 8)
+    nn.init.xavier_uniform_(ref_users.weight)
+    nn.init.xavier_uniform_(ref_items.weight)
+    assert torch.equal(users.weight, ref_users.weight) and torch.equal(items.weight, ref_items.weight)
+    assert users.weight.shape == (model.n_users, 8) and items.weight.shape == (model.n_items, 8)
+    torch.manual_seed(3)
+    plain_users, plain_items = model.id_embeddings(8, xavier=False)
+    torch.manual_seed(3)
+    assert torch.equal(plain_users.weight, nn.Embedding(model.n_users, 8).weight)
+    assert torch.equal(plain_items.weight, nn.Embedding(model.n_items, 8).weight)
+
+
+def test_feature_projections_one_linear_per_modality_in_order(mgcn):
+    model, _ = mgcn
+    torch.manual_seed(4)
+    projections = model.feature_projections(5)
+    torch.manual_seed(4)
+    reference = [nn.Linear(model.item_features(m).shape[1], 5) for m in model.modalities]
+    assert list(projections) == model.modalities == ["image", "text"]
+    assert [p.in_features for p in projections.values()] == [8, 6]
+    for layer, ref in zip(projections.values(), reference):
+        assert torch.equal(layer.weight, ref.weight) and torch.equal(layer.bias, ref.bias)
+
+
+def test_modality_weights():
+    def weights(modalities, image_weight):  # the method reads only the modality names
+        return MultiModalRecommender.modality_weights(SimpleNamespace(modalities=modalities), image_weight)
+
+    assert weights(["image", "text"], 0.1) == {"image": 0.1, "text": 0.9}
+    assert weights(["text", "image", "audio"], 0.2) == pytest.approx({"text": 0.4, "image": 0.2, "audio": 0.4})
+    assert weights(["text", "audio"], 0.2) == {"text": 0.5, "audio": 0.5}
+    assert weights(["image"], 0.2) == {"image": 1.0}
+
+
+def test_interaction_edges_are_the_training_pairs_once_sorted(mgcn):
+    model, dataset = mgcn
+    users, items = model.interaction_edges(dataset)
+    inter = dataset.inter_matrix(form="coo")
+    pairs = sorted(set(zip(inter.row.tolist(), inter.col.tolist())))
+    assert list(zip(users.tolist(), items.tolist())) == pairs
+    assert users.dtype == items.dtype == torch.long and len(pairs) > 0
+
+
+@pytest.mark.parametrize("weighted", [True, False])
+@pytest.mark.parametrize("normalization", ["sym", "row", "none"])
+def test_knn_item_graphs_match_dense_reference_with_padding_isolated(mgcn, weighted, normalization):
+    model, _ = mgcn
+    graphs = model.knn_item_graphs(4, weighted=weighted, normalization=normalization)
+    assert list(graphs) == model.modalities
+    for m, graph in graphs.items():
+        features = model.item_features(m).numpy()
+        n = len(features)
+        idx, sims = dense_knn(features[1:], 4)  # real items only: item 0 is RecBole's padding
+        adjacency = np.zeros((n, n), dtype=np.float32)
+        for row in range(n - 1):
+            adjacency[row + 1, idx[row] + 1] = sims[row] if weighted else 1.0
+        assert graph.shape == (n, n)
+        assert np.allclose(graph.to_dense().numpy(), dense_normalize(adjacency, normalization), atol=1e-5)
+        dense = graph.to_dense()
+        assert not dense[0].any() and not dense[:, 0].any()
+
+
+def test_knn_item_graphs_from_given_features_or_neighbours(mgcn):
+    model, _ = mgcn
+    fused = {"fused": torch.cat([model.item_features(m) for m in model.modalities], dim=1)}
+    graph = model.knn_item_graphs(4, features=fused)["fused"].to_dense().numpy()
+    idx, sims = dense_knn(fused["fused"].numpy()[1:], 4)
+    adjacency = np.zeros_like(graph)
+    for row in range(len(idx)):
+        adjacency[row + 1, idx[row] + 1] = sims[row]
+    assert np.allclose(graph, dense_normalize(adjacency, "sym"), atol=1e-5)
+    neighbours = model.item_neighbours(4)
+    assert list(neighbours) == model.modalities
+    for m, (indices, _) in neighbours.items():
+        assert np.array_equal(indices.numpy(), dense_knn(model.item_features(m).numpy()[1:], 4)[0])
+    again = model.knn_item_graphs(4, neighbours=neighbours)
+    for m, graph in model.knn_item_graphs(4).items():
+        assert torch.equal(graph.to_dense(), again[m].to_dense())
