@@ -9,9 +9,9 @@ import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from torch import nn
 
-from recbole_mm.config_check import Choice
+from recbole_mm.config_check import Choice, check_model_values
 from recbole_mm.data.dataset import MultiModalDataset
-from recbole_mm.errors import DataError, config_choice
+from recbole_mm.errors import DataError
 from recbole_mm.model.graphs import KNN_BACKENDS, graph_from_neighbours, knn_neighbours, sparse_matmul
 
 
@@ -21,12 +21,13 @@ FEATURE_NORMS = ("none", "l2", "standard")
 def normalize_features(features: torch.Tensor, how: str) -> torch.Tensor:
     """Per-modality feature scaling (``feature_norm``): ``none``; ``l2`` (each item's row to unit length);
     ``standard`` (each column to zero mean, unit variance over the items). Row 0 (padding) stays zero;
-    a new tensor is returned, the dataset's is never modified.
+    a new tensor is returned, the dataset's is never modified. The configured value is validated by
+    :class:`MultiModalRecommender`'s schema; another ``how`` is a caller's bug (ValueError).
     """
     if how == "none":
         return features
     if how not in FEATURE_NORMS:
-        raise DataError(f"feature_norm: {how!r} is not one of {', '.join(FEATURE_NORMS)}; fix the model config")
+        raise ValueError(f"how must be one of {FEATURE_NORMS}, got {how!r}")
     items = features[1:]
     if how == "l2":
         items = torch.nn.functional.normalize(items, dim=1)
@@ -75,19 +76,26 @@ class MultiModalRecommender(GeneralRecommender):
     so ``full_sort_predict`` computes them once per evaluation pass; ``train()``/``eval()`` clear it.
     """
 
-    # Keys every multimodal model reads (recbole_mm.config_check); a subclass adds its own.
-    config_schema = {"feature_norm": Choice("none", "l2", "standard", none_ok=True)}
+    # Keys every multimodal model reads (recbole_mm.config_check); a subclass adds its own. Each key is
+    # validated here, in its schema, and nowhere else: the models read the values as they are.
+    config_schema = {
+        "feature_norm": Choice(*FEATURE_NORMS, none_ok=True),
+        # How the kNN item graphs are searched (graphs.knn_neighbours); unset: auto.
+        "knn_backend": Choice(*KNN_BACKENDS, none_ok=True),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        # recbole_mm's entry points check the schema before anything runs; RecBole's own Config (plain
+        # run_recbole after `import recbole_mm`) knows none, so a model built from it is checked here.
+        check_model_values(config, config["model"], type(self), config.final_config_dict)
         if not isinstance(dataset, MultiModalDataset):
             raise DataError(
                 f"model {config['model']} needs recbole_mm's MultiModalDataset, got {type(dataset).__name__}; "
                 "import recbole_mm before building the dataset (it registers the dataset class)"
             )
         self.modalities: list[str] = list(dataset.item_features)
-        # How the models' kNN item graphs are searched (graphs.knn_neighbours): exact | faiss | auto.
-        self.knn_backend = config_choice(config, "knn_backend", KNN_BACKENDS, default="auto")
+        self.knn_backend: str = config["knn_backend"] or "auto"
         how = config["feature_norm"] or "none"
         for name, features in dataset.item_features.items():
             self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)

@@ -20,7 +20,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config_check import Choice, Float, Int
-from recbole_mm.errors import RecBoleMMError, config_choice
+from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, cooccurrence_graph, edge_propagate, learned_knn_graph
 from recbole_mm.model.losses import bpr_loss, squared_l2
@@ -49,17 +49,17 @@ class MMGEF(MultiModalRecommender):
         self.n_item_layers = config["n_item_layers"]
         self.n_ui_layers = config["n_ui_layers"]
         self.reg_weight = config["reg_weight"]
-        self.fusion = config_choice(config, "fusion", FUSIONS)
-        self.graph_attention = config_choice(config, "graph_attention", ATTENTIONS)
-        self.inject = config_choice(config, "inject", INJECTIONS)
+        self.fusion = config["fusion"]
+        self.graph_attention = config["graph_attention"]
+        self.inject = config["inject"]
         self.graphs = [g for g, on in (("mm", config["use_mm_graph"]), ("cf", config["use_cf_graph"])) if on]
         if not self.graphs:
             raise RecBoleMMError("use_mm_graph and use_cf_graph are both False; keep at least one item graph")
-        self.mm_graph = config_choice(config, "mm_graph", MM_GRAPHS, default="fixed")
+        self.mm_graph = config["mm_graph"] or "fixed"
         if self.mm_graph == "learned" and "mm" not in self.graphs:
             raise RecBoleMMError("mm_graph: learned needs use_mm_graph: True (it learns the multimodal item graph)")
         self.lambda_coeff = config["lambda_coeff"]  # weight of the fixed graph against the learned one
-        self.item_graph_input = config_choice(config, "item_graph_input", GRAPH_INPUTS, default="content")
+        self.item_graph_input = config["item_graph_input"] or "content"
 
         # Fused inputs: one "branch" for early fusion, one per modality for late fusion.
         unit = {m: self._unit_rows(self.item_features(m)) for m in self.modalities}
