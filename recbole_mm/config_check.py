@@ -253,7 +253,6 @@ PLUGIN_SCHEMA: dict[str, Spec] = {
     "cold_start_candidates": Choice("cold", "all", none_ok=True),
     "shuffle_features": Bool(none_ok=True),
     "shuffle_features_seed": Int(min=0, none_ok=True),
-    "knn_backend": Choice("exact", "faiss", "auto", none_ok=True),  # graphs.KNN_BACKENDS, read by every plugin model
     "learning_rate_scheduler": ListOf(Float(min=0, min_open=True), length=2, none_ok=True),
     "modalities": MappingOf(Str(), "{image: image_feat.npy}"),
     "inter_file_name": Str(none_ok=True),
@@ -499,6 +498,15 @@ def check_metrics(config: Any, values: dict) -> None:
         _fail(config, "valid_metric", valid, "one of the metrics computed: " + ", ".join(names), hint)
 
 
+def check_model_values(config: Any, model: str, model_class: Any, values: dict) -> None:
+    """A plugin model's keys in ``values`` against :func:`model_schema` (its ``config_schema``, completed
+    from ``properties/model/<model>.yaml``). Run by :func:`check_config` and, for RecBole's own
+    ``Config``, which checks nothing, by ``MultiModalRecommender.__init__``."""
+    from recbole_mm import resources
+
+    check_values(config, values, model_schema(model_class, _quiet_yaml(resources.model_properties_file(model))))
+
+
 def check_config(config: Any, values: dict | None = None) -> None:
     """Check a RecBole ``Config`` (or its merged ``values`` before RecBole's own validation)."""
     from recbole_mm import resources
@@ -510,8 +518,7 @@ def check_config(config: Any, values: dict | None = None) -> None:
     model = str(values.get("model") or getattr(config, "model", ""))
     model_class = getattr(config, "model_class", None)
     if is_plugin_model(model):
-        defaults = _quiet_yaml(resources.model_properties_file(model))
-        check_values(config, values, model_schema(model_class, defaults))
+        check_model_values(config, model, model_class, values)
     else:  # RecBole's own model: the types of its yaml's defaults
         import recbole
 

@@ -21,19 +21,13 @@ import recbole
 
 from recbole_mm import resources
 from recbole_mm.errors import UnknownModelError
+from recbole_mm.model.general_recommender import MODELS
 
-# Model name → module; each is aliased into recbole.model.general_recommender.
-PLUGIN_MODELS: dict[str, str] = {
-    "VBPR": "recbole_mm.model.general_recommender.vbpr",
-    "GUME": "recbole_mm.model.general_recommender.gume",
-    "MMGEF": "recbole_mm.model.general_recommender.mmgef",
-    "FREEDOM": "recbole_mm.model.general_recommender.freedom",
-    "LATTICE": "recbole_mm.model.general_recommender.lattice",
-    "BM3": "recbole_mm.model.general_recommender.bm3",
-    "MGCN": "recbole_mm.model.general_recommender.mgcn",
-}
-# Other spellings accepted by recbole_mm's entry points.
-MODEL_ALIASES: dict[str, str] = {"MM-GEF": "MMGEF"}
+# Model name → module, derived from the one list (the model classes found in recbole_mm.model.
+# general_recommender); each module is aliased into recbole.model.general_recommender.
+PLUGIN_MODELS: dict[str, str] = {name: cls.__module__ for name, cls in MODELS.items()}
+# Other spellings accepted by recbole_mm's entry points: a model class's ``aliases`` (MMGEF: "MM-GEF").
+MODEL_ALIASES: dict[str, str] = {alias: name for name, cls in MODELS.items() for alias in getattr(cls, "aliases", ())}
 
 # recbole_mm's dataset keys: they change the data, so RecBole's save_dataset / save_dataloaders reuse
 # check (which compares RecBole's dataset_arguments) must compare them too.
@@ -175,7 +169,7 @@ def register() -> None:
     from recbole_mm.data.dataset import MultiModalDataset
 
     for name, module_path in PLUGIN_MODELS.items():
-        module = importlib.import_module(module_path)
+        module = sys.modules[module_path]
         sys.modules[f"recbole.model.general_recommender.{name.lower()}"] = module
         setattr(recbole_datasets, f"{name}Dataset", getattr(module, "dataset_class", MultiModalDataset))
     _settings_are_data(Config)

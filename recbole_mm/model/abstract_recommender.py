@@ -7,11 +7,12 @@ import warnings
 
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
+from torch import nn
 
-from recbole_mm.config_check import Choice
+from recbole_mm.config_check import Choice, check_model_values
 from recbole_mm.data.dataset import MultiModalDataset
-from recbole_mm.errors import DataError, config_choice
-from recbole_mm.model.graphs import KNN_BACKENDS, sparse_matmul
+from recbole_mm.errors import DataError
+from recbole_mm.model.graphs import KNN_BACKENDS, graph_from_neighbours, knn_neighbours, sparse_matmul
 
 
 FEATURE_NORMS = ("none", "l2", "standard")
@@ -20,12 +21,13 @@ FEATURE_NORMS = ("none", "l2", "standard")
 def normalize_features(features: torch.Tensor, how: str) -> torch.Tensor:
     """Per-modality feature scaling (``feature_norm``): ``none``; ``l2`` (each item's row to unit length);
     ``standard`` (each column to zero mean, unit variance over the items). Row 0 (padding) stays zero;
-    a new tensor is returned, the dataset's is never modified.
+    a new tensor is returned, the dataset's is never modified. The configured value is validated by
+    :class:`MultiModalRecommender`'s schema; another ``how`` is a caller's bug (ValueError).
     """
     if how == "none":
         return features
     if how not in FEATURE_NORMS:
-        raise DataError(f"feature_norm: {how!r} is not one of {', '.join(FEATURE_NORMS)}; fix the model config")
+        raise ValueError(f"how must be one of {FEATURE_NORMS}, got {how!r}")
     items = features[1:]
     if how == "l2":
         items = torch.nn.functional.normalize(items, dim=1)
@@ -74,19 +76,26 @@ class MultiModalRecommender(GeneralRecommender):
     so ``full_sort_predict`` computes them once per evaluation pass; ``train()``/``eval()`` clear it.
     """
 
-    # Keys every multimodal model reads (recbole_mm.config_check); a subclass adds its own.
-    config_schema = {"feature_norm": Choice("none", "l2", "standard", none_ok=True)}
+    # Keys every multimodal model reads (recbole_mm.config_check); a subclass adds its own. Each key is
+    # validated here, in its schema, and nowhere else: the models read the values as they are.
+    config_schema = {
+        "feature_norm": Choice(*FEATURE_NORMS, none_ok=True),
+        # How the kNN item graphs are searched (graphs.knn_neighbours); unset: auto.
+        "knn_backend": Choice(*KNN_BACKENDS, none_ok=True),
+    }
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
+        # recbole_mm's entry points check the schema before anything runs; RecBole's own Config (plain
+        # run_recbole after `import recbole_mm`) knows none, so a model built from it is checked here.
+        check_model_values(config, config["model"], type(self), config.final_config_dict)
         if not isinstance(dataset, MultiModalDataset):
             raise DataError(
                 f"model {config['model']} needs recbole_mm's MultiModalDataset, got {type(dataset).__name__}; "
                 "import recbole_mm before building the dataset (it registers the dataset class)"
             )
         self.modalities: list[str] = list(dataset.item_features)
-        # How the models' kNN item graphs are searched (graphs.knn_neighbours): exact | faiss | auto.
-        self.knn_backend = config_choice(config, "knn_backend", KNN_BACKENDS, default="auto")
+        self.knn_backend: str = config["knn_backend"] or "auto"
         how = config["feature_norm"] or "none"
         for name, features in dataset.item_features.items():
             self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)
@@ -110,6 +119,67 @@ class MultiModalRecommender(GeneralRecommender):
         return torch.nn.ModuleDict({
             m: torch.nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
         })
+
+    # ---- building blocks of a model's __init__ ---------------------------------------------------
+    # Each creates its parameters in a fixed order (users before items, modalities in declaration
+    # order), so a model that calls them where its reference creates the same tensors keeps the
+    # reference's random draws.
+    def id_embeddings(self, dim: int, xavier: bool = True) -> tuple[nn.Embedding, nn.Embedding]:
+        """User and item ID embeddings, ``[n_users, dim]`` and ``[n_items, dim]``, re-initialised with
+        ``xavier_uniform_`` (users first) as the MMRec models do. ``xavier=False`` leaves nn.Embedding's
+        own init for a model whose reference applies xavier later (after creating other layers: GUME,
+        BM3), so that the model does it at that point and its random draws stay in the reference's order.
+        Assign them as ``self.user_embedding, self.item_embedding = self.id_embeddings(d)``."""
+        users, items = nn.Embedding(self.n_users, dim), nn.Embedding(self.n_items, dim)
+        if xavier:
+            nn.init.xavier_uniform_(users.weight)
+            nn.init.xavier_uniform_(items.weight)
+        return users, items
+
+    def feature_projections(self, dim: int) -> nn.ModuleDict:
+        """Per modality an ``nn.Linear(feature width, dim)`` with torch's default init (the MMRec models'
+        ``image_trs``/``text_trs``), created in modality order."""
+        return nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], dim) for m in self.modalities})
+
+    def modality_weights(self, image_weight: float) -> dict[str, float]:
+        """Fixed weights that mix per-modality item graphs (FREEDOM's ``mm_image_weight``): ``image_weight``
+        for the image modality and the rest shared equally by the others (image + text: 0.1 / 0.9, the
+        original); equal weights without an image modality or with a single one."""
+        if "image" not in self.modalities or len(self.modalities) == 1:
+            return {m: 1.0 / len(self.modalities) for m in self.modalities}
+        rest = (1.0 - image_weight) / (len(self.modalities) - 1)
+        return {m: image_weight if m == "image" else rest for m in self.modalities}
+
+    def item_neighbours(self, k: int, features: dict[str, torch.Tensor] | None = None
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per modality (or per entry of ``features``, ``[n_items, dim]`` tables) the top-``k`` cosine
+        neighbours of every real item: ``(indices, similarities)`` from :func:`graphs.knn_neighbours` over
+        rows 1.. (item 0 is RecBole's padding and is nobody's neighbour), so index j means item j + 1.
+        Searched with the configured ``knn_backend``; the features as loaded (not the trainable copies)."""
+        if features is None:
+            features = {m: self.item_features(m) for m in self.modalities}
+        return {name: knn_neighbours(x[1:], k, backend=self.knn_backend) for name, x in features.items()}
+
+    def knn_item_graphs(self, k: int, weighted: bool = True, normalization: str = "sym",
+                        features: dict[str, torch.Tensor] | None = None,
+                        neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+                        ) -> dict[str, torch.Tensor]:
+        """Per modality (or per entry of ``features``) the sparse ``[n_items, n_items]`` kNN item graph of
+        :func:`graphs.graph_from_neighbours`: each real item linked to its top-``k`` neighbours, weighted
+        by the similarity (or 1 with ``weighted=False``), normalised (``sym``: D^-1/2 S D^-1/2, ``row``:
+        D^-1 S, ``none``); node 0 (padding) isolated. Built once in ``__init__`` from the features as
+        loaded; pass ``neighbours`` (from :meth:`item_neighbours`) when the model also needs them."""
+        if neighbours is None:
+            neighbours = self.item_neighbours(k, features)
+        return {name: graph_from_neighbours(indices, sims, weighted=weighted, normalization=normalization, offset=1)
+                for name, (indices, sims) in neighbours.items()}
+
+    def interaction_edges(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training interactions as ``(users, items)`` long tensors, each pair once, sorted by user and
+        then item: the edges of the user-item graph (``graphs.bipartite_adjacency``)."""
+        inter = dataset.inter_matrix(form="coo")
+        keys = torch.unique(torch.from_numpy(inter.row).long() * self.n_items + torch.from_numpy(inter.col).long())
+        return keys // self.n_items, keys % self.n_items
 
     def fused_features(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """The modalities concatenated along the feature axis (declaration order), for ``items`` or all."""

@@ -144,6 +144,9 @@ def knn_neighbours(features: torch.Tensor, k: int, chunk_size: int = 1024,
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     if backend not in KNN_BACKENDS:
+        # The configured knn_backend is validated by the models' schema and never arrives here unchecked;
+        # this is the argument check for direct callers (benchmarks/scale.py passes its --backend), since
+        # the dispatch below would otherwise run an unknown backend as exact.
         raise RecBoleMMError(f"knn_backend: {backend!r} is not one of {', '.join(KNN_BACKENDS)}; fix the config")
     n = features.shape[0]
     if skip_empty:
@@ -460,8 +463,9 @@ def bipartite_adjacency(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users:
 
 def user_item_block(adjacency: torch.Tensor, n_users: int, n_items: int) -> torch.Tensor:
     """The user→item block ``[n_users, n_items]`` of a normalised ``[n_users + n_items]``-square user-item
-    adjacency (users first): R̃ = D_u^-1/2 R D_i^-1/2 for :func:`augmented_adjacency`'s graph, which MGCN
-    (and GUME) use to give users the mean of their items' modality features."""
+    adjacency (users first): R̃ = D_u^-1/2 R D_i^-1/2 for :func:`bipartite_adjacency`'s graph (MGCN), the same
+    block of :func:`augmented_adjacency`'s (GUME); the models use it to give users the mean of their items'
+    modality features."""
     adjacency = adjacency.coalesce()
     rows, cols = adjacency.indices()
     block = (rows < n_users) & (cols >= n_users)

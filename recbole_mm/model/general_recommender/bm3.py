@@ -20,7 +20,7 @@ from torch import nn
 from recbole_mm.config_check import Float, Int
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import augmented_adjacency
+from recbole_mm.model.graphs import bipartite_adjacency
 from recbole_mm.model.losses import cosine_alignment, frobenius_norms
 
 
@@ -47,20 +47,18 @@ class BM3(MultiModalRecommender):
         self.cl_weight = config["cl_weight"]
         self.dropout = config["dropout"]
 
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
+        # Xavier init comes after the other layers are created, as in the original (same random draws).
+        self.user_embedding, self.item_embedding = self.id_embeddings(d, xavier=False)
         self.predictor = nn.Linear(d, d)
         # Raw features are trainable tables initialised from the files (as the original).
         self.raw_features = self.trainable_feature_tables()
-        self.projections = nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], d) for m in self.modalities})
+        self.projections = self.feature_projections(d)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
         for layer in [self.predictor, *self.projections.values()]:
             nn.init.xavier_normal_(layer.weight)  # biases keep nn.Linear's default init, as the original
 
-        inter = dataset.inter_matrix(form="coo")
-        self.register_graph("norm_adj", augmented_adjacency(
-            torch.from_numpy(inter.row), torch.from_numpy(inter.col), self.n_users, self.n_items))
+        self.register_graph("norm_adj", bipartite_adjacency(*self.interaction_edges(dataset), self.n_users, self.n_items))
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Online (users, items): LightGCN layer mean, with the item ID embeddings added to the items."""

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import torch
 from recbole.utils import InputType
-from torch import nn
 
 from recbole_mm.config_check import Float, Int
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep, graph_from_neighbours, knn_neighbours
+from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep
 from recbole_mm.model.losses import bpr_loss
 
 
@@ -41,37 +40,23 @@ class FREEDOM(MultiModalRecommender):
             raise RecBoleMMError(f"FREEDOM feat_embed_dim: {config['feat_embed_dim']} must equal embedding_size ({d}): "
                                  "the modality BPR terms score users against the projected features")
 
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.user_embedding, self.item_embedding = self.id_embeddings(d)
         # Raw features are trainable tables initialised from the files (as the original); the item graph
         # is built once from these initial values.
         self.raw_features = self.trainable_feature_tables()
-        self.projections = nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], d) for m in self.modalities})
+        self.projections = self.feature_projections(d)
         self._build_graphs(config, dataset)
 
     # ---- graphs, built once (the pruned one once per epoch) ---------------------------------------
-    def modality_weights(self, image_weight: float) -> dict[str, float]:
-        """The fixed mixing weights: ``mm_image_weight`` for the image modality and the rest shared
-        equally by the others (image + text: 0.1 / 0.9, the original); equal weights without an image."""
-        if "image" not in self.modalities or len(self.modalities) == 1:
-            return {m: 1.0 / len(self.modalities) for m in self.modalities}
-        rest = (1.0 - image_weight) / (len(self.modalities) - 1)
-        return {m: image_weight if m == "image" else rest for m in self.modalities}
-
     def _build_graphs(self, config, dataset) -> None:
+        # S = Σ_m w_m Â^m over binary kNN graphs, mixed by the fixed weights.
         self.mixing = self.modality_weights(config["mm_image_weight"])
-        # Item 0 is RecBole's padding: graphs cover items 1.. and leave node 0 isolated.
-        parts = []
-        for m in self.modalities:
-            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k, backend=self.knn_backend)
-            parts.append(self.mixing[m] * graph_from_neighbours(indices, sims, weighted=False, offset=1))
+        graphs = self.knn_item_graphs(self.knn_k, weighted=False)
+        parts = [self.mixing[m] * graphs[m] for m in self.modalities]
         self.register_graph("item_graph", sum(parts[1:], parts[0]))
-        inter = dataset.inter_matrix(form="coo")
-        keys = torch.unique(torch.from_numpy(inter.row).long() * self.n_items + torch.from_numpy(inter.col).long())
-        self.register_buffer("edge_users", keys // self.n_items, persistent=False)
-        self.register_buffer("edge_items", keys % self.n_items, persistent=False)
+        edge_users, edge_items = self.interaction_edges(dataset)
+        self.register_buffer("edge_users", edge_users, persistent=False)
+        self.register_buffer("edge_items", edge_items, persistent=False)
         self.register_graph("norm_adj", bipartite_adjacency(self.edge_users, self.edge_items, self.n_users, self.n_items))
         self._prune_due = True
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import augmented_adjacency, graph_from_neighbours, knn_neighbours, semantic_neighbours
+from recbole_mm.model.graphs import augmented_adjacency, semantic_neighbours, user_item_block
 from recbole_mm.model.layers import attentive_fusion
 from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb_rows, squared_l2
 
@@ -57,8 +57,8 @@ class GUME(MultiModalRecommender):
             getLogger().warning("GUME with one modality: no internal alignment, and the coarse/fine "
                                 "attribute separation degenerates (coarse = the single modality)")
 
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
+        # Xavier init comes after the other layers are created, as in the original (same random draws).
+        self.user_embedding, self.item_embedding = self.id_embeddings(d, xavier=False)
         # Raw features are trainable tables initialised from the files (as the original); the graphs
         # below are built once from these initial values. freeze_features: the feature buffers
         # themselves, fixed (no trainable copy, no gradient table, no optimizer state).
@@ -80,28 +80,18 @@ class GUME(MultiModalRecommender):
 
     # ---- graphs, built once ---------------------------------------------------------------------
     def _build_graphs(self, config, dataset) -> None:
-        neighbours = []
-        for m in self.modalities:
-            # Item 0 is RecBole's padding: graphs cover items 1.. and leave node 0 isolated.
-            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k, backend=self.knn_backend)
-            neighbours.append(indices)
-            graph = graph_from_neighbours(indices, sims, weighted=True, normalization="sym", offset=1)
+        neighbours = self.item_neighbours(self.knn_k)
+        graphs = self.knn_item_graphs(self.knn_k, weighted=True, normalization="sym", neighbours=neighbours)
+        for m, graph in graphs.items():
             self.register_graph(f"item_graph_{m}", graph)
-        item_edges = semantic_neighbours(neighbours) + 1 if config["graph_enhancement"] else None
-        inter = dataset.inter_matrix(form="coo")
-        adjacency = augmented_adjacency(
-            torch.from_numpy(inter.row), torch.from_numpy(inter.col), self.n_users, self.n_items,
-            item_edges=item_edges, symmetric=bool(config["symmetric_graph"]),
-        )
+        # Semantic neighbours, as item ids (the neighbour indices count from item 1).
+        item_edges = (semantic_neighbours([indices for indices, _ in neighbours.values()]) + 1
+                      if config["graph_enhancement"] else None)
+        adjacency = augmented_adjacency(*self.interaction_edges(dataset), self.n_users, self.n_items,
+                                        item_edges=item_edges, symmetric=bool(config["symmetric_graph"]))
         self.register_graph("norm_adj", adjacency)
         # R̃: the normalised user→item block of Ã, used for the explicit user features.
-        rows, cols = adjacency.indices()
-        block = (rows < self.n_users) & (cols >= self.n_users)
-        user_item = torch.sparse_coo_tensor(
-            torch.stack([rows[block], cols[block] - self.n_users]), adjacency.values()[block],
-            (self.n_users, self.n_items), check_invariants=False,
-        ).coalesce()
-        self.register_graph("user_item_graph", user_item)
+        self.register_graph("user_item_graph", user_item_block(adjacency, self.n_users, self.n_items))
         self.n_semantic_edges = 0 if item_edges is None else item_edges.shape[1]
 
     def lightgcn(self, embeddings: torch.Tensor) -> torch.Tensor:

@@ -18,8 +18,7 @@ from torch import nn
 
 from recbole_mm.config_check import Choice, Float, Int, ListOf
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import (bipartite_adjacency, edge_propagate, graph_from_neighbours, knn_neighbours,
-                                    learned_knn_graph)
+from recbole_mm.model.graphs import bipartite_adjacency, edge_propagate, learned_knn_graph
 from recbole_mm.model.losses import bpr_loss, squared_l2
 
 CF_MODELS = ("lightgcn", "mf")  # the original's ngcf backbone is not ported
@@ -43,24 +42,16 @@ class LATTICE(MultiModalRecommender):
         self.reg_weight = config["reg_weight"]
         self.cf_model = config["cf_model"]
 
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.user_embedding, self.item_embedding = self.id_embeddings(d)
         # Raw features are trainable tables initialised from the files (as the original).
         self.raw_features = self.trainable_feature_tables()
-        self.projections = nn.ModuleDict({
-            m: nn.Linear(self.item_features(m).shape[1], config["feat_embed_dim"]) for m in self.modalities
-        })
+        self.projections = self.feature_projections(config["feat_embed_dim"])
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 0.5))
-        # Item 0 is RecBole's padding: item graphs cover items 1.. and leave node 0 isolated.
-        for m in self.modalities:
-            neighbours = knn_neighbours(self.item_features(m)[1:], self.knn_k, backend=self.knn_backend)
-            self.register_graph(f"item_graph_{m}", graph_from_neighbours(*neighbours, weighted=True, offset=1))
-        inter = dataset.inter_matrix(form="coo")
-        self.register_graph("norm_adj", bipartite_adjacency(
-            torch.from_numpy(inter.row), torch.from_numpy(inter.col), self.n_users, self.n_items,
-            self_loops=True, normalization="row"))
+        # The frozen graphs Â^m: similarity-weighted, D^-1/2 S D^-1/2.
+        for m, graph in self.knn_item_graphs(self.knn_k, weighted=True, normalization="sym").items():
+            self.register_graph(f"item_graph_{m}", graph)
+        self.register_graph("norm_adj", bipartite_adjacency(*self.interaction_edges(dataset), self.n_users, self.n_items,
+                                                            self_loops=True, normalization="row"))
 
     # ---- the learned item graph -----------------------------------------------------------------
     def learned_graph(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from torch import nn
 
 from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import augmented_adjacency, graph_from_neighbours, knn_neighbours, user_item_block
+from recbole_mm.model.graphs import bipartite_adjacency, user_item_block
 from recbole_mm.model.layers import attentive_fusion
 from recbole_mm.model.losses import bpr_loss, info_nce, squared_l2
 
@@ -44,27 +44,19 @@ class MGCN(MultiModalRecommender):
             getLogger().warning("MGCN with one modality: the fuser degenerates (common part = the modality, "
                                 "no specific part)")
 
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.user_embedding, self.item_embedding = self.id_embeddings(d)
         # Raw features are trainable tables initialised from the files (as the original); the item-item
         # graphs below are built once from these initial values. Linear layers keep torch's default init.
         self.raw_features = self.trainable_feature_tables()
-        self.projections = nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], d) for m in self.modalities})
+        self.projections = self.feature_projections(d)
         self.purifiers = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in self.modalities})
         self.attention = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, 1, bias=False))
         self.preference_gates = nn.ModuleDict({m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid())
                                                for m in self.modalities})
 
-        for m in self.modalities:
-            # Item 0 is RecBole's padding: graphs cover items 1.. and leave node 0 isolated.
-            indices, sims = knn_neighbours(self.item_features(m)[1:], self.knn_k, backend=self.knn_backend)
-            self.register_graph(f"item_graph_{m}", graph_from_neighbours(indices, sims, weighted=True,
-                                                                         normalization="sym", offset=1))
-        inter = dataset.inter_matrix(form="coo")
-        adjacency = augmented_adjacency(torch.from_numpy(inter.row), torch.from_numpy(inter.col),
-                                        self.n_users, self.n_items)
+        for m, graph in self.knn_item_graphs(self.knn_k, weighted=True, normalization="sym").items():
+            self.register_graph(f"item_graph_{m}", graph)
+        adjacency = bipartite_adjacency(*self.interaction_edges(dataset), self.n_users, self.n_items)
         self.register_graph("norm_adj", adjacency)
         self.register_graph("user_item_graph", user_item_block(adjacency, self.n_users, self.n_items))
 

@@ -20,10 +20,9 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config_check import Choice, Float, Int
-from recbole_mm.errors import RecBoleMMError, config_choice
+from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import (augmented_adjacency, cooccurrence_graph, edge_propagate, graph_from_neighbours,
-                                    knn_neighbours, learned_knn_graph)
+from recbole_mm.model.graphs import bipartite_adjacency, cooccurrence_graph, edge_propagate, learned_knn_graph
 from recbole_mm.model.losses import bpr_loss, squared_l2
 
 FUSIONS = ("mean", "concat", "late")
@@ -35,6 +34,7 @@ GRAPH_INPUTS = ("content", "id")
 
 class MMGEF(MultiModalRecommender):
     input_type = InputType.PAIRWISE
+    aliases = ("MM-GEF",)  # the paper's spelling, accepted by recbole_mm's entry points (registry)
     # Types and ranges of properties/model/MMGEF.yaml's keys (checked before anything runs).
     config_schema = {
         "knn_k": Int(min=1), "n_item_layers": Int(min=0), "n_ui_layers": Int(min=0), "reg_weight": Float(min=0),
@@ -49,17 +49,17 @@ class MMGEF(MultiModalRecommender):
         self.n_item_layers = config["n_item_layers"]
         self.n_ui_layers = config["n_ui_layers"]
         self.reg_weight = config["reg_weight"]
-        self.fusion = config_choice(config, "fusion", FUSIONS)
-        self.graph_attention = config_choice(config, "graph_attention", ATTENTIONS)
-        self.inject = config_choice(config, "inject", INJECTIONS)
+        self.fusion = config["fusion"]
+        self.graph_attention = config["graph_attention"]
+        self.inject = config["inject"]
         self.graphs = [g for g, on in (("mm", config["use_mm_graph"]), ("cf", config["use_cf_graph"])) if on]
         if not self.graphs:
             raise RecBoleMMError("use_mm_graph and use_cf_graph are both False; keep at least one item graph")
-        self.mm_graph = config_choice(config, "mm_graph", MM_GRAPHS, default="fixed")
+        self.mm_graph = config["mm_graph"] or "fixed"
         if self.mm_graph == "learned" and "mm" not in self.graphs:
             raise RecBoleMMError("mm_graph: learned needs use_mm_graph: True (it learns the multimodal item graph)")
         self.lambda_coeff = config["lambda_coeff"]  # weight of the fixed graph against the learned one
-        self.item_graph_input = config_choice(config, "item_graph_input", GRAPH_INPUTS, default="content")
+        self.item_graph_input = config["item_graph_input"] or "content"
 
         # Fused inputs: one "branch" for early fusion, one per modality for late fusion.
         unit = {m: self._unit_rows(self.item_features(m)) for m in self.modalities}
@@ -82,10 +82,7 @@ class MMGEF(MultiModalRecommender):
         self.projections = nn.ModuleDict({name: nn.Linear(x.shape[1], d) for name, x in branches.items()
                                           if uses_content})
 
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.user_embedding, self.item_embedding = self.id_embeddings(d)
         if self.graph_attention == "global":
             self.graph_scores = nn.Parameter(torch.zeros(len(self.graphs)))
         elif self.graph_attention == "item":
@@ -97,17 +94,15 @@ class MMGEF(MultiModalRecommender):
         return F.normalize(features, dim=1)  # the padding row stays zero
 
     def _build_graphs(self, config, dataset, branches: dict[str, torch.Tensor]) -> None:
-        inter = dataset.inter_matrix(form="coo")
-        users, items = torch.from_numpy(inter.row).long(), torch.from_numpy(inter.col).long()
+        users, items = self.interaction_edges(dataset)
         if "mm" in self.graphs:
-            for name, x in branches.items():
-                # Built once from the fixed fused features; item 0 (padding) stays isolated.
-                graph = graph_from_neighbours(*knn_neighbours(x[1:], self.knn_k, backend=self.knn_backend), weighted=True,
-                                              normalization="sym", offset=1)
+            # Built once from the fixed fused features.
+            graphs = self.knn_item_graphs(self.knn_k, weighted=True, normalization="sym", features=branches)
+            for name, graph in graphs.items():
                 self.register_graph(f"mm_graph_{name}", graph)
         if "cf" in self.graphs:
             self.register_graph("cf_graph", cooccurrence_graph(users, items, self.n_users, self.n_items, self.knn_k))
-        self.register_graph("ui_graph", augmented_adjacency(users, items, self.n_users, self.n_items))
+        self.register_graph("ui_graph", bipartite_adjacency(users, items, self.n_users, self.n_items))
 
     # ---- item side -------------------------------------------------------------------------------
     def graph_weights(self, hops: dict[str, torch.Tensor]) -> torch.Tensor:
