@@ -240,3 +240,56 @@ def read_per_user(path: Path) -> dict[str, np.ndarray]:
     except (OSError, ValueError) as err:
         raise RecBoleMMError(f"per-user metrics {path}: {err}; delete the file and rerun the benchmark with "
                              "--fill-missing to compute them again") from err
+
+
+# ---- benchmark cells ----------------------------------------------------------------------------
+def cell_fields(details: dict | None) -> dict:
+    """What a benchmark cell's process reports of :func:`evaluate_test`'s details (JSON-safe)."""
+    if not details or "unavailable" in details:
+        return {"per_user": {"unavailable": (details or {}).get("unavailable", "no test details")}}
+    return {"beyond_accuracy": details["beyond_accuracy"], "tail": details["tail"],
+            "per_user_encoded": encode_per_user(details)}
+
+
+def store_per_user(result: dict, out: Path, relative: str) -> dict:
+    """A cell's result with its encoded per-user values written to ``out / relative`` (a ``.npz``) and
+    replaced by ``per_user: {file, users, metrics}`` (the cache holds the reference, not the values)."""
+    encoded = result.get("per_user_encoded")
+    if encoded is None:
+        return result
+    arrays = decode_per_user(encoded)
+    write_per_user(out / relative, arrays)
+    rest = {k: v for k, v in result.items() if k != "per_user_encoded"}
+    return {**rest, "per_user": {"file": relative, "users": int(len(arrays["users"])),
+                                 "metrics": sorted(k for k in arrays if k != "users")}}
+
+
+def has_per_user(cell: dict) -> bool:
+    """Whether a finished cell says what its per-user metrics are (stored, or why there are none): cells
+    cached before per-user metrics existed do not."""
+    return "per_user" in cell
+
+
+def run_values(out: Path, chosen: dict, metrics: list[str]) -> tuple[dict, list[str]]:
+    """label → metric → :class:`recbole_mm.stats.RunValues` from the stored per-user values of each run's
+    finished cells, and the labels left out (a cell without per-user values, or a file gone), with why."""
+    from recbole_mm.stats import RunValues, user_means
+
+    runs, untested = {}, []
+    for label, entry in chosen.items():
+        cells = [c for c in entry["cells"] if "failed" not in c]
+        if not cells:
+            continue
+        stored = [c.get("per_user") or {} for c in cells]
+        missing = [s.get("unavailable", "cached before per-user metrics existed") for s in stored if "file" not in s]
+        gone = [s["file"] for s in stored if "file" in s and not (out / s["file"]).exists()]
+        if missing or gone:
+            untested.append(f"{label} ({missing[0] if missing else 'file ' + gone[0] + ' is missing'})")
+            continue
+        arrays = [read_per_user(out / s["file"]) for s in stored]
+        runs[label] = {}
+        for metric in metrics:
+            if all(metric in a for a in arrays):
+                users, means = user_means([(a["users"], a[metric]) for a in arrays])
+                runs[label][metric] = RunValues(users, means, [float(c["test"][metric]) for c in cells])
+    return runs, untested
