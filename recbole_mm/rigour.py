@@ -60,6 +60,7 @@ def columns_of(rows: dict[str, dict]) -> list[str]:
 
 
 def table_rows(chosen: dict, rows: dict[str, dict], main: list[str]) -> list[latex.Row]:
+    """The summarised rows as :class:`recbole_mm.latex.Row` (metric columns only), main runs flagged."""
     return [latex.Row(label, {k: v for k, v in row.items() if "@" in k}, label in main, row.get("failed"))
             for label, row in rows.items() if label in chosen]
 
