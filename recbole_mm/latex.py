@@ -22,10 +22,22 @@ def escape(text: str) -> str:
     return "".join(_SPECIAL.get(ch, ch) for ch in str(text))
 
 
-def metric_header(key: str) -> str:
-    """``recall@20`` → ``Recall@20``."""
+# Short headers keep a table of eight metric columns within a two-column paper's text width; the caption
+# names them in full.
+_SHORT = {"itemcoverage": "Cov", "giniindex": "Gini", "averagepopularity": "AvgPop", "tailpercentage": "Tail"}
+
+
+def metric_header(key: str, short: bool = False) -> str:
+    """``recall@20`` → ``Recall@20`` (``short``: ``itemcoverage@20`` → ``Cov@20``)."""
     name, _, k = key.partition("@")
-    return _NAMES.get(name, name) + (f"@{k}" if k else "")
+    return (_SHORT.get(name) if short and name in _SHORT else _NAMES.get(name, name)) + (f"@{k}" if k else "")
+
+
+def legend(columns: list["Column"]) -> str:
+    """What the short headers stand for, for the caption (empty when none is shortened)."""
+    names = [f"{metric_header(c.key, True).split('@')[0]} = RecBole's {metric_header(c.key).split('@')[0]}"
+             for c in columns if c.key.partition("@")[0] in _SHORT]
+    return "; ".join(names)
 
 
 @dataclass
@@ -43,12 +55,19 @@ class Row:
     failed: str | None = None
 
 
-def _shown(value, digits: int) -> str:
+def cell(value, digits: int, rank: int | None = None, mark: str = "") -> str:
+    """A table cell: the mean (bold when ``rank`` 1, underlined when 2) with its significance ``mark``, and
+    below it, in a smaller font, ± the std over seeds (``\\shortstack``: two short lines keep eight metric
+    columns within one text width)."""
     if value is None:
         return "--"
+    mean = f"{_mean(value):.{digits}f}"
+    mean = f"\\textbf{{{mean}}}" if rank == 1 else f"\\underline{{{mean}}}" if rank == 2 else mean
+    sup = "".join(_MARKS[m] for m in mark)
+    mean += f"$^{{{sup}}}$" if sup else ""
     if isinstance(value, tuple):
-        return f"{value[0]:.{digits}f} $\\pm$ {value[1]:.{digits}f}"
-    return f"{value:.{digits}f}"
+        return f"\\shortstack[r]{{{mean}\\\\ {{\\scriptsize $\\pm${value[1]:.{digits}f}}}}}"
+    return mean
 
 
 def _mean(value) -> float | None:
@@ -63,6 +82,11 @@ def ranks(rows: list[Row], column: Column) -> dict[str, int]:
     return {label: order.index(v) + 1 for label, v in shown.items() if order.index(v) < 2}
 
 
+def _header(column: Column, arrow: str) -> str:
+    name, _, k = metric_header(column.key, True).partition("@")
+    return f"\\shortstack{{{escape(name)}\\\\ @{k} {arrow}}}" if k else f"{escape(name)} {arrow}"
+
+
 def table(rows: list[Row], columns: list[Column], marks: dict[tuple[str, str], str], command: str, caption: str,
           label: str) -> str:
     """The LaTeX source of the table."""
@@ -73,7 +97,7 @@ def table(rows: list[Row], columns: list[Column], marks: dict[tuple[str, str], s
              r"\begin{table*}[t]", r"\centering", r"\small", r"\setlength{\tabcolsep}{3pt}",
              f"\\caption{{{caption}}}", f"\\label{{{escape(label)}}}",
              r"\begin{tabular}{l" + "r" * len(columns) + "}", r"\hline",
-             "Model & " + " & ".join(f"{escape(metric_header(c.key))} {a}" for c, a in zip(columns, arrows)) + r" \\",
+             "Model & " + " & ".join(_header(c, a) for c, a in zip(columns, arrows)) + r" \\",
              r"\hline"]
     main = [r for r in rows if r.main]
     extra = [r for r in rows if not r.main]
@@ -84,13 +108,8 @@ def table(rows: list[Row], columns: list[Column], marks: dict[tuple[str, str], s
             if row.failed:
                 lines.append(f"{escape(row.label)} & \\multicolumn{{{len(columns)}}}{{l}}{{failed}} \\\\")
                 continue
-            cells = []
-            for c in columns:
-                text = _shown(row.values.get(c.key), c.digits)
-                rank = ranked[c.key].get(row.label)
-                text = f"\\textbf{{{text}}}" if rank == 1 else f"\\underline{{{text}}}" if rank == 2 else text
-                mark = "".join(_MARKS[m] for m in marks.get((row.label, c.key), ""))
-                cells.append(text + (f"$^{{{mark}}}$" if mark else ""))
+            cells = [cell(row.values.get(c.key), c.digits, ranked[c.key].get(row.label), marks.get((row.label, c.key), ""))
+                     for c in columns]
             lines.append(f"{escape(row.label)} & " + " & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}", r"\end{table*}", ""]
     return "\n".join(lines)

@@ -106,10 +106,12 @@ def write_latex(path: Path, dataset: str, chosen: dict, rows: dict[str, dict], s
     keys = [k for k in ["recall@10", "recall@20", "ndcg@10", "ndcg@20", *BEYOND_COLUMNS] if k in columns_of(rows)]
     columns = [latex.Column(k, bigger_is_better(k), DIGITS.get(k, 4)) for k in keys]
     reference = (f"; $^{{\\dagger}}$: from {latex.escape(rigour.reference)}" if rigour.reference else "")
+    extras = " (rows below the line: their own seeds)" if any(label not in rigour.main for label in rows) else ""
     caption = (f"Test metrics on {latex.escape(dataset)}, mean $\\pm$ std over seeds "
-               f"{latex.escape(', '.join(map(str, seeds)))} (rows below the line: their own seeds). Best in bold, "
+               f"{latex.escape(', '.join(map(str, seeds)))}{extras}. Best in bold, "
                "second underlined among the runs with all seeds. $^{*}$: significantly different from the "
-               f"column's best{reference} (paired t-test over test users, Holm-corrected, $p<{stats.ALPHA}$).")
+               f"column's best{reference} (paired t-test over test users, Holm-corrected, $p<{stats.ALPHA}$)."
+               + (f" {latex.legend(columns)}; tail: the long-tail degree groups 2-5." if latex.legend(columns) else ""))
     text = latex.table(table_rows(chosen, rows, rigour.main), columns, rigour.marks, command, caption,
                        f"tab:{dataset}")
     path.write_text(text)

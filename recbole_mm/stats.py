@@ -148,10 +148,20 @@ def compare_table(runs: dict[str, dict[str, RunValues]], metrics: list[str], mai
             for label, values in have.items():
                 if label != target:
                     comparisons.append(compare(metric, label, target, kind, values, have[target], n_boot, seed))
+    # A pair listed twice (a run against the best that is also the reference, or the other way round) is one
+    # hypothesis: the tests are symmetric, so it counts once in the correction and both rows get its value.
+    pairs = {c.metric + "\0" + "\0".join(sorted((c.run, c.against))): c for c in reversed(comparisons)}
+    distinct = list(pairs.values())
     for name in ("p_t", "p_wilcoxon"):
-        for comparison, adjusted in zip(comparisons, holm([getattr(c, name) for c in comparisons])):
-            setattr(comparison, f"{name}_holm", float(adjusted))
+        adjusted = dict(zip(pairs, holm([getattr(c, name) for c in distinct])))
+        for c in comparisons:
+            setattr(c, f"{name}_holm", float(adjusted[c.metric + "\0" + "\0".join(sorted((c.run, c.against)))]))
     return comparisons
+
+
+def distinct_pairs(comparisons: list[Comparison]) -> int:
+    """How many distinct (metric, unordered pair) hypotheses the comparisons test: Holm's m."""
+    return len({(c.metric, frozenset((c.run, c.against))) for c in comparisons})
 
 
 # ---- report text --------------------------------------------------------------------------------
@@ -184,7 +194,7 @@ def markdown_lines(comparisons: list[Comparison], untested: list[str], n_boot: i
              "Each run's per-user test metric is averaged over its seeds, then paired with the other run's over the "
              "users both were tested on. Δ = mean of run − against over those users, with a 95 % percentile-bootstrap "
              f"interval ({n_boot} resamples of users, seed 0); p-values of the paired t-test and the Wilcoxon "
-             f"signed-rank test, each Holm-corrected across the {len(comparisons)} comparisons below. In the table, "
+             f"signed-rank test, each Holm-corrected across the {distinct_pairs(comparisons)} distinct comparisons below. In the table, "
              f"`*` marks a difference from the column's best run, `†` one from the reference run, significant at "
              f"{ALPHA} after correction (paired t-test); the best run of each column is in bold. Seeds: whether the "
              f"two runs' seed ranges of the metric overlap (with at least {MIN_SEEDS_FOR_OVERLAP} seeds each). These "
