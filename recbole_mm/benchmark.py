@@ -21,7 +21,7 @@ run's full resolved config), ``<name>-curves.png`` (loss and valid score per epo
 ``--longtail``, ``<name>-longtail.png`` (per-popularity-group metrics of each run's first seed; a
 plan's ``longtail: [label, ...]`` charts only those runs).
 
-Rigour (docs: the benchmark page): each cell screens its split for leakage before training
+Rigour (docs/benchmarks.md): each cell screens its split for leakage before training
 (:mod:`recbole_mm.leakage`) and stores its per-user test metrics, from RecBole's evaluator, beside the cache
 (``<out>/<dataset>.per-user/<key>.npz``, :mod:`recbole_mm.evaluation`) with RecBole's beyond-accuracy metrics
 (ItemCoverage, GiniIndex, AveragePopularity, TailPercentage @20, tail = the long-tail charts' groups 2-5). The
@@ -914,7 +914,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print its JSON
     args = parser.parse_args(argv)
     if args.report_only and args.fill_missing:
-        parser.error("--report-only runs nothing and --fill-missing runs what is missing: give one of them")
+        raise RecBoleMMError("--report-only runs nothing and --fill-missing runs what is missing: give one of them")
     if args.cell:
         request = json.loads(args.cell)
         print(json.dumps(run_cell(request["model"], request["dataset"], request["config"]), default=str))

@@ -19,6 +19,7 @@ from conftest import planted_config, write_planted_dataset
 from test_benchmark import fake_cell
 
 
+@pytest.mark.slow
 def test_end_to_end_a_truly_better_model_is_marked_and_an_a_a_pair_is_not(tmp_path):
     root = tmp_path / "data"
     write_planted_dataset(root)
@@ -175,3 +176,13 @@ def test_plan_rigour_keys_are_checked_with_the_file_and_the_fix(tmp_path):
           r"search space uniform.a must be \[low, high\]")
     bad.write_text(yaml.safe_dump({"datasets": ["d"], "runs": runs, "reference": "A"}))
     assert benchmark.load_plan(args, str(bad))["reference"] == "A"
+
+
+@pytest.mark.slow
+def test_report_only_and_fill_missing_together_are_one_line_error(tmp_path):
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"datasets": ["d"], "runs": {"A": {"model": "BPR"}}}))
+    out = subprocess.run([sys.executable, "-m", "recbole_mm.benchmark", "--plan", str(plan), "--report-only",
+                          "--fill-missing"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "recbole_mm: error: --report-only runs nothing and --fill-missing runs what is missing: give one of them"]
