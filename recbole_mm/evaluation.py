@@ -16,7 +16,6 @@ are stored beside the cell cache as a float32 ``.npz`` (:func:`write_per_user`, 
 from __future__ import annotations
 
 import base64
-import os
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -224,12 +223,15 @@ def decode_per_user(encoded: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
-def write_per_user(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` (users + float32 metrics) to ``path`` as a compressed ``.npz``, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **arrays)
-    os.replace(tmp, path)
+def write_per_user(path: Path, arrays: dict[str, np.ndarray],
+                   elsewhere: str = "give --out a folder you can write to") -> None:
+    """Write ``arrays`` (users + float32 metrics) to ``path`` as a compressed ``.npz``, atomically
+    (:func:`recbole_mm.storage.atomic_write`: a failed write is one line and leaves nothing behind)."""
+    from recbole_mm import storage
+
+    storage.make_folder(path.parent, "the per-user metrics folder", elsewhere)
+    with storage.atomic_write(path, "per-user metrics", elsewhere) as tmp:
+        np.savez_compressed(tmp.file, **arrays)
 
 
 def read_per_user(path: Path) -> dict[str, np.ndarray]:

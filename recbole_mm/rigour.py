@@ -114,5 +114,7 @@ def write_latex(path: Path, dataset: str, chosen: dict, rows: dict[str, dict], s
                + (f" {latex.legend(columns)}; tail: the long-tail degree groups 2-5." if latex.legend(columns) else ""))
     text = latex.table(table_rows(chosen, rows, rigour.main), columns, rigour.marks, command, caption,
                        f"tab:{dataset}")
-    path.write_text(text)
+    from recbole_mm import storage
+
+    storage.write_text(path, text, "benchmark LaTeX table", "give --out a folder you can write to")
     return path
