@@ -20,6 +20,17 @@ what its config changes from the dataset's and model's defaults), ``<name>.confi
 run's full resolved config), ``<name>-curves.png`` (loss and valid score per epoch) and, with
 ``--longtail``, ``<name>-longtail.png`` (per-popularity-group metrics of each run's first seed; a
 plan's ``longtail: [label, ...]`` charts only those runs).
+
+Rigour (docs/benchmarks.md): each cell screens its split for leakage before training
+(:mod:`recbole_mm.leakage`) and stores its per-user test metrics, from RecBole's evaluator, beside the cache
+(``<out>/<dataset>.per-user/<key>.npz``, :mod:`recbole_mm.evaluation`) with RecBole's beyond-accuracy metrics
+(ItemCoverage, GiniIndex, AveragePopularity, TailPercentage @20, tail = the long-tail charts' groups 2-5). The
+report compares every run with the column's best and with the plan's ``reference: LABEL`` over the same users
+(:mod:`recbole_mm.stats`: bootstrap interval, paired t and Wilcoxon, Holm) and marks significant differences. A
+run may carry ``search: {algo: random|tpe|exhaustive, max_evals: N, space: {...}}`` instead of a grid
+(:mod:`recbole_mm.search`, RecBole's HyperTuning on validation). ``--format latex`` also writes
+``<name>.tex`` (:mod:`recbole_mm.latex`). ``--fill-missing`` reuses cached cells of matching settings from any code,
+as ``--report-only`` does, and runs the missing ones and those without per-user metrics.
 """
 
 from __future__ import annotations
@@ -82,10 +93,11 @@ def load_plan(args: argparse.Namespace, path: str | None = None) -> dict:
     if unknown:
         raise RecBoleMMError(f"benchmark plan {path or ''}: longtail names {unknown}, which are not among its runs "
                              f"{list(plan['runs'])}")
+    check_rigour_keys(plan, path)
     return plan
 
 
-PLAN_KEYS = ("datasets", "seeds", "runs", "config", "report", "longtail")
+PLAN_KEYS = ("datasets", "seeds", "runs", "config", "report", "longtail", "reference")
 _PLAN_EXAMPLE = "e.g. {datasets: [tiktok], seeds: [999], runs: {GUME: {model: GUME}}}"
 
 
@@ -194,6 +206,22 @@ def check_plans(plans: list[dict], paths: list[str | None], run_cells: bool = Tr
             check_plan_configs(plan, path)
 
 
+def check_rigour_keys(plan: dict, path: str | None) -> None:
+    """A plan's ``reference`` names one of its runs, and a run's ``search`` is well-formed and not beside a grid."""
+    from recbole_mm.search import check_search
+
+    reference = plan.get("reference")
+    if reference is not None and reference not in plan["runs"]:
+        raise RecBoleMMError(f"benchmark plan {path or ''}: reference {reference!r} is not among its runs "
+                             f"{list(plan['runs'])}; name one of them, e.g. reference: {next(iter(plan['runs']))}")
+    for label, run in plan["runs"].items():
+        if "search" in run:
+            if run.get("grid"):
+                raise RecBoleMMError(f"benchmark plan {path or ''}: run '{label}' has both a grid and a search; "
+                                     "keep one of them")
+            check_search(run["search"], f"benchmark plan {path or ''}: run '{label}'")
+
+
 def run_seeds(plan: dict, run: dict) -> list[int]:
     """A run's seeds: its own ``seeds`` or the plan's."""
     return list(run.get("seeds") or plan["seeds"])
@@ -210,7 +238,8 @@ def grid_points(run: dict) -> list[dict]:
 
 
 def cell_config(plan: dict, run: dict, point: dict, seed: int) -> dict:
-    config = {**(plan.get("config") or {}), **{k: v for k, v in run.items() if k not in ("model", "grid", "seeds")}}
+    config = {**(plan.get("config") or {}),
+              **{k: v for k, v in run.items() if k not in ("model", "grid", "search", "seeds")}}
     return {**config, **point, "seed": seed, "show_progress": False}
 
 
@@ -296,9 +325,12 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
     """Train and test one configuration; returns plain data for the cache."""
     import recbole_mm
     from recbole_mm.checkpoint import config_to_plain
+    from recbole_mm.evaluation import cell_fields
     from recbole_mm.trainer import median_epoch_seconds
 
-    result = recbole_mm.run_recbole(model=model, dataset=dataset, config_dict=config)
+    # The split is screened for leakage before training; per-user test metrics come back for the report's tests.
+    result = recbole_mm.run_recbole(model=model, dataset=dataset, config_dict=config, screen_leakage=True,
+                                    test_details=True)
     history = result["history"]
     train_seconds, eval_seconds = median_epoch_seconds(history)
     return {
@@ -315,6 +347,8 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
         "checkpoint": result["saved_model_file"],
         "config": portable_config(config_to_plain(result["config"])),
         "code": code_version(),
+        "leakage": result["leakage"],
+        **cell_fields(result["test_details"]),
     }
 
 
@@ -410,11 +444,15 @@ def _read_cache(path: Path) -> dict:
 class Runner:
     """Runs the missing cells of benchmark plans, ``jobs`` at a time, into the per-dataset caches."""
 
-    def __init__(self, out: Path, workdir: Path, jobs: int = 1, report_only: bool = False):
+    def __init__(self, out: Path, workdir: Path, jobs: int = 1, report_only: bool = False,
+                 fill_missing: bool = False):
         self.out, self.workdir, self.jobs = out, workdir, max(1, jobs)
         # report_only: run nothing; report the cached cells that match each cell's settings, whatever code
         # they ran (the report names each cell's commit), and missing cells as not run.
         self.report_only = report_only
+        # fill_missing: as report_only, but run the cells that are missing and the chosen cells that have no
+        # per-user metrics (cached before they existed).
+        self.fill_missing = fill_missing and not report_only
         self.threads = max(1, (os.cpu_count() or 1) // self.jobs) if self.jobs > 1 else None
         self.slots = Slots(self.jobs)
         self.print_lock = threading.Lock()
@@ -428,8 +466,11 @@ class Runner:
         """Grid on the first seed, choose on validation, then the other seeds; the chosen entry."""
         run, cache = plan["runs"][label], self.out / f"{dataset}.cells.json"
         seeds, points = run_seeds(plan, run), grid_points(run)
+        if run.get("search"):
+            return self._search_label(plan, dataset, label, priority)
         if len(points) == 1:  # nothing to choose: every seed can start at once
-            self._ensure_all(cache, [(label, run, points[0], s) for s in seeds], plan, dataset, priority, last=True)
+            self._ensure_all(cache, [(label, run, points[0], s) for s in seeds], plan, dataset, priority, last=True,
+                             need_per_user=True)
         else:
             self._ensure_all(cache, [(label, run, p, seeds[0]) for p in points], plan, dataset, priority)
         cells = update_cache(cache)
@@ -439,11 +480,43 @@ class Runner:
         best = max(ok, key=lambda p: ok[p]["best_valid_score"]) if ok else json.dumps(points[0], sort_keys=True)
         point = json.loads(best)
         if len(points) > 1:
-            self._ensure_all(cache, [(label, run, point, s) for s in seeds[1:]], plan, dataset, priority, last=True)
+            # --fill-missing: the chosen point's first seed may lack per-user metrics too.
+            self._ensure_all(cache, [(label, run, point, s) for s in (seeds if self.fill_missing else seeds[1:])],
+                             plan, dataset, priority, last=True, need_per_user=True)
         cells = update_cache(cache)
         tried = [self._cell(cells, plan, dataset, label, p, seeds[0]) for p in points if p != point]
+        final = [self._cell(cells, plan, dataset, label, point, s) for s in seeds]
         return {"point": point, "grid": run.get("grid"), "model": run["model"], "seeds": seeds,
-                "cells": [self._cell(cells, plan, dataset, label, point, s) for s in seeds], "grid_cells": tried}
+                "cells": final, "grid_cells": tried,
+                "chosen_by": f"best valid {_valid_metric(final + tried)} of seed {seeds[0]} among {len(points)} grid points"
+                if len(points) > 1 else None}
+
+    def _search_label(self, plan: dict, dataset: str, label: str, priority: tuple) -> dict:
+        """A run's ``search`` (RecBole's HyperTuning) on the first seed, scored on validation; then the
+        chosen point's other seeds."""
+        from recbole_mm.search import search_point
+
+        run, cache = plan["runs"][label], self.out / f"{dataset}.cells.json"
+        seeds = run_seeds(plan, run)
+
+        def score(point: dict) -> float | None:
+            self._ensure_all(cache, [(label, run, point, seeds[0])], plan, dataset, priority)
+            cell = self._cell(update_cache(cache), plan, dataset, label, point, seeds[0])
+            return None if "failed" in cell else cell["best_valid_score"]
+
+        point, tried_points = search_point(run["search"], label, score)
+        point = point if point is not None else (tried_points[0] if tried_points else {})
+        self._ensure_all(cache, [(label, run, point, s) for s in (seeds if self.fill_missing else seeds[1:])],
+                         plan, dataset, priority, last=True, need_per_user=True)
+        cells = update_cache(cache)
+        others = {json.dumps(p, sort_keys=True): p for p in tried_points if p != point}
+        tried = [self._cell(cells, plan, dataset, label, p, seeds[0]) for p in others.values()]
+        final = [self._cell(cells, plan, dataset, label, point, s) for s in seeds]
+        search = run["search"]
+        return {"point": point, "grid": None, "search": search, "model": run["model"], "seeds": seeds,
+                "cells": final, "grid_cells": tried, "trials": len(tried_points),
+                "chosen_by": f"best valid {_valid_metric(final + tried)} of seed {seeds[0]} over "
+                             f"{len(tried_points)} {search['algo']} search trials (RecBole's HyperTuning)"}
 
     def key(self, plan: dict, dataset: str, label: str, point: dict, seed: int) -> str:
         """The cache key of a cell (resolved once per benchmark process)."""
@@ -459,17 +532,30 @@ class Runner:
         if self.report_only:
             return self._matching(cells, plan, dataset, label, point, seed)
         key = self.key(plan, dataset, label, point, seed)
-        cell = cells[key]
+        cell = cells.get(key, {"failed": "not run yet"})
+        if self.fill_missing and "failed" in cell:  # a cached cell of these settings from other code, if any
+            with self.key_lock:
+                matching = self._matching(cells, plan, dataset, label, point, seed)
+            if "failed" not in matching:
+                return matching
         return cell if "failed" in cell else {**cell, "from_cache": key not in self.ran_now}
 
     def _ensure_all(self, cache: Path, todo: list, plan: dict, dataset: str, priority: tuple,
-                    last: bool = False) -> None:
+                    last: bool = False, need_per_user: bool = False) -> None:
         """Run the cells of ``todo`` that are not finished (a failed cell is tried again: its error may
-        have been transient or fixed). ``last``: these are the run's final cells."""
+        have been transient or fixed). ``last``: these are the run's final cells. ``need_per_user``: with
+        --fill-missing, a cached cell without per-user metrics counts as missing."""
+        from recbole_mm.evaluation import has_per_user
+
         cached = update_cache(cache)
-        missing = [] if self.report_only else [
-            item for item in todo if "failed" in cached.get(self.key(plan, dataset, item[0], item[2], item[3]),
-                                                            {"failed": ""})]
+        if self.fill_missing:
+            found = {id(item): self._cell(cached, plan, dataset, item[0], item[2], item[3]) for item in todo}
+            missing = [item for item in todo if "failed" in found[id(item)]
+                       or (need_per_user and not has_per_user(found[id(item)]))]
+        else:
+            missing = [] if self.report_only else [
+                item for item in todo if "failed" in cached.get(self.key(plan, dataset, item[0], item[2], item[3]),
+                                                                {"failed": ""})]
         extra = bool(priority[0])
         with self.slots.cond:
             if extra:  # not before every full-seed run has queued all its cells
@@ -492,6 +578,9 @@ class Runner:
             result = _run_in_subprocess(run["model"], dataset, {**cell_config(plan, run, point, seed),
                                                                 "log_dir": str(self.out)}, self.workdir, self.threads)
         key = self.key(plan, dataset, label, point, seed)
+        from recbole_mm.evaluation import store_per_user
+
+        result = store_per_user(result, self.out, f"{dataset}.per-user/{key}.npz")
         self.ran_now.add(key)
         update_cache(cache, key, result)
 
@@ -577,14 +666,18 @@ def run_dataset(plan: dict, dataset: str, out: Path, workdir: Path, jobs: int = 
 
 # ---- reports --------------------------------------------------------------------------------------
 def summarize(cells: list[dict]) -> dict:
-    """Mean ± std of test metrics over the successful seeds, and the other columns."""
+    """Mean ± std of test metrics (and beyond-accuracy metrics, where every seed has them) over the
+    successful seeds, and the other columns."""
+    from recbole_mm.rigour import BEYOND_COLUMNS
+
     ok = [c for c in cells if "failed" not in c]
     if not ok:
         return {"failed": cells[0]["failed"] if cells else "no run"}
     row = {"seeds": len(ok), "failed_seeds": len(cells) - len(ok)}
-    for metric in METRICS:
-        values = [c["test"][metric] for c in ok if metric in c["test"]]
-        if values:
+    for metric in METRICS + BEYOND_COLUMNS:
+        values = [c["test"][metric] if metric in c["test"] else (c.get("beyond_accuracy") or {})[metric]
+                  for c in ok if metric in c["test"] or metric in (c.get("beyond_accuracy") or {})]
+        if values and (metric in METRICS or len(values) == len(ok)):
             # One seed has no spread: its value alone, not a misleading "± 0".
             row[metric] = (statistics.mean(values), statistics.stdev(values)) if len(values) > 1 else values[0]
     row["best_epoch"] = statistics.mean(c["best_epoch"] or 0 for c in ok)
@@ -595,6 +688,12 @@ def summarize(cells: list[dict]) -> dict:
     row["peak_rss_mb"] = max(c["peak_memory_mb"]["rss"] for c in ok)
     row["parameters"] = ok[0].get("parameters")
     return row
+
+
+def _valid_metric(cells: list[dict]) -> str:
+    """The valid_metric the cells chose their epoch with (as their resolved config names it)."""
+    names = {str((c.get("config") or {}).get("valid_metric") or "score").lower() for c in cells if "failed" not in c}
+    return " / ".join(sorted(names)) or "score"
 
 
 def _cell(value, digits: int = 4) -> str:
@@ -659,15 +758,23 @@ def ranking_scope(chosen: dict) -> str:
 
 
 def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images: list[str],
-                 command: str = "python -m recbole_mm.benchmark", name: str | None = None) -> tuple[Path, Path]:
+                 command: str = "python -m recbole_mm.benchmark", name: str | None = None,
+                 reference: str | None = None, latex: bool = False) -> tuple[Path, Path]:
     """``<name>.md``, ``<name>.csv`` and ``<name>.configs.json`` (name: the dataset's unless given); a
-    failed run appears as failed with its error.
+    failed run appears as failed with its error. ``latex``: also ``<name>.tex`` (:mod:`recbole_mm.latex`).
+    Significance (against the column's best and ``reference``), beyond-accuracy columns and the leakage
+    screen come from :mod:`recbole_mm.rigour`.
 
     ``<out>/<name>.notes.md``, when it exists, is appended to the markdown (hand-written reading of
     the numbers; the numbers themselves all come from the cells)."""
+    from recbole_mm import rigour
+
     name = name or dataset
-    header = ["model", *[f"test {m}" for m in METRICS], "best epoch", "s/train epoch", "s/eval",
-              "peak RSS MiB", "parameters", "seeds"]
+    summaries = {label: summarize(entry["cells"]) for label, entry in chosen.items()}
+    checks = rigour.analyse(chosen, seeds, out, reference, summaries)
+    header = ["model", *[f"test {m}" for m in METRICS], *[f"test {m}" for m in rigour.BEYOND_COLUMNS], "best epoch",
+              "s/train epoch", "s/eval", "peak RSS MiB", "parameters", "seeds"]
+    shown = METRICS + rigour.BEYOND_COLUMNS
     md = [f"# Benchmark on {dataset}", "",
           (f"Test metrics at the best-validation epoch (RecBole's early stopping: the latest epoch whose valid "
            "score, rounded to 4 decimals, ties or beats the best so far), mean ± std over seeds "
@@ -689,28 +796,35 @@ def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images
     md += ["", "| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
     rows = []
     for label, entry in chosen.items():
-        row = summarize(entry["cells"])
+        row = summaries[label]
         if "failed" in row:
             md.append(f"| {label} | failed: {row['failed']} |" + " |" * (len(header) - 2))
             rows.append([label, "failed: " + row["failed"]])
             continue
-        values = [row.get(m) for m in METRICS] + [row["best_epoch"], row["train_seconds"], row["eval_seconds"],
-                                                  row["peak_rss_mb"], row["parameters"],
-                                                  f"{row['seeds']}" + (f" ({row['failed_seeds']} failed)" if row["failed_seeds"] else "")]
-        md.append(f"| {label} | " + " | ".join(_cell(v) for v in values[:len(METRICS)])
+        values = [row.get(m) for m in shown] + [row["best_epoch"], row["train_seconds"], row["eval_seconds"],
+                                                row["peak_rss_mb"], row["parameters"],
+                                                f"{row['seeds']}" + (f" ({row['failed_seeds']} failed)" if row["failed_seeds"] else "")]
+        md.append(f"| {label} | " + " | ".join(rigour.decorate(label, m, _cell(v, rigour.DIGITS.get(m, 4)), checks)
+                                               for m, v in zip(shown, values))
                   + f" | {row['best_epoch']:.1f} | {_cell(row['train_seconds'], 2)} | {_cell(row['eval_seconds'], 2)}"
                   + f" | {row['peak_rss_mb']:.0f} | {row['parameters'] or '-'} | {values[-1]} |")
-        rows.append([label, *[_cell(v) for v in values]])
+        rows.append([label, *[_cell(v, rigour.DIGITS.get(m, 4)) + checks.marks.get((label, m), "")
+                              for m, v in zip(shown, values)], *[_cell(v) for v in values[len(shown):]]])
+    md += ["", rigour.beyond_note(chosen), "", *rigour.significance_lines(checks)]
     md += ["", *[f"![{Path(i).stem}]({Path(i).name})" for i in images]]
     notes = out / f"{name}.notes.md"
     if notes.exists():
         md += ["", notes.read_text().rstrip()]
+    md += ["", *rigour.leakage_lines(chosen)]
     md += ["", "## Runs", "", "Per seed: the validation score and best epoch, the config keys that differ from "
            "the dataset's and the model's defaults, and whether the cell ran in this invocation or came from the cache.",
            ""]
     configs: dict = {}
     for label, entry in chosen.items():
         grid = f", grid {entry['grid']} → chose {entry['point']} on validation" if entry["grid"] else ""
+        if entry.get("search"):
+            grid = (f", search {json.dumps(entry['search'], sort_keys=True)} ({entry.get('trials')} trials) → chose "
+                    f"{entry['point']} on validation")
         md.append(f"- **{label}** (model {entry['model']}{grid})")
         defaults = resolve_config(entry["model"], dataset, {})
         for seed, cell in zip(entry.get("seeds", seeds), entry["cells"]):
@@ -733,6 +847,8 @@ def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images
     writer.writerow(header)
     writer.writerows(rows)
     storage.write_text(csv_path, table.getvalue(), "benchmark table", _OUT_FIX)
+    if latex:
+        rigour.write_latex(out / f"{name}.tex", dataset, chosen, summaries, seeds, checks, command)
     return md_path, csv_path
 
 
@@ -790,8 +906,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: report the cached cells matching each cell's settings, from whatever "
                              "code they ran (each cell's commit is named), and missing cells as not run")
+    parser.add_argument("--fill-missing", action="store_true",
+                        help="reuse the cached cells matching each cell's settings from whatever code (as "
+                             "--report-only), and run the missing cells and those without per-user metrics")
+    parser.add_argument("--format", choices=["markdown", "latex"], default="markdown",
+                        help="latex: also write <name>.tex, the main table for a paper (markdown is always written)")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: run one cell, print its JSON
     args = parser.parse_args(argv)
+    if args.report_only and args.fill_missing:
+        raise RecBoleMMError("--report-only runs nothing and --fill-missing runs what is missing: give one of them")
     if args.cell:
         request = json.loads(args.cell)
         print(json.dumps(run_cell(request["model"], request["dataset"], request["config"]), default=str))
@@ -805,7 +928,7 @@ def main(argv: list[str] | None = None) -> None:
     command = shlex.join(["python", "-m", "recbole_mm.benchmark", *words])
     out = Path(args.out).resolve()
     storage.make_folder(out, "--out", _OUT_FIX)
-    runner = Runner(out, Path.cwd(), args.jobs, report_only=args.report_only)
+    runner = Runner(out, Path.cwd(), args.jobs, report_only=args.report_only, fill_missing=args.fill_missing)
     runner.run_plans(plans)
     for (i, dataset), chosen in runner.by_plan.items():
         plan = plans[i]
@@ -822,8 +945,9 @@ def main(argv: list[str] | None = None) -> None:
             if first:
                 report = [longtail(cell["checkpoint"], label=label, log_dir=str(out)) for label, cell in first.items()]
                 images.append(write_report(report, str(out / f"{name}-longtail"))[1])
-        md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images], command, name)
-        print(f"wrote {md}")
+        md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images], command, name,
+                             reference=plan.get("reference"), latex=args.format == "latex")
+        print(f"wrote {md}" + (f" and {md.with_suffix('.tex')}" if args.format == "latex" else ""))
 
 if __name__ == "__main__":
     import recbole_mm  # noqa: F401  (shims before anything imports recbole)

@@ -146,10 +146,16 @@ def peak_memory_mb(device: Any) -> dict:
 
 
 def run_recbole(model: Any = None, dataset: str | None = None, config_file_list: list[str] | None = None,
-                config_dict: dict | None = None, saved: bool = True, resume: str | None = None) -> dict:
+                config_dict: dict | None = None, saved: bool = True, resume: str | None = None,
+                screen_leakage: bool = False, test_details: bool = False) -> dict:
     """Train and test a model; returns RecBole's result dict plus ``best_epoch``, ``history``,
     ``saved_model_file`` and ``wall_seconds``. ``resume``: a checkpoint of a killed run with the same
     settings (``<name>.pth`` or ``<name>.last.pth``); training continues after its last epoch.
+
+    ``screen_leakage``: refuse a split that leaks test or held-out items into training or model selection
+    (:mod:`recbole_mm.leakage`) before training; the screen's counts are returned as ``leakage``.
+    ``test_details``: also return ``test_details`` (per-user test metrics with the user ids, RecBole's
+    beyond-accuracy metrics; :func:`recbole_mm.evaluation.evaluate_test`); the test result is unchanged.
     """
     start = perf_counter()
     config = make_config(model, dataset, config_file_list, config_dict)
@@ -166,6 +172,11 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     logger.info(dataset)
 
     train_data, valid_data, test_data = prepare_data(config, dataset)
+    leakage = None
+    if screen_leakage:
+        from recbole_mm.leakage import check_split
+
+        leakage = check_split(config, train_data, valid_data, test_data)
     model = _build_model(config, train_data)
     logger.info(model)
     # Multi-process runs: the data buffers as each process built them (before the trainer makes rank 0's
@@ -183,7 +194,14 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     trained_alike = _agree_or_warn(config, list(model.parameters()),
                                    "the processes ended training with different parameters: DDP did not keep "
                                    "them in sync, so the test metrics mix different models")
-    test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
+    details = None
+    if test_details:
+        from recbole_mm.evaluation import evaluate_test
+
+        test_result, details = evaluate_test(trainer, test_data, train_data, load_best_model=saved,
+                                             show_progress=config["show_progress"])
+    else:
+        test_result = trainer.evaluate(test_data, load_best_model=saved, show_progress=config["show_progress"])
     if not config["single_spec"]:
         import torch.distributed as dist
 
@@ -207,6 +225,8 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
         "peak_memory_mb": peak_memory_mb(config["device"]),
         "n_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "config": config,
+        "leakage": leakage,
+        "test_details": details,
         "distributed": None if config["single_spec"] else {"data_buffers_identical": built_alike,
                                                             "parameters_identical": trained_alike},
     }
