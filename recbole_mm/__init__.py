@@ -1,39 +1,40 @@
 """recbole_mm: multimodal recommendation models (VBPR, GUME, MM-GEF, FREEDOM, LATTICE, BM3, MGCN) for RecBole.
 
 ``import recbole_mm`` makes RecBole 1.2.1 work on today's numpy/scipy/pandas/torch
-(:mod:`recbole_mm.compat`) and registers the plugin's models so that RecBole's own ``get_model``,
-``run_recbole``, ``load_data_and_model`` and ``HyperTuning`` find them by name.
+(:mod:`recbole_mm.compat`) and makes RecBole's own ``get_model``, ``run_recbole``,
+``load_data_and_model`` and ``HyperTuning`` find the plugin's models by name. It does so lazily
+(:mod:`recbole_mm.plugin`): torch and RecBole are not imported until they are used, so the
+download and features commands start without them. The names below are imported on first access.
 """
 
-from recbole_mm import compat
+from recbole_mm import plugin
 
-compat.install()
-
-from recbole_mm import logs  # noqa: E402
-
-logs.install()  # RecBole's log folders under log_dir (default: the working directory, as RecBole)
-
-from recbole_mm import registry  # noqa: E402  (needs the shims above)
-
-registry.register()
-
-from recbole_mm.data import MultiModalDataset  # noqa: E402
-from recbole_mm.model.abstract_recommender import MultiModalRecommender  # noqa: E402
-from recbole_mm.quick_start import (  # noqa: E402
-    create_dataset,
-    load_data_and_model,
-    objective_function,
-    run_recbole,
-)
-from recbole_mm.recommendations import recommend  # noqa: E402
+plugin.activate()
 
 __version__ = "0.1.0"
-__all__ = [
-    "MultiModalDataset",
-    "MultiModalRecommender",
-    "create_dataset",
-    "load_data_and_model",
-    "objective_function",
-    "recommend",
-    "run_recbole",
-]
+
+# Public name → the module that defines it (imported when the name is first used).
+_EXPORTS = {
+    "MultiModalDataset": "recbole_mm.data",
+    "MultiModalRecommender": "recbole_mm.model.abstract_recommender",
+    "create_dataset": "recbole_mm.quick_start",
+    "load_data_and_model": "recbole_mm.quick_start",
+    "objective_function": "recbole_mm.quick_start",
+    "run_recbole": "recbole_mm.quick_start",
+    "recommend": "recbole_mm.recommendations",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'recbole_mm' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -208,10 +208,9 @@ def write_report(results: list[dict], out: str) -> tuple[Path, Path]:
     return md, png
 
 
-def main(argv: list[str] | None = None) -> None:
-    import recbole_mm  # noqa: F401  (shims and model registration before loading checkpoints)
-
-    parser = argparse.ArgumentParser(prog="python -m recbole_mm.analysis", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m recbole_mm.analysis") -> None:
+    """Entry point of ``python -m recbole_mm.analysis`` and ``recbole-mm analysis`` (``prog`` for usage lines)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     tail = sub.add_parser("longtail", help="per-group Recall/NDCG of checkpoints by item popularity")
     tail.add_argument("checkpoints", nargs="+",

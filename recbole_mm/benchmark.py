@@ -893,8 +893,9 @@ def plot_curves(name: str, chosen: dict, out: Path) -> Path | None:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recbole_mm.benchmark", description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None, prog: str = "python -m recbole_mm.benchmark") -> None:
+    """Entry point of ``python -m recbole_mm.benchmark`` and ``recbole-mm benchmark`` (``prog`` for usage lines)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     parser.add_argument("--plan", nargs="*", help="yaml files with datasets, seeds, runs (label → {model, overrides, grid, seeds})")
     parser.add_argument("--datasets", nargs="*")
     parser.add_argument("--models", nargs="*", help="shorthand: one run per model, no overrides")
@@ -950,7 +951,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {md}" + (f" and {md.with_suffix('.tex')}" if args.format == "latex" else ""))
 
 if __name__ == "__main__":
-    import recbole_mm  # noqa: F401  (shims before anything imports recbole)
     from recbole_mm.errors import exit_on_user_error
 
     exit_on_user_error(main)

@@ -3,7 +3,8 @@
 ``recbole-mm --model=GUME --dataset=tiktok`` trains (``python run_recbole_mm.py`` and ``python -m
 recbole_mm`` are the same command); ``recbole-mm recommend|benchmark|analysis|download|features ...``
 hands the rest of the line to that module's own ``main``. Modules are imported only when their
-subcommand runs.
+subcommand runs, and ``import recbole_mm`` loads neither torch nor RecBole (:mod:`recbole_mm.plugin`), so
+``download`` and ``features`` start without them.
 """
 
 from __future__ import annotations
@@ -141,6 +142,8 @@ def console_main(argv: list[str] | None = None, prog: str = "recbole-mm") -> Non
     if args and args[0] in SUBCOMMANDS:
         module_name, prefix, _ = SUBCOMMANDS[args[0]]
         module = importlib.import_module(module_name)
-        exit_on_user_error(lambda: module.main([*prefix, *args[1:]]))
+        # Usage lines name the command as typed: "recbole-mm download ...", not the module.
+        sub_prog = prog if prefix else f"{prog} {args[0]}"
+        exit_on_user_error(lambda: module.main([*prefix, *args[1:]], prog=sub_prog))
         return
     exit_on_user_error(lambda: main(args, prog))

@@ -334,7 +334,7 @@ def _install_checkpoints() -> None:
     from recbole.model.abstract_recommender import AbstractRecommender
     from recbole.trainer.trainer import Trainer
 
-    from recbole_mm import checkpoint, quick_start
+    from recbole_mm import checkpoint
 
     Trainer._save_checkpoint = checkpoint.save_trainer_checkpoint
     original_load_other = AbstractRecommender.load_other_parameter
@@ -343,8 +343,16 @@ def _install_checkpoints() -> None:
         original_load_other(self, checkpoint.decode_other_parameter(para))
 
     AbstractRecommender.load_other_parameter = load_other_parameter
-    qs.load_data_and_model = quick_start.load_data_and_model
-    recbole.quick_start.load_data_and_model = quick_start.load_data_and_model
+    qs.load_data_and_model = load_data_and_model
+    recbole.quick_start.load_data_and_model = load_data_and_model
+
+
+def load_data_and_model(model_file: str, *args: Any, **kwargs: Any) -> Any:
+    """RecBole's ``load_data_and_model`` through :func:`recbole_mm.quick_start.load_data_and_model`
+    (imported when called: this fix is installed while recbole_mm's own modules may still be importing)."""
+    from recbole_mm import quick_start
+
+    return quick_start.load_data_and_model(model_file, *args, **kwargs)
 
 
 # --- 10, 11: multi-process (DDP) runs ---------------------------------------------------------
@@ -641,5 +649,5 @@ def install() -> None:
     _install_ensure_dir()
     _install_pickle_caches()
     _install_numbers_only_np_load()
-    _installed = True
     _install_checkpoints()
+    _installed = True

@@ -306,8 +306,8 @@ def install(name: str, data_path: str, transport: Transport,
 
 
 # ---- command line -------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m recbole_mm.datasets",
+def build_parser(prog: str = "python -m recbole_mm.datasets") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog,
                                      description="Fetch and verify MMRec's published Amazon datasets.")
     sub = parser.add_subparsers(dest="command", required=True)
     download = sub.add_parser("download", help="fetch, verify (SHA-256) and install one dataset",
@@ -324,9 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> Path | None:
-    """Entry point of ``python -m recbole_mm.datasets``."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, prog: str = "python -m recbole_mm.datasets") -> Path | None:
+    """Entry point of ``python -m recbole_mm.datasets`` (``recbole-mm download``: ``prog`` names it in usage lines)."""
+    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
     if args.command == "list":
         for name, spec in DATASETS.items():
             print(f"{name}: " + ", ".join(f"{f.name} ({f.size:,} bytes)" for f in spec.files))

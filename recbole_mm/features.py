@@ -440,9 +440,9 @@ def write_features(items: ItemTable, modality: str, encoder: Encoder, out_path: 
 
 
 # ---- command line -------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m recbole_mm.features") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m recbole_mm.features",
+        prog=prog,
         description=(
             "Encode raw item content into per-modality feature files <modality>_feat.npy (float32, row i = "
             "item id i for i in 0..max id; items without content get all-NaN rows, which the dataset "
@@ -545,9 +545,9 @@ def extract(args: argparse.Namespace, make: Callable[[str, EncoderSpec], Encoder
     return summaries
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    """Entry point of ``python -m recbole_mm.features``."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv: list[str] | None = None, prog: str = "python -m recbole_mm.features") -> list[dict]:
+    """Entry point of ``python -m recbole_mm.features`` and ``recbole-mm features`` (``prog`` for usage lines)."""
+    args = build_parser(prog).parse_args(sys.argv[1:] if argv is None else argv)
     return extract(args)
 
 
