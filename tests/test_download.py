@@ -1,4 +1,4 @@
-"""`python -m recbole_mm.datasets download`: verified, atomic installs, tested against a local HTTP server.
+"""`recbole-mm download` (recbole_mm.download): verified, atomic installs, tested against a local HTTP server.
 
 Small generated files and their digests stand in for MMRec's table; the server listens on 127.0.0.1 only.
 """
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from recbole_mm import datasets
-from recbole_mm.datasets import DownloadError, HttpTransport, LocalTransport, RemoteDataset, RemoteFile, install
+from recbole_mm import download
+from recbole_mm.download import DownloadError, HttpTransport, LocalTransport, RemoteDataset, RemoteFile, install
 
 from conftest import REPO, write_planted_dataset
 
@@ -143,7 +143,7 @@ def test_no_network_fails_fast_saying_where_the_files_are_and_where_to_put_them(
                 log=quiet)
     message = str(caught.value)
     assert "\n" not in message and "Connection refused" in message
-    assert datasets.MMREC_FOLDER in message and "subfolder baby" in message
+    assert download.MMREC_FOLDER in message and "subfolder baby" in message
     assert f"--from DIR --data-path {tmp_path}" in message and str(tmp_path / "amazon-baby") in message
     assert leftovers(tmp_path) == []
 
@@ -175,7 +175,7 @@ def test_an_interrupted_install_leaves_nothing_that_looks_complete(published, se
 @pytest.mark.slow
 def test_command_line_checks_the_real_table(server, tmp_path):
     # The local files are not MMRec's: against the real digests the command stops with exit status 2, one line.
-    done = subprocess.run([sys.executable, "-m", "recbole_mm.datasets", "download", "amazon-baby", "--url", server,
+    done = subprocess.run([sys.executable, "-m", "recbole_mm", "download", "amazon-baby", "--url", server,
                            "--data-path", str(tmp_path)], capture_output=True, text=True, cwd=REPO)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1
@@ -190,5 +190,5 @@ def test_missing_features_message_names_the_download_command(name, tmp_path):
 
     cfg = make_config(model="VBPR", dataset=name, config_dict={"checkpoint_dir": str(tmp_path), "show_progress": False})
     dataset = create_dataset(cfg)
-    with pytest.raises(DataError, match=f"python -m recbole_mm.datasets download {name} .*--data_path it prints"):
+    with pytest.raises(DataError, match=f"python -m recbole_mm download {name} .*--data_path it prints"):
         _ = dataset.item_features

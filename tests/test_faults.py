@@ -32,7 +32,7 @@ import torch
 import yaml
 from conftest import REPO, planted_config, write_planted_dataset
 
-from recbole_mm import analysis, benchmark, checkpoint, cli, datasets, features, storage
+from recbole_mm import analysis, benchmark, checkpoint, cli, download, features, storage
 from recbole_mm.errors import RecBoleMMError, exit_on_user_error
 
 ENOSPC_TEXT = "No space left on device: the disk is full"
@@ -255,23 +255,23 @@ def by_hand(tmp_path) -> tuple[Path, dict]:
     folder.mkdir()
     shutil.copy(made / "planted.inter", folder / "baby.inter")
     data = (folder / "baby.inter").read_bytes()
-    table = {"amazon-baby": datasets.RemoteDataset("baby", (datasets.RemoteFile(
+    table = {"amazon-baby": download.RemoteDataset("baby", (download.RemoteFile(
         "baby.inter", len(data), hashlib.sha256(data).hexdigest()),))}
     return folder, table
 
 
 def test_download_folder_faults_are_one_line(tmp_path, by_hand, monkeypatch):
     folder, table = by_hand
-    monkeypatch.setattr(datasets, "DATASETS", table)
+    monkeypatch.setattr(download, "DATASETS", table)
     blocker = tmp_path / "afile"
     blocker.write_text("")
-    line = one_line(datasets.main, "download", "amazon-baby", "--from", str(folder), "--data-path", f"{blocker}/data")
+    line = one_line(download.main, "download", "amazon-baby", "--from", str(folder), "--data-path", f"{blocker}/data")
     assert line == (f"recbole_mm: error: --data-path {blocker}/data cannot be used: {blocker} is a file; "
                     "give --data-path a folder you can write to")
     data = tmp_path / "data"
     data.mkdir()
     (data / "amazon-baby").write_text("")
-    line = one_line(datasets.main, "download", "amazon-baby", "--from", str(folder), "--data-path", str(data))
+    line = one_line(download.main, "download", "amazon-baby", "--from", str(folder), "--data-path", str(data))
     assert f"{data / 'amazon-baby'} is a file, so amazon-baby cannot be installed there" in line
     (data / "amazon-baby").unlink()
 
@@ -281,7 +281,7 @@ def test_download_folder_faults_are_one_line(tmp_path, by_hand, monkeypatch):
         staging.mkdir()
         (staging / "baby.inter.fetched").write_bytes(b"half")
     with held_lock(live):
-        datasets.install("amazon-baby", str(data), datasets.LocalTransport(str(folder)), table=table, log=lambda *a: None)
+        download.install("amazon-baby", str(data), download.LocalTransport(str(folder)), table=table, log=lambda *a: None)
     assert tree(data) == [".amazon-baby.partial-5e6f7a8b", ".amazon-baby.partial-5e6f7a8b/baby.inter.fetched",
                           "amazon-baby", "amazon-baby/baby.inter"]
 
@@ -290,8 +290,8 @@ def test_download_folder_faults_are_one_line(tmp_path, by_hand, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), dst)
 
     shutil.rmtree(data)
-    monkeypatch.setattr(datasets.shutil, "copyfile", no_space)
-    line = one_line(datasets.main, "download", "amazon-baby", "--from", str(folder), "--data-path", str(data))
+    monkeypatch.setattr(download.shutil, "copyfile", no_space)
+    line = one_line(download.main, "download", "amazon-baby", "--from", str(folder), "--data-path", str(data))
     assert f"cannot write amazon-baby file {data / 'amazon-baby' / 'baby.inter'} ({ENOSPC_TEXT})" in line
     assert "cannot fetch" not in line
     assert tree(data) == []
@@ -509,7 +509,7 @@ SANDBOX_DRIVER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     import recbole_mm
-    from recbole_mm import benchmark, cli, datasets, features
+    from recbole_mm import benchmark, cli, download, features
     from recbole_mm.errors import exit_on_user_error
     import test_faults
 
@@ -517,7 +517,7 @@ SANDBOX_DRIVER = textwrap.dedent("""
     ro, full, root = f"{tmp}/ro", f"{tmp}/full", f"{tmp}/data"
     import hashlib
     data = open(f"{tmp}/by-hand/baby.inter", "rb").read()
-    datasets.DATASETS = {"amazon-baby": datasets.RemoteDataset("baby", (datasets.RemoteFile(
+    download.DATASETS = {"amazon-baby": download.RemoteDataset("baby", (download.RemoteFile(
         "baby.inter", len(data), hashlib.sha256(data).hexdigest()),))}
     features.make_encoder = lambda modality, spec: test_faults.StubEncoder()
     features.EncoderSpec.check = lambda self, modalities: None
@@ -538,8 +538,8 @@ SANDBOX_DRIVER = textwrap.dedent("""
         "cwd": call(cli.main, *bpr, f"--checkpoint_dir={tmp}/saved", cwd=ro),
         "cwd with log_dir": call(cli.main, *bpr, f"--log_dir={tmp}/logs", f"--checkpoint_dir={tmp}/saved", cwd=ro),
         "checkpoint": call(cli.main, *bpr, "--embedding_size=512", f"--checkpoint_dir={full}"),
-        "download": call(datasets.main, "download", "amazon-baby", "--from", f"{tmp}/by-hand", "--data-path", ro),
-        "download full": call(datasets.main, "download", "amazon-baby", "--from", f"{tmp}/by-hand", "--data-path", full),
+        "download": call(download.main, "download", "amazon-baby", "--from", f"{tmp}/by-hand", "--data-path", ro),
+        "download full": call(download.main, "download", "amazon-baby", "--from", f"{tmp}/by-hand", "--data-path", full),
         "features": call(features.main, f"{tmp}/items.tsv", "-o", f"{ro}/ds", "--no-progress"),
         "features full": call(features.main, f"{tmp}/items.tsv", "-o", full, "--num-items", "100000", "--no-progress"),
         "benchmark": call(benchmark.main, "--plan", f"{tmp}/plan.yaml", "--out", f"{ro}/results"),
@@ -667,11 +667,11 @@ FAULT_CASES = [
      ("items.tsv", "--output-dir", "afile/ds", "--no-progress"), _STUB_FEATURES),
     ("`recbole-mm features` on a full disk", features.main,
      ("items.tsv", "--output-dir", "ds", "--no-progress"), [*_STUB_FEATURES, (storage.TempFile, "reserve", _no_space)]),
-    ("`recbole-mm download amazon-baby --data-path afile/data`", datasets.main,
+    ("`recbole-mm download amazon-baby --data-path afile/data`", download.main,
      ("download", "amazon-baby", "--from", "by-hand", "--data-path", "afile/data"), []),
-    ("`recbole-mm download` on a full disk", datasets.main,
+    ("`recbole-mm download` on a full disk", download.main,
      ("download", "amazon-baby", "--from", "by-hand", "--data-path", "downloads"),
-     [(datasets.shutil, "copyfile", _no_space)]),
+     [(download.shutil, "copyfile", _no_space)]),
     ("`recbole-mm benchmark --plan plan.yaml --out afile/results`", benchmark.main,
      ("--plan", "plan.yaml", "--out", "afile/results"), []),
     ("a benchmark plan that is a yaml list", benchmark.main, ("--plan", "list.yaml"), []),

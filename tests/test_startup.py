@@ -30,7 +30,8 @@ def _imported(importtime_stderr: str) -> set[str]:
 @pytest.mark.parametrize("argv", [
     ["-m", "recbole_mm", "download", "--help"],
     ["-m", "recbole_mm", "features", "--help"],
-    ["-m", "recbole_mm.datasets", "download", "--help"],
+    ["-m", "recbole_mm.download", "download", "--help"],
+    ["-m", "recbole_mm.datasets", "download", "--help"],  # the old name
     ["-m", "recbole_mm.features", "--help"],
     ["run_recbole_mm.py", "download", "--help"],
 ])
