@@ -22,7 +22,7 @@ _KEY_VALUE = re.compile(r"^--[A-Za-z_][\w.]*=")
 # Subcommand → (module whose main(argv) runs it, the words put before the rest of the line, summary).
 SUBCOMMANDS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "recommend": ("recbole_mm.recommendations", (), "top-k unseen items per user from a trained checkpoint"),
-    "benchmark": ("recbole_mm.benchmark", (), "compare models on datasets over seeds; writes reports"),
+    "benchmark": ("recbole_mm.benchmark.command", (), "compare models on datasets over seeds; writes reports"),
     "analysis": ("recbole_mm.analysis", (), "long-tail analysis of checkpoints (analysis longtail ...)"),
     "download": ("recbole_mm.download", ("download",), "fetch and verify MMRec's Amazon datasets"),
     "features": ("recbole_mm.features", (), "item feature files from raw text and images"),

@@ -39,7 +39,7 @@ class Rigour:
 def analyse(chosen: dict, seeds: list[int], out: Path, reference: str | None, rows: dict[str, dict]) -> Rigour:
     """Comparisons of the finished runs over their per-user metrics, and the bold places.
 
-    ``rows``: label → :func:`recbole_mm.benchmark.summarize` row."""
+    ``rows``: label → :func:`recbole_mm.benchmark.report.summarize` row."""
     main = [label for label, entry in chosen.items() if len(entry.get("seeds", seeds)) >= len(seeds)]
     runs, untested = run_values(out, chosen, SIGNIFICANCE_METRICS)
     comparisons = stats.compare_table(runs, SIGNIFICANCE_METRICS, main, reference)
@@ -54,7 +54,7 @@ def analyse(chosen: dict, seeds: list[int], out: Path, reference: str | None, ro
 
 def columns_of(rows: dict[str, dict]) -> list[str]:
     """Metric columns some row has a value for (benchmark METRICS and the beyond-accuracy ones)."""
-    from recbole_mm.benchmark import METRICS
+    from recbole_mm.benchmark.report import METRICS
 
     return [key for key in METRICS + BEYOND_COLUMNS if any(key in row for row in rows.values())]
 

@@ -3,7 +3,7 @@
 Older reports listed each run's whole resolved config (about 3,000 characters of JSON, including the
 benchmark machine's absolute ``data_path``). This replaces each such config with what the benchmark now
 prints: the keys that differ from the dataset's and the model's defaults as the current code resolves
-them (``recbole_mm.benchmark.config_changes``). Keys introduced after a run are not listed for it. The hand-written notes (``<name>.notes.md``) are
+them (``recbole_mm.benchmark.report.config_changes``). Keys introduced after a run are not listed for it. The hand-written notes (``<name>.notes.md``) are
 spliced in afresh, as the benchmark appends them. Every number of the table stays as it was.
 
     python scripts/reformat_runs.py results/tiktok.md results/amazon-baby.md
@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 import recbole_mm  # noqa: F401  (shims before recbole)
-from recbole_mm.benchmark import config_changes, portable_config, resolve_config
+from recbole_mm.benchmark.cells import portable_config, resolve_config
+from recbole_mm.benchmark.report import config_changes
 
 LINE = re.compile(r"^(  - seed \d+: valid [0-9.]+, best epoch \S+ of \d+); config `(\{.*\})`$")
 

@@ -11,7 +11,10 @@ import yaml
 
 import pytest
 
-from recbole_mm import benchmark
+from recbole_mm.benchmark import cells as bench_cells
+from recbole_mm.benchmark import plan as bench_plan
+from recbole_mm.benchmark import report as bench_report
+from recbole_mm.benchmark import runner as bench_runner
 
 from conftest import planted_config, write_planted_dataset
 
@@ -33,24 +36,24 @@ def test_grid_is_chosen_on_validation_and_cells_are_resumable(tmp_path, monkeypa
         return fake_cell(valid=0.3 if config["reg_weight"] == 0.1 else 0.2,
                          test=0.1 if config["reg_weight"] == 0.1 else 0.5)
 
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run)
     plan = {"datasets": ["d"], "seeds": [1, 2, 3], "runs": {"M": {"model": "M", "grid": {"reg_weight": [0.0, 0.1]}}}}
-    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    chosen = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert chosen["M"]["point"] == {"reg_weight": 0.1}
     assert calls == [("M", 0.0, 1), ("M", 0.1, 1), ("M", 0.1, 2), ("M", 0.1, 3)]
-    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert len(calls) == 4  # a rerun skips finished cells
 
     def failing_run(model, dataset, config, workdir, threads=None):
         calls.append((model, config["reg_weight"], config["seed"]))
         return {"failed": "RuntimeError: out of memory"}
 
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", failing_run)
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", failing_run)
     plan["seeds"] = [1, 2, 3, 4]
-    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    chosen = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert calls[4:] == [("M", 0.1, 4)] and chosen["M"]["cells"][3] == {"failed": "RuntimeError: out of memory"}
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
-    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run)
+    chosen = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert calls[5:] == [("M", 0.1, 4)] and "failed" not in chosen["M"]["cells"][3]  # a failed cell is retried
 
 
@@ -60,7 +63,7 @@ def test_table_writer_reports_failed_runs_and_mean_std(tmp_path):
         "broken": {"model": "B", "grid": None, "point": {}, "cells": [{"failed": "DataError: x.npy missing"}] * 2},
     }
     chosen["single"] = {"model": "A", "grid": None, "point": {}, "seeds": [1], "cells": [fake_cell(0.2, 0.1)]}
-    md, csv_path = benchmark.write_tables("d", chosen, [1, 2], tmp_path, [])
+    md, csv_path = bench_report.write_tables("d", chosen, [1, 2], tmp_path, [])
     text = md.read_text()
     assert "| good | " in text and "0.2000 ± 0.1414" in text  # recall@20 mean ± sample std of 0.1, 0.3
     assert "| single | - | 0.1000 | - | 0.0500 |" in text  # one seed: its value, no "± 0"
@@ -73,11 +76,11 @@ def test_header_says_what_the_test_metrics_rank():
     def entry(**config):
         return {"model": "A", "grid": None, "point": {}, "cells": [{**fake_cell(0.2, 0.1), "config": config}]}
 
-    assert benchmark.ranking_scope({"w": entry()}) == "full ranking over all items"
-    cold = benchmark.ranking_scope({"c": entry(cold_start_items=0.2)})
+    assert bench_report.ranking_scope({"w": entry()}) == "full ranking over all items"
+    cold = bench_report.ranking_scope({"c": entry(cold_start_items=0.2)})
     assert cold.startswith("cold start") and "among themselves" in cold
-    assert "among all items" in benchmark.ranking_scope({"c": entry(cold_start_items=0.2, cold_start_candidates="all")})
-    mixed = benchmark.ranking_scope({"w": entry(), "c": entry(cold_start_items=0.2)})
+    assert "among all items" in bench_report.ranking_scope({"c": entry(cold_start_items=0.2, cold_start_candidates="all")})
+    mixed = bench_report.ranking_scope({"w": entry(), "c": entry(cold_start_items=0.2)})
     assert mixed.startswith("full ranking over all items, and for the cold-start runs the held-out items")
 
 
@@ -133,13 +136,13 @@ def test_parallel_jobs_run_every_cell_once_with_their_share_of_threads(tmp_path,
         return {**fake_cell(valid=0.3 if config.get("fusion") == "concat" else 0.2, test=0.1),
                 "started": started, "finished": time.time(), "threads": threads}
 
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
-    monkeypatch.setattr(benchmark.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(bench_runner.os, "cpu_count", lambda: 4)
     plans = [{"datasets": ["a"], "seeds": [1, 2, 3],
               "runs": {"M": {"model": "M", "grid": [{"fusion": "mean"}, {"fusion": "concat"}]},
                        "M ablation": {"model": "M", "seeds": [1]}}},
              {"datasets": ["b"], "seeds": [1, 2, 3], "runs": {"N": {"model": "N"}}}]
-    chosen = benchmark.Runner(tmp_path, tmp_path, jobs=2).run_plans(plans)
+    chosen = bench_runner.Runner(tmp_path, tmp_path, jobs=2).run_plans(plans)
     assert peak[0] == 2 and {c[4] for c in calls} == {2}  # two at a time, 4 cores / 2 jobs threads each
     assert len(calls) == 2 + 2 + 1 + 3 and len(set(calls)) == len(calls)
     assert chosen["a"]["M"]["point"] == {"fusion": "concat"} and chosen["a"]["M"]["seeds"] == [1, 2, 3]
@@ -147,19 +150,19 @@ def test_parallel_jobs_run_every_cell_once_with_their_share_of_threads(tmp_path,
     assert list(chosen) == ["a", "b"] and list(chosen["a"]) == ["M", "M ablation"]
     # Single-seed extras wait until every full-seed cell has started.
     assert calls[-1][1:4] == ("M", None, 1)
-    md, _ = benchmark.write_tables("a", chosen["a"], [1, 2, 3], tmp_path, [], "python -m recbole_mm.benchmark X")
+    md, _ = bench_report.write_tables("a", chosen["a"], [1, 2, 3], tmp_path, [], "python -m recbole_mm.benchmark X")
     text = md.read_text()
     assert "Generated by `python -m recbole_mm.benchmark X`" in text and "Wall time: " in text
     all_cells = chosen["a"]["M"]["cells"] + chosen["a"]["M"]["grid_cells"] + chosen["a"]["M ablation"]["cells"]
     assert len(all_cells) == 5  # the unchosen grid point's time counts in the wall time
-    assert benchmark.wall_time(chosen["a"])[1] == pytest.approx(sum(c["finished"] - c["started"] for c in all_cells))
+    assert bench_report.wall_time(chosen["a"])[1] == pytest.approx(sum(c["finished"] - c["started"] for c in all_cells))
     assert "grid [{'fusion': 'mean'}, {'fusion': 'concat'}] → chose {'fusion': 'concat'}" in text
 
 
 def test_slots_start_waiting_cells_in_priority_order():
     import threading
 
-    slots, order = benchmark.Slots(1), []
+    slots, order = bench_runner.Slots(1), []
     gate = threading.Event()
 
     def holder(ticket):
@@ -194,12 +197,12 @@ def test_plan_errors_name_the_file_and_the_fix(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"datasets": ["d"], "runs": {"A": {"model": "BPR"}}, "longtail": ["B"]}))
     with pytest.raises(RecBoleMMError, match=r"bad.yaml: longtail names \['B'\]"):
-        benchmark.load_plan(args, str(bad))
+        bench_plan.load_plan(args, str(bad))
     bad.write_text(yaml.safe_dump({"datasets": ["d"], "runs": {"A": {"lr": 1}}}))
     with pytest.raises(RecBoleMMError, match="run 'A' needs a model"):
-        benchmark.load_plan(args, str(bad))
+        bench_plan.load_plan(args, str(bad))
     with pytest.raises(RecBoleMMError, match="missing.yaml"):
-        benchmark.load_plan(args, str(tmp_path / "missing.yaml"))
+        bench_plan.load_plan(args, str(tmp_path / "missing.yaml"))
 
 
 def test_extras_fill_a_free_worker_while_the_last_full_seed_run_is_still_running(tmp_path, monkeypatch):
@@ -213,10 +216,10 @@ def test_extras_fill_a_free_worker_while_the_last_full_seed_run_is_still_running
         spans[(model, config["seed"])] = (started, time.time())
         return fake_cell(valid=0.2, test=0.1)
 
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run)
     plan = {"datasets": ["d"], "seeds": [1, 2],
             "runs": {"Long": {"model": "Long", "seeds": [1, 2]}, "Extra": {"model": "Extra", "seeds": [1]}}}
-    benchmark.Runner(tmp_path, tmp_path, jobs=3).run_plans([plan])
+    bench_runner.Runner(tmp_path, tmp_path, jobs=3).run_plans([plan])
     # Both Long cells are queued at once, so the third worker takes the extra without waiting for them.
     assert spans[("Extra", 1)][0] < min(spans[("Long", 1)][1], spans[("Long", 2)][1])
 
@@ -226,39 +229,39 @@ def test_cache_is_keyed_by_resolved_config_and_code(tmp_path, monkeypatch):
 
     def fake_run(model, dataset, config, workdir, threads=None):
         calls.append(config["seed"])
-        return {**fake_cell(valid=0.2, test=0.1), "code": benchmark.code_version()}
+        return {**fake_cell(valid=0.2, test=0.1), "code": bench_cells.code_version()}
 
     resolved = {"learning_rate": 0.001}
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
-    monkeypatch.setattr(benchmark, "resolve_config", lambda model, dataset, config: {**resolved, **config})
-    monkeypatch.setattr(benchmark, "code_version", lambda: {"hash": "aaaa", "commit": "c1"})
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(bench_cells, "resolve_config", lambda model, dataset, config: {**resolved, **config})
+    monkeypatch.setattr(bench_cells, "code_version", lambda: {"hash": "aaaa", "commit": "c1"})
     plan = {"datasets": ["d"], "seeds": [1], "runs": {"M": {"model": "M"}}}
-    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
-    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert calls == [1]  # same config, same code: from the cache
-    runner = benchmark.Runner(tmp_path, tmp_path)
+    runner = bench_runner.Runner(tmp_path, tmp_path)
     chosen = runner.run_plans([plan])["d"]
     assert calls == [1] and chosen["M"]["cells"][0]["from_cache"]
-    md, _ = benchmark.write_tables("d", chosen, [1], tmp_path, [])
+    md, _ = bench_report.write_tables("d", chosen, [1], tmp_path, [])
     assert "1 at commit c1 (package hash aaaa; 0 ran in this invocation, 1 from the cache)" in md.read_text()
     resolved["learning_rate"] = 0.01  # e.g. the dataset's yaml changed: the resolved config differs
-    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert calls == [1, 1]
-    monkeypatch.setattr(benchmark, "code_version", lambda: {"hash": "bbbb", "commit": "c2"})
-    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    monkeypatch.setattr(bench_cells, "code_version", lambda: {"hash": "bbbb", "commit": "c2"})
+    chosen = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert calls == [1, 1, 1] and not chosen["M"]["cells"][0]["from_cache"]  # the code changed: runs again
 
 
 def test_code_version_hashes_the_package_and_its_yaml_files():
-    version = benchmark.code_version()
+    version = bench_cells.code_version()
     assert len(version["hash"]) == 16 and int(version["hash"], 16) >= 0
 
 
 def test_config_changes_show_only_what_differs_from_the_defaults():
     defaults = {"learning_rate": 0.001, "n_layers": 1, "seed": 2020}
     run = {"learning_rate": 0.001, "n_layers": 2, "seed": 999, "epochs": 5}
-    assert benchmark.config_changes(run, defaults) == {"epochs": 5, "n_layers": 2}
-    assert benchmark.portable_config({"data_path": "/somewhere/else/tiktok", "show_progress": False, "a": 1}) == {
+    assert bench_report.config_changes(run, defaults) == {"epochs": 5, "n_layers": 2}
+    assert bench_cells.portable_config({"data_path": "/somewhere/else/tiktok", "show_progress": False, "a": 1}) == {
         "data_path": "<outside recbole_mm's dataset/>", "a": 1}
 
 
@@ -268,16 +271,16 @@ def test_report_only_runs_nothing_and_matches_cells_by_their_settings(tmp_path, 
         cell["train_seconds"] = None  # e.g. Pop: nothing to train, the report must still be written
         return {**cell, "config": {"model": model, "dataset": dataset, **config}, "code": {"commit": "old"}}
 
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
-    monkeypatch.setattr(benchmark, "resolve_config", lambda model, dataset, config: {"model": model, "dataset": dataset, **config})
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(bench_cells, "resolve_config", lambda model, dataset, config: {"model": model, "dataset": dataset, **config})
     plan = {"datasets": ["d"], "seeds": [1], "runs": {"M": {"model": "M"}, "M shuffled": {"model": "M", "shuffle_features": True}}}
-    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", lambda *a, **k: pytest.fail("report-only ran a cell"))
-    monkeypatch.setattr(benchmark, "code_version", lambda: {"hash": "new", "commit": "new"})  # other code now
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", lambda *a, **k: pytest.fail("report-only ran a cell"))
+    monkeypatch.setattr(bench_cells, "code_version", lambda: {"hash": "new", "commit": "new"})  # other code now
     plan["runs"]["N"] = {"model": "N"}
-    chosen = benchmark.Runner(tmp_path, tmp_path, report_only=True).run_plans([plan])["d"]
+    chosen = bench_runner.Runner(tmp_path, tmp_path, report_only=True).run_plans([plan])["d"]
     assert chosen["M"]["cells"][0]["test"]["recall@20"] == 0.1  # not its shuffled twin
     assert chosen["M shuffled"]["cells"][0]["test"]["recall@20"] == 0.3
     assert "not run yet" in chosen["N"]["cells"][0]["failed"]
-    md, _ = benchmark.write_tables("d", chosen, [1], tmp_path, [])
+    md, _ = bench_report.write_tables("d", chosen, [1], tmp_path, [])
     assert "at commit old" in md.read_text()

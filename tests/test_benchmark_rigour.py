@@ -12,7 +12,11 @@ import numpy as np
 import pytest
 import yaml
 
-from recbole_mm import benchmark, evaluation, stats
+from recbole_mm import evaluation, stats
+from recbole_mm.benchmark import cells as bench_cells
+from recbole_mm.benchmark import plan as bench_plan
+from recbole_mm.benchmark import report as bench_report
+from recbole_mm.benchmark import runner as bench_runner
 from recbole_mm.errors import RecBoleMMError
 
 from conftest import planted_config, write_planted_dataset
@@ -88,12 +92,12 @@ def test_old_cells_without_per_user_metrics_are_reported_and_only_they_are_rerun
         calls.append((model, config.get("reg_weight"), config["seed"]))
         return cell(model, dataset, config, "old")
 
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", old_run)
-    monkeypatch.setattr(benchmark, "resolve_config", lambda model, dataset, config: {"model": model, "dataset": dataset, **config})
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", old_run)
+    monkeypatch.setattr(bench_cells, "resolve_config", lambda model, dataset, config: {"model": model, "dataset": dataset, **config})
     plan = {"datasets": ["d"], "seeds": [1, 2], "runs": {"M": {"model": "M", "grid": {"reg_weight": [0.0, 0.1]}},
                                                          "N": {"model": "N"}}}
-    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
-    md, _ = benchmark.write_tables("d", chosen, [1, 2], tmp_path, [])
+    chosen = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
+    md, _ = bench_report.write_tables("d", chosen, [1, 2], tmp_path, [])
     text = md.read_text()
     assert "Not tested (no per-user metrics in their cached cells; `--fill-missing` runs them again): " \
            "M (cached before per-user metrics existed), N (cached before per-user metrics existed)." in text
@@ -105,21 +109,21 @@ def test_old_cells_without_per_user_metrics_are_reported_and_only_they_are_rerun
         return _with_per_user(cell(model, dataset, config, "new"), seed=config["seed"] + (model == "N"))
 
     calls.clear()
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", new_run)
-    monkeypatch.setattr(benchmark, "code_version", lambda: {"hash": "new", "commit": "new"})  # other code now
-    runner = benchmark.Runner(tmp_path, tmp_path, fill_missing=True)
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", new_run)
+    monkeypatch.setattr(bench_cells, "code_version", lambda: {"hash": "new", "commit": "new"})  # other code now
+    runner = bench_runner.Runner(tmp_path, tmp_path, fill_missing=True)
     chosen = runner.run_plans([plan])["d"]
     # Only the final cells are rerun; the unchosen grid point keeps its old cell.
     assert sorted(calls, key=str) == sorted([("M", 0.1, 1), ("M", 0.1, 2), ("N", None, 1), ("N", None, 2)], key=str)
     assert chosen["M"]["grid_cells"][0]["code"]["commit"] == "old" and chosen["M"]["point"] == {"reg_weight": 0.1}
     assert all(evaluation.has_per_user(c) for e in chosen.values() for c in e["cells"])
     assert (tmp_path / chosen["M"]["cells"][0]["per_user"]["file"]).exists()
-    md, _ = benchmark.write_tables("d", chosen, [1, 2], tmp_path, [], latex=True)
+    md, _ = bench_report.write_tables("d", chosen, [1, 2], tmp_path, [], latex=True)
     text = md.read_text()
     assert "Not tested" not in text and "| recall@20 | N | M (best) | 6 |" in text
     assert (tmp_path / "d.tex").exists()
     calls.clear()
-    benchmark.Runner(tmp_path, tmp_path, fill_missing=True).run_plans([plan])
+    bench_runner.Runner(tmp_path, tmp_path, fill_missing=True).run_plans([plan])
     assert calls == []  # nothing left to fill
 
 
@@ -132,25 +136,25 @@ def test_search_runs_hypertuning_on_validation_and_is_resumable(tmp_path, monkey
         valid = 0.5 - abs(np.log10(config["learning_rate"]) + 2) / 10
         return fake_cell(valid=valid, test=config["learning_rate"])
 
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run)
     plan = {"datasets": ["d"], "seeds": [1, 2, 3],
             "runs": {"M": {"model": "M", "search": {"algo": "exhaustive",
                                                     "space": {"choice": {"learning_rate": [0.1, 0.01, 0.001]}}}}}}
-    chosen = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)["M"]
+    chosen = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]["M"]
     assert chosen["point"] == {"learning_rate": 0.01} and chosen["trials"] == 3
     assert sorted(c for c in calls if c[1] == 1) == [(0.001, 1), (0.01, 1), (0.1, 1)]
     assert sorted(c for c in calls if c[1] != 1) == [(0.01, 2), (0.01, 3)] and len(calls) == 5
     assert "exhaustive search trials" in chosen["chosen_by"] and len(chosen["grid_cells"]) == 2
-    benchmark.run_dataset(plan, "d", tmp_path, tmp_path)
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert len(calls) == 5  # rerun: every trial and seed from the cache
     # tpe over a continuous range: seeded, so a rerun proposes the same points and runs nothing new.
     plan["runs"]["T"] = {"model": "M", "seeds": [1], "search": {"algo": "tpe", "max_evals": 4, "seed": 7,
                                                                 "space": {"loguniform": {"learning_rate": [-7, -1]}}}}
-    first = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)["T"]
+    first = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]["T"]
     assert len(calls) == 5 + 4 and first["trials"] == 4
-    again = benchmark.run_dataset(plan, "d", tmp_path, tmp_path)["T"]
+    again = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]["T"]
     assert len(calls) == 9 and again["point"] == first["point"]
-    md, _ = benchmark.write_tables("d", benchmark.run_dataset(plan, "d", tmp_path, tmp_path), [1, 2, 3], tmp_path, [])
+    md, _ = bench_report.write_tables("d", bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"], [1, 2, 3], tmp_path, [])
     assert '- **M** (model M, search {"algo": "exhaustive"' in md.read_text()
 
 
@@ -161,7 +165,7 @@ def test_plan_rigour_keys_are_checked_with_the_file_and_the_fix(tmp_path):
     def check(plan, match):
         bad.write_text(yaml.safe_dump({"datasets": ["d"], **plan}))
         with pytest.raises(RecBoleMMError, match=match):
-            benchmark.load_plan(args, str(bad))
+            bench_plan.load_plan(args, str(bad))
 
     runs = {"A": {"model": "BPR"}}
     check({"runs": runs, "reference": "B"}, r"bad.yaml: reference 'B' is not among its runs \['A'\]")
@@ -175,7 +179,7 @@ def test_plan_rigour_keys_are_checked_with_the_file_and_the_fix(tmp_path):
                                                      "space": {"uniform": {"a": [0]}}}}}},
           r"search space uniform.a must be \[low, high\]")
     bad.write_text(yaml.safe_dump({"datasets": ["d"], "runs": runs, "reference": "A"}))
-    assert benchmark.load_plan(args, str(bad))["reference"] == "A"
+    assert bench_plan.load_plan(args, str(bad))["reference"] == "A"
 
 
 @pytest.mark.slow

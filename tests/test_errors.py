@@ -407,14 +407,14 @@ def test_item_content_files_for_feature_extraction(tmp_path):
 
 
 def test_benchmark_plan_errors_name_the_file(tmp_path, monkeypatch, capsys):
-    from recbole_mm import benchmark
+    from recbole_mm.benchmark import command as bench_command
 
     monkeypatch.chdir(tmp_path)
     broken = tmp_path / "plan.yaml"
     broken.write_text("runs: [\n")
     for plan in (tmp_path / "nothere.yaml", broken):
         with pytest.raises(SystemExit) as stop:
-            exit_on_user_error(lambda: benchmark.main(["--plan", str(plan), "--out", str(tmp_path / "out")]))
+            exit_on_user_error(lambda: bench_command.main(["--plan", str(plan), "--out", str(tmp_path / "out")]))
         assert stop.value.code == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and str(plan) in lines[0]

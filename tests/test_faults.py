@@ -32,7 +32,10 @@ import torch
 import yaml
 from conftest import REPO, planted_config, write_planted_dataset
 
-from recbole_mm import analysis, benchmark, checkpoint, cli, download, features, storage
+from recbole_mm import analysis, checkpoint, cli, features, storage
+from recbole_mm.benchmark import command as bench_command
+from recbole_mm.benchmark import runner as bench_runner
+from recbole_mm import download
 from recbole_mm.errors import RecBoleMMError, exit_on_user_error
 
 ENOSPC_TEXT = "No space left on device: the disk is full"
@@ -307,7 +310,7 @@ def test_benchmark_output_faults_are_one_line(tmp_path, monkeypatch):
     """--out under a file is refused before any cell runs; a write that fails in a worker thread (the
     disk fills up) is one line, where it was an OSError traceback in the thread and then a KeyError."""
     ran = []
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", lambda *a, **k: ran.append(a) or fake_run_cell(*a, **k))
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", lambda *a, **k: ran.append(a) or fake_run_cell(*a, **k))
     blocker = tmp_path / "afile"
     blocker.write_text("")
     root = tmp_path / "data"
@@ -316,7 +319,7 @@ def test_benchmark_output_faults_are_one_line(tmp_path, monkeypatch):
     plan.write_text(yaml.safe_dump({"datasets": ["planted"], "seeds": [1], "config": planted_config(root),
                                     "runs": {"BPR": {"model": "BPR"}}}))
     monkeypatch.chdir(tmp_path)
-    line = one_line(benchmark.main, "--plan", str(plan), "--out", f"{blocker}/results")
+    line = one_line(bench_command.main, "--plan", str(plan), "--out", f"{blocker}/results")
     assert line == (f"recbole_mm: error: --out {blocker}/results cannot be used: {blocker} is a file; "
                     "give --out a folder you can write to")
     assert ran == []
@@ -330,17 +333,17 @@ def test_benchmark_output_faults_are_one_line(tmp_path, monkeypatch):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(storage, "atomic_write", full_disk)
-    line = one_line(benchmark.main, "--plan", str(plan), "--out", str(tmp_path / "results"))
+    line = one_line(bench_command.main, "--plan", str(plan), "--out", str(tmp_path / "results"))
     assert "cannot write benchmark cache" in line and ENOSPC_TEXT in line and len(ran) == 1
     assert [name for name in tree(tmp_path / "results") if not name.endswith(".lock")] == []
 
 
 def test_broken_benchmark_cache_is_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", fake_run_cell)
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run_cell)
     (tmp_path / "d.cells.json").write_text('{"abc": {"valid"')
     plan = {"datasets": ["d"], "seeds": [1], "runs": {"M": {"model": "M"}}}
     with pytest.raises(RecBoleMMError, match=r"d.cells.json cannot be read .*; delete it \(its cells run again\)"):
-        benchmark.Runner(tmp_path, tmp_path).run_plans([plan])
+        bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])
 
 
 # ---- 5. feature files that are not .npy ---------------------------------------------------------------
@@ -452,10 +455,10 @@ PLAN_CASES = [
 
 @pytest.mark.parametrize("plan, message", PLAN_CASES, ids=[m for _, m in PLAN_CASES])
 def test_plan_shapes_are_one_line_before_anything_runs(plan, message, tmp_path, monkeypatch):
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", lambda *a, **k: pytest.fail("a cell ran"))
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", lambda *a, **k: pytest.fail("a cell ran"))
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(plan))
-    line = one_line(benchmark.main, "--plan", str(path), "--out", str(tmp_path / "out"))
+    line = one_line(bench_command.main, "--plan", str(path), "--out", str(tmp_path / "out"))
     assert f"benchmark plan {path}" in line and message in line
     assert not (tmp_path / "out").exists()
 
@@ -463,7 +466,7 @@ def test_plan_shapes_are_one_line_before_anything_runs(plan, message, tmp_path, 
 def test_plan_models_settings_and_datasets_are_checked_before_any_cell(tmp_path, monkeypatch):
     """A misspelt model ran, showed a failed row and exited 0; now it, a bad setting at a grid point and an
     unknown dataset are one line before any cell runs, under --report-only too (for the model)."""
-    monkeypatch.setattr(benchmark, "_run_in_subprocess", lambda *a, **k: pytest.fail("a cell ran"))
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", lambda *a, **k: pytest.fail("a cell ran"))
     root = tmp_path / "data"
     write_planted_dataset(root)
     config = {k: v for k, v in planted_config(root).items() if k != "seed"}
@@ -480,7 +483,7 @@ def test_plan_models_settings_and_datasets_are_checked_before_any_cell(tmp_path,
     ]
     for plan, extra, message in cases:
         path.write_text(yaml.safe_dump({"datasets": ["planted"], "seeds": [1], "config": config, **plan}))
-        line = one_line(benchmark.main, "--plan", str(path), "--out", str(tmp_path / "out"), *extra)
+        line = one_line(bench_command.main, "--plan", str(path), "--out", str(tmp_path / "out"), *extra)
         assert f"benchmark plan {path}: " in line and message in line, line
     assert not (tmp_path / "out").exists() and not (tmp_path / "log").exists()
 
@@ -509,7 +512,8 @@ SANDBOX_DRIVER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     import recbole_mm
-    from recbole_mm import benchmark, cli, download, features
+    from recbole_mm import cli, download, features
+    from recbole_mm.benchmark import command as bench_command
     from recbole_mm.errors import exit_on_user_error
     import test_faults
 
@@ -542,7 +546,7 @@ SANDBOX_DRIVER = textwrap.dedent("""
         "download full": call(download.main, "download", "amazon-baby", "--from", f"{tmp}/by-hand", "--data-path", full),
         "features": call(features.main, f"{tmp}/items.tsv", "-o", f"{ro}/ds", "--no-progress"),
         "features full": call(features.main, f"{tmp}/items.tsv", "-o", full, "--num-items", "100000", "--no-progress"),
-        "benchmark": call(benchmark.main, "--plan", f"{tmp}/plan.yaml", "--out", f"{ro}/results"),
+        "benchmark": call(bench_command.main, "--plan", f"{tmp}/plan.yaml", "--out", f"{ro}/results"),
     }
     results["full left"] = sorted(os.listdir(full))
     print(json.dumps(results))
@@ -672,12 +676,12 @@ FAULT_CASES = [
     ("`recbole-mm download` on a full disk", download.main,
      ("download", "amazon-baby", "--from", "by-hand", "--data-path", "downloads"),
      [(download.shutil, "copyfile", _no_space)]),
-    ("`recbole-mm benchmark --plan plan.yaml --out afile/results`", benchmark.main,
+    ("`recbole-mm benchmark --plan plan.yaml --out afile/results`", bench_command.main,
      ("--plan", "plan.yaml", "--out", "afile/results"), []),
-    ("a benchmark plan that is a yaml list", benchmark.main, ("--plan", "list.yaml"), []),
-    ("a benchmark plan with `model: VPBR`", benchmark.main, ("--plan", "typo.yaml"), []),
-    ("a benchmark plan with `seed:` for `seeds:`", benchmark.main, ("--plan", "seed.yaml"), []),
-    ("a damaged benchmark cache", benchmark.main, ("--plan", "plan.yaml", "--out", "results"), []),
+    ("a benchmark plan that is a yaml list", bench_command.main, ("--plan", "list.yaml"), []),
+    ("a benchmark plan with `model: VPBR`", bench_command.main, ("--plan", "typo.yaml"), []),
+    ("a benchmark plan with `seed:` for `seeds:`", bench_command.main, ("--plan", "seed.yaml"), []),
+    ("a damaged benchmark cache", bench_command.main, ("--plan", "plan.yaml", "--out", "results"), []),
     ("`modalities: {image: two.npz}`, a .npz of two arrays", cli.main,
      (*_VBPR, "--modalities={'image':'two.npz'}"), []),
     ("`modalities: {image: image_feat.pt}`, written by torch.save", cli.main,

@@ -23,7 +23,10 @@ import torch
 import yaml
 from conftest import REPO, planted_config, write_planted_dataset
 
-from recbole_mm import analysis, benchmark, cli, config_check, quick_start
+from recbole_mm import analysis, cli, config_check, quick_start
+from recbole_mm.benchmark import cells as bench_cells
+from recbole_mm.benchmark import command as bench_command
+from recbole_mm.benchmark import plan as bench_plan
 from recbole_mm.config_check import ConfigError, parse_setting
 from recbole_mm.errors import CheckpointError, RecBoleMMError, exit_on_user_error
 
@@ -204,12 +207,12 @@ def test_route2_plan_values_never_run(data, monkeypatch, capsys, no_eval):
     plan_file = root.parent / "plan.yaml"
     plan_file.write_text(yaml.safe_dump(plan))
     out = root.parent / "results"
-    exit_on_user_error(lambda: benchmark.main(["--plan", str(plan_file), "--out", str(out), "--report-only"]))
+    exit_on_user_error(lambda: bench_command.main(["--plan", str(plan_file), "--out", str(out), "--report-only"]))
     assert (out / "planted.md").exists() and not marker.exists()
     # The config path a cell's process runs (benchmark --cell): resolved and trained.
-    cell = benchmark.cell_config(plan, plan["runs"]["BPR"], {}, 1)
-    assert benchmark.resolve_config("BPR", "planted", cell)["note"] == code_payload(marker)
-    assert benchmark.run_cell("BPR", "planted", cell)["test"]
+    cell = bench_plan.cell_config(plan, plan["runs"]["BPR"], {}, 1)
+    assert bench_cells.resolve_config("BPR", "planted", cell)["note"] == code_payload(marker)
+    assert bench_cells.run_cell("BPR", "planted", cell)["test"]
     assert not marker.exists()
 
 
@@ -218,7 +221,7 @@ def test_plan_with_a_python_tag_is_one_line(tmp_path, monkeypatch, capsys):
     plan_file = tmp_path / "plan.yaml"
     plan_file.write_text("datasets: [tiktok]\nruns:\n  BPR: {model: BPR, note: !!python/name:os.system }\n")
     with pytest.raises(SystemExit) as stop:
-        exit_on_user_error(lambda: benchmark.main(["--plan", str(plan_file), "--out", str(tmp_path / "out")]))
+        exit_on_user_error(lambda: bench_command.main(["--plan", str(plan_file), "--out", str(tmp_path / "out")]))
     lines = capsys.readouterr().err.strip().splitlines()
     assert stop.value.code == 2 and len(lines) == 1 and str(plan_file) in lines[0] and "python/name" in lines[0]
     assert set(tmp_path.iterdir()) == {plan_file}
@@ -461,8 +464,8 @@ def test_shipped_benchmark_cells_do_not_warn(tmp_path, monkeypatch, capsys):
         plan.setdefault("seeds", [999])
         for dataset in plan["datasets"]:
             for run in plan["runs"].values():
-                for point in benchmark.grid_points(run):
-                    config = benchmark.cell_config(plan, run, point, plan["seeds"][0])
+                for point in bench_plan.grid_points(run):
+                    config = bench_plan.cell_config(plan, run, point, plan["seeds"][0])
                     quick_start.make_config(run["model"], dataset, config_dict={**config, "strict_config": True})
                     cells += 1
     assert cells > 40 and capsys.readouterr().err == ""

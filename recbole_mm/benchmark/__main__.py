@@ -1,0 +1,7 @@
+"""``python -m recbole_mm.benchmark``; the ``--cell`` form is how the runner starts each cell's process."""
+
+from recbole_mm.benchmark.command import main
+from recbole_mm.errors import exit_on_user_error
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,120 @@
+"""What a benchmark cell is (its resolved config without machine paths, the code it runs, its cache key)
+and how one cell runs, in the fresh process that :mod:`recbole_mm.benchmark.runner` starts."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+
+# Keys that name where things are on this machine, or only how a run reports progress: they neither change
+# a result nor belong in a committed report.
+MACHINE_KEYS = ("data_path", "checkpoint_dir", "show_progress", "log_wandb", "wandb_project", "state", "log_dir")
+
+
+def portable_config(config: dict) -> dict:
+    """A resolved config without machine-specific values: the keys of :data:`MACHINE_KEYS` are dropped
+    (a ``data_path`` inside recbole_mm's own ``dataset/`` folder is then named by ``dataset`` alone; one
+    outside it is kept as a marker, so that a cell on other data never shares a key with it)."""
+    from recbole_mm.resources import bundled_data_root
+
+    plain = {k: v for k, v in config.items() if k not in MACHINE_KEYS}
+    data_path = config.get("data_path")
+    if data_path:
+        try:
+            Path(data_path).resolve().relative_to(bundled_data_root().resolve())
+        except ValueError:
+            plain["data_path"] = "<outside recbole_mm's dataset/>"  # the dataset name still keys it
+    return plain
+
+
+# Keys a run rewrites from its data (the split actually used), so a cell's recorded value is not the resolved one.
+RUN_DERIVED = ("eval_args", "use_gpu")
+
+
+@lru_cache(maxsize=1)
+def code_version() -> dict:
+    """The code a cell runs: a hash of the package's sources and the model/dataset yaml files (so that
+    any change to them makes new cells), and the git commit when recbole_mm runs from a checkout."""
+    from recbole_mm.resources import resource_root
+
+    root, digest = resource_root(), hashlib.sha256()
+    package = Path(__file__).resolve().parent.parent  # recbole_mm/, not only this sub-package
+    files = sorted([*package.rglob("*.py"), *(root / "properties").rglob("*.yaml"),
+                    *(root / "dataset_configs").glob("*.yaml")])
+    for path in files:
+        name = path.relative_to(package.parent if path.is_relative_to(package) else root)
+        digest.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10)
+        if out.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "recbole_mm",
+                                    "properties", "dataset_configs"], capture_output=True, text=True, timeout=10)
+            commit = out.stdout.strip() + ("+uncommitted changes" if dirty.stdout.strip() else "")
+    return {"hash": digest.hexdigest()[:16], "commit": commit}
+
+
+def resolve_config(model: str, dataset: str, config: dict) -> dict | None:
+    """The config RecBole will run a cell with (dataset and model yaml files merged, values checked),
+    as portable plain data; None when it cannot be resolved (the cell then runs and fails with the reason)."""
+    try:
+        from recbole_mm.checkpoint import config_to_plain
+        from recbole_mm.quick_start import make_config
+
+        # RecBole's Config also reads ``--key=value`` words of sys.argv: the benchmark's own arguments
+        # are not a cell's config (and would each print a "will not be used" line).
+        argv, sys.argv = sys.argv, sys.argv[:1]
+        try:
+            return portable_config(config_to_plain(make_config(model, dataset, None, dict(config))))
+        finally:
+            sys.argv = argv
+    except Exception:  # noqa: BLE001 - any reason it cannot resolve is reported by the cell's own run
+        return None
+
+
+def cell_key(model: str, dataset: str, config: dict) -> str:
+    """Cache key: the resolved config (or, when it cannot be resolved, the plan's inputs) and the code."""
+    resolved = resolve_config(model, dataset, config)
+    identity = {"resolved": resolved} if resolved is not None else {"unresolved": [model, dataset, config]}
+    identity["code"] = code_version()["hash"]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+# ---- one cell, in a fresh process -------------------------------------------------------------------
+def run_cell(model: str, dataset: str, config: dict) -> dict:
+    """Train and test one configuration; returns plain data for the cache."""
+    import recbole_mm
+    from recbole_mm.checkpoint import config_to_plain
+    from recbole_mm.evaluation import cell_fields
+    from recbole_mm.trainer import median_epoch_seconds
+
+    # The split is screened for leakage before training; per-user test metrics come back for the report's tests.
+    result = recbole_mm.run_recbole(model=model, dataset=dataset, config_dict=config, screen_leakage=True,
+                                    test_details=True)
+    history = result["history"]
+    train_seconds, eval_seconds = median_epoch_seconds(history)
+    return {
+        "valid": {k: float(v) for k, v in (result["best_valid_result"] or {}).items()},
+        "test": {k: float(v) for k, v in (result["test_result"] or {}).items()},
+        "best_valid_score": float(result["best_valid_score"]),
+        "best_epoch": result["best_epoch"],
+        "epochs": len(history),
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "peak_memory_mb": result["peak_memory_mb"],
+        "parameters": result["n_parameters"],
+        "history": history,
+        "checkpoint": result["saved_model_file"],
+        "config": portable_config(config_to_plain(result["config"])),
+        "code": code_version(),
+        "leakage": result["leakage"],
+        **cell_fields(result["test_details"]),
+    }
+
