@@ -5,7 +5,7 @@ download``, ``recbole-mm features``) start quickly. What the plugin promises sti
 imports recbole_mm first, RecBole's own entry points included:
 
 - the moment the ``recbole`` package has been imported (or at once, if it already was), RecBole's version
-  fixes and the plugin's hooks on RecBole (:mod:`recbole_mm.compat`) and its log
+  fixes (:mod:`recbole_mm.compat`), the plugin's hooks on RecBole (:mod:`recbole_mm.hooks`) and its log
   folders (:mod:`recbole_mm.logs`) are installed, before any RecBole submodule is loaded; these import
   RecBole and third-party modules only, never a recbole_mm module that may be half-imported at that moment;
 - the plugin's models, datasets and config defaults (:func:`recbole_mm.registry.register`, which imports
@@ -33,9 +33,10 @@ def install() -> None:
         return
     _installed = True  # set first: the installs below import RecBole, whose import would call this again
     try:
-        from recbole_mm import compat, logs
+        from recbole_mm import compat, hooks, logs
 
         compat.install()
+        hooks.install()
         logs.install()
         _register_on_first_config()
     except BaseException:

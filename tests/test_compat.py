@@ -15,6 +15,7 @@ import torch
 
 import recbole_mm
 from recbole_mm import compat
+from recbole_mm.compat import ensure_dir, hyper_tuning
 from recbole_mm.checkpoint import config_from_plain, config_to_plain, load_checkpoint
 from recbole_mm.errors import CheckpointError
 
@@ -251,11 +252,11 @@ def test_ensure_dir_is_safe_for_concurrent_processes(tmp_path):
 
     modules = (recbole.utils.utils, recbole.utils, recbole.utils.logger, recbole.data.utils,
                recbole.data.dataset.dataset, recbole.trainer.trainer)
-    assert all(m.ensure_dir is compat.ensure_dir for m in modules)
+    assert all(m.ensure_dir is ensure_dir.ensure_dir for m in modules)
     target = tmp_path / "log"
     target.mkdir()  # the other rank won the race
     recbole.utils.logger.ensure_dir(str(target))  # must not raise FileExistsError
-    compat.ensure_dir(str(tmp_path / "a" / "b"))
+    ensure_dir.ensure_dir(str(tmp_path / "a" / "b"))
     assert (tmp_path / "a" / "b").is_dir()
 
 
@@ -295,4 +296,4 @@ def test_hyper_tuning_output_comes_in_whole_lines(planted, capsys, tmp_path):
     assert len(training) == 2 and all("train_batch_size = [256] train_neg_sample_args: [" in line
                                       for line in training), err
     assert any("2/2" in part for part in captured.out.split("\r")), "hyperopt's progress bar is kept"
-    assert sys.stdout is not None and not isinstance(sys.stdout, compat._LineBufferedTqdmFile)
+    assert sys.stdout is not None and not isinstance(sys.stdout, hyper_tuning._LineBufferedTqdmFile)

@@ -23,7 +23,7 @@ import torch
 import yaml
 from conftest import REPO, planted_config, write_planted_dataset
 
-from recbole_mm import compat
+from recbole_mm.compat import pandas3
 
 WARNING_LINE = re.compile(r"\b\w*Warning: ")
 
@@ -73,7 +73,7 @@ def test_printed_wall_time_covers_the_whole_process(tmp_path):
 # ---- the shims, one by one (in-process: what they hand RecBole) ---------------------------------
 def test_recbole_gets_writable_column_arrays():
     frame = pd.DataFrame({"a": np.arange(5), "b": np.ones(5)})
-    view = compat._WritableColumns(frame)
+    view = pandas3._WritableColumns(frame)
     assert list(view) == ["a", "b"]
     for key in view:
         assert view[key].values.flags.writeable

@@ -1,0 +1,114 @@
+"""recbole_mm's own behaviour on RecBole's classes: not version fixes, the plugin's choices.
+
+- Multi-process runs on CPU too (RecBole 1.2.1 hard-codes nccl and ``device_ids=[rank]``,
+  ``configurator.py:496-511``, ``trainer.py:62-64``): gloo on CPU or ``dist_backend``, ``device_ids`` only
+  on CUDA, the plugin models' data buffers made equal on every rank (docs/recbole-compat.md, fix 10).
+- Checkpoint names that two runs started in the same second do not share, the same on every rank, and an
+  evaluate barrier so that no rank reloads the best checkpoint before rank 0 has written it (fix 11).
+
+The Config hook (model and dataset yaml files, settings read as data) is :mod:`recbole_mm.registry`'s.
+:mod:`recbole_mm.plugin` installs these when RecBole is first imported.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+# 10. configurator.py:496-511 hard-codes backend="nccl", cuda:<rank> and asserts one gpu_id per
+#     process, and trainer.py:62-64 passes device_ids=[rank]: `run(..., nproc=2)` cannot run on CPU.
+# 11. trainer.py:132 names the checkpoint per process from a 1-second clock, only rank 0 saves
+#     (:296) and nothing waits before evaluate(load_best_model=True) (:583): other ranks read a
+#     missing or half-written file (seen on GPU too). The same 1-second name makes two separate
+#     runs started in the same second share (and overwrite) one checkpoint file.
+def _init_device(self: Any) -> None:
+    """``Config._init_device`` that runs multi-process jobs on CPU with gloo (or ``dist_backend``)."""
+    import os
+
+    import torch
+
+    config = self.final_config_dict
+    gpu_id = config["gpu_id"]
+    config["gpu_id"] = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+    os.environ["CUDA_VISIBLE_DEVICES"] = config["gpu_id"]
+    use_cuda = len(config["gpu_id"]) > 0 and torch.cuda.is_available()
+    if "local_rank" not in config:
+        config["single_spec"] = True
+        config["local_rank"] = 0
+        config["device"] = torch.device("cuda") if use_cuda else torch.device("cpu")
+        return
+    rank = config["local_rank"]
+    if use_cuda and len(config["gpu_id"].split(",")) < config["nproc"]:
+        from recbole_mm.errors import RecBoleMMError
+
+        raise RecBoleMMError(f"gpu_id: '{config['gpu_id']}' lists fewer GPUs than nproc={config['nproc']} "
+                             "processes; give one per process, e.g. --gpu_id=0,1 for --nproc=2")
+    torch.distributed.init_process_group(
+        backend=config.get("dist_backend") or ("nccl" if use_cuda else "gloo"),
+        rank=rank + config["offset"],
+        world_size=config["world_size"],
+        init_method=f"tcp://{config['ip']}:{config['port']}",
+    )
+    config["device"] = torch.device("cuda", rank) if use_cuda else torch.device("cpu")
+    config["single_spec"] = False
+    if use_cuda:
+        torch.cuda.set_device(rank)
+    if rank != 0:
+        config["state"] = "error"
+        config["show_progress"] = False
+        config["verbose"] = False
+
+
+def install() -> None:
+    import os
+    import uuid
+
+    import torch
+    import torch.distributed as dist
+    from recbole.config.configurator import Config
+    from recbole.trainer.trainer import AbstractTrainer, Trainer
+    from torch.nn.parallel import DistributedDataParallel
+
+    Config._init_device = _init_device
+
+    def abstract_trainer_init(self: Any, config: Any, model: Any) -> None:
+        self.config = config
+        self.model = model
+        if not config["single_spec"]:
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # recbole_mm's models keep data-derived buffers (features, sparse graphs) out of DDP's
+            # broadcasts; they are made equal on every rank here, once (MultiModalRecommender).
+            broadcast_data_buffers = getattr(self.model, "broadcast_data_buffers", None)
+            if broadcast_data_buffers is not None:
+                broadcast_data_buffers()
+            on_cuda = config["device"].type == "cuda"
+            self.distributed_model = DistributedDataParallel(
+                self.model, device_ids=[config["local_rank"]] if on_cuda else None
+            )
+
+    original_init = Trainer.__init__
+    original_evaluate = Trainer.evaluate
+
+    def trainer_init(self: Any, config: Any, model: Any) -> None:
+        original_init(self, config, model)
+        # trainer.py:132 names the checkpoint <Model>-<time to the second>.pth: two runs started in
+        # the same second (a benchmark with parallel workers) overwrite each other's best checkpoint
+        # and may test the other run's weights. A random suffix, as RecBole's log files have, fixes it.
+        stem, ext = os.path.splitext(self.saved_model_file)
+        self.saved_model_file = f"{stem}-{uuid.uuid4().hex[:6]}{ext}"
+        if not config["single_spec"]:
+            name = [self.saved_model_file]
+            dist.broadcast_object_list(name, src=0)  # every rank reads the file rank 0 writes
+            self.saved_model_file = name[0]
+
+    def evaluate(self: Any, eval_data: Any, load_best_model: bool = True, model_file: Any = None,
+                 show_progress: bool = False) -> Any:
+        if load_best_model and not self.config["single_spec"] and eval_data:
+            dist.barrier()  # rank 0 has finished writing the best checkpoint
+        return original_evaluate(self, eval_data, load_best_model=load_best_model, model_file=model_file,
+                                 show_progress=show_progress)
+
+    AbstractTrainer.__init__ = abstract_trainer_init
+    Trainer.__init__ = trainer_init
+    Trainer.evaluate = evaluate
+
