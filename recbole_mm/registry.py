@@ -70,14 +70,22 @@ def is_plugin_model(name: str) -> bool:
 
 
 def _read_yaml(path: os.PathLike, what: str) -> dict:
-    from recbole_mm.config_check import load_yaml_file
+    from recbole_mm.config_files import load_yaml_file
 
     return load_yaml_file(path, what) or {}
+
+
+# Where each setting of a Config came from, recorded while the layers are merged (key → text for messages):
+# the config files' keys (later files win) and the keys the plugin's model and dataset yaml files set.
+FILE_SOURCES = "_recbole_mm_file_sources"
+INTERNAL_SOURCES = "_recbole_mm_internal_sources"
 
 
 def _extend_internal_config(original):
     def _load_internal_config_dict(self, model, model_class, dataset):
         original(self, model, model_class, dataset)
+        sources = {}
+        setattr(self, INTERNAL_SOURCES, sources)
         recbole_props = os.path.join(os.path.dirname(recbole.__file__), "properties", "dataset")
         # Keys that RecBole's own dataset-level yamls set outrank a model yaml.
         protected = set()
@@ -90,6 +98,7 @@ def _extend_internal_config(original):
             for key, value in _read_yaml(model_file, "model defaults").items():
                 if key not in protected:
                     self.internal_config_dict[key] = value
+                    sources[key] = f"default in {model_file}"
         dataset_file = resources.dataset_config_file(dataset)
         if dataset_file.is_file():
             dataset_config = _read_yaml(dataset_file, "dataset config")
@@ -98,6 +107,8 @@ def _extend_internal_config(original):
             overrides = dataset_config.pop("model_overrides", None) or {}
             self.internal_config_dict.update(dataset_config)
             self.internal_config_dict.update(overrides.get(model) or {})
+            sources.update({key: f"set in dataset config {dataset_file}"
+                            for key in [*dataset_config, *(overrides.get(model) or {})]})
             self.parameters["Dataset"] += [k for k in dataset_config if k not in self.parameters["Dataset"]]
         if (resources.bundled_data_root() / dataset).is_dir():
             # Like RecBole's own ml-100k: a shipped dataset is found wherever recbole_mm is installed;
@@ -131,10 +142,10 @@ def _settings_are_data(config_class) -> None:
     strings are parsed as literals, never ``eval``-ed (configurator.py:131); yaml files are read with a
     safe loader that refuses ``!!python/...`` tags, naming the file; the settings that a RecBole model runs
     as code (KD_DAGFM's ``teacher``) must be one of the names it allows."""
-    from recbole_mm import config_check
+    from recbole_mm import config_check, config_files
 
-    config_class._convert_config_dict = config_check.convert_config_dict
-    config_class._build_yaml_loader = config_check.build_yaml_loader
+    config_class._convert_config_dict = config_files.convert_config_dict
+    config_class._build_yaml_loader = config_files.build_yaml_loader
 
     def _update_internal_config_dict(self, file):
         config_dict = _read_yaml(file, "RecBole's defaults")
@@ -142,9 +153,12 @@ def _settings_are_data(config_class) -> None:
         return config_dict
 
     def _load_config_files(self, file_list):
-        merged = {}
+        merged, sources = {}, {}
         for file in file_list or []:
-            merged.update(config_check.read_config_file(file))
+            data = config_files.read_config_file(file)
+            merged.update(data)
+            sources.update({key: str(file) for key in data})
+        setattr(self, FILE_SOURCES, sources)
         return merged
 
     original_defaults = config_class._set_default_parameters

@@ -170,13 +170,36 @@ def test_inter_file_name_with_an_atomic_file_is_one_line(tmp_path, monkeypatch, 
 
 def test_dataset_value_reports_its_dataset_config(tmp_path, monkeypatch, capsys):
     """A value from the dataset yaml is reported as such (here an overridden model default)."""
-    from recbole_mm.config_check import where_set
+    from recbole_mm.config_files import where_set
     from recbole_mm.quick_start import make_config
 
     monkeypatch.setattr(sys, "argv", ["x"])
     config = make_config("GUME", "tiktok")
     assert where_set(config, "n_layers").startswith("set in dataset config")
     assert where_set(config, "um_noise_eps").startswith("default in")
+    assert where_set(config, "eval_step") == "RecBole's default"
+
+
+def test_where_set_reads_the_sources_the_merge_recorded(tmp_path, monkeypatch):
+    """Provenance comes from the merge (later config files win), not from reading the yaml files again."""
+    from recbole_mm import config_files
+    from recbole_mm.config_files import where_set
+    from recbole_mm.quick_start import make_config
+
+    monkeypatch.setattr(sys, "argv", ["x"])
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text("n_layers: 3\nreg_weight: 0.001\n")
+    second.write_text("n_layers: 2\n")
+    config = make_config("GUME", "tiktok", [str(first), str(second)], {"epochs": 1})
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("where_set read a yaml file")
+
+    monkeypatch.setattr(config_files, "load_yaml_text", no_reading)
+    assert where_set(config, "n_layers") == f"set in config file {second}"
+    assert where_set(config, "reg_weight") == f"set in config file {first}"
+    assert where_set(config, "epochs") == "set in config_dict"
+    assert where_set(config, "um_noise_eps").startswith("default in") and where_set(config, "um_noise_eps").endswith("GUME.yaml")
     assert where_set(config, "eval_step") == "RecBole's default"
 
 

@@ -27,7 +27,8 @@ from recbole_mm import analysis, cli, config_check, quick_start
 from recbole_mm.benchmark import cells as bench_cells
 from recbole_mm.benchmark import command as bench_command
 from recbole_mm.benchmark import plan as bench_plan
-from recbole_mm.config_check import ConfigError, parse_setting
+from recbole_mm.config_files import parse_setting
+from recbole_mm.config_specs import ConfigError
 from recbole_mm.errors import CheckpointError, RecBoleMMError, exit_on_user_error
 
 

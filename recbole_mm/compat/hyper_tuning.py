@@ -115,13 +115,14 @@ def hyper_tuning_run(self: Any) -> None:
 
 
 # hyper_tuning.py:239 eval()s the value of every `choice` line of a params file; the same lines are read
-# here with recbole_mm's literal parser (config_check.parse_setting), and a bad line is one error naming it.
+# here with recbole_mm's literal parser (config_files.parse_setting), and a bad line is one error naming it.
 def build_space_from_file(file: str) -> dict:
     """``HyperTuning._build_space_from_file``: ``name choice [v1, v2]``, ``name uniform low,high``,
     ``name quniform low,high,q``, ``name loguniform low,high`` per line, values parsed as data."""
     from hyperopt import hp
 
-    from recbole_mm.config_check import ConfigError, parse_setting
+    from recbole_mm.config_files import parse_setting
+    from recbole_mm.config_specs import ConfigError
 
     bounds = {"uniform": 2, "quniform": 3, "loguniform": 2}
     space = {}
