@@ -38,7 +38,7 @@ from recbole_mm.errors import RecBoleMMError
 
 MMREC_FOLDER = "https://drive.google.com/drive/folders/13cBy1EA_saTUuXxVllKgtfci2A09jyaG"
 _CHUNK = 1 << 20  # bytes read (and hashed) at a time
-_CONVERT_ROWS = 1024  # rows converted to float32 at a time (4096-d: 32 MiB of float64)
+_CONVERT_ROWS = 1024  # rows converted to float32 at a time: memory stays a small block, not the whole file
 
 
 class DownloadError(RecBoleMMError):

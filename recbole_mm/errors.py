@@ -24,6 +24,10 @@ class CheckpointError(RecBoleMMError):
     """A checkpoint cannot be loaded safely."""
 
 
+class FeatureError(RecBoleMMError):
+    """Bad input to the feature extraction, or a model that cannot be loaded; one line, exit status 2."""
+
+
 class UnknownModelError(RecBoleMMError, ValueError):
     """The model name is neither a RecBole model nor a recbole_mm model."""
 
@@ -45,6 +49,11 @@ def exit_on_user_error(main: Callable[[], object]) -> None:
         message = " ".join(str(exc).split("\n"))
         print(f"recbole_mm: error: {message}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+
+
+def one_line(text: object) -> str:
+    """``text`` with its whitespace runs, newlines included, made single spaces: for one-line messages."""
+    return " ".join(str(text).split())
 
 
 def warn_user(message: str) -> None:

@@ -32,7 +32,7 @@ import torch
 import yaml
 from conftest import REPO, planted_config, write_planted_dataset
 
-from recbole_mm import analysis, checkpoint, cli, features, storage
+from recbole_mm import analysis, checkpoint, cli, encoders, features, storage
 from recbole_mm.benchmark import command as bench_command
 from recbole_mm.benchmark import runner as bench_runner
 from recbole_mm import download
@@ -176,7 +176,7 @@ def test_recboles_own_run_recbole_follows_log_dir(tmp_path, monkeypatch):
 
 
 # ---- 3. feature extraction --------------------------------------------------------------------------
-class StubEncoder(features.Encoder):
+class StubEncoder(encoders.Encoder):
     """Deterministic text encoder: (length, spaces, 1)."""
 
     name, dim = "stub", 3
@@ -188,9 +188,9 @@ class StubEncoder(features.Encoder):
 KILLED_EXTRACTION = textwrap.dedent("""
     import os, signal, sys
     import numpy as np
-    from recbole_mm import features
+    from recbole_mm import encoders, features
 
-    class Dying(features.Encoder):
+    class Dying(encoders.Encoder):
         name, dim = "dying", 3
         calls = 0
         def encode_text(self, texts):
@@ -200,7 +200,7 @@ KILLED_EXTRACTION = textwrap.dedent("""
             return np.ones((len(texts), 3), np.float32)
 
     features.make_encoder = lambda modality, spec: Dying()
-    features.EncoderSpec.check = lambda self, modalities: None
+    encoders.EncoderSpec.check = lambda self, modalities: None
     features.main(sys.argv[1:])
 """)
 
@@ -217,7 +217,7 @@ def test_a_killed_extraction_leaves_a_temporary_file_that_the_next_run_removes(t
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     [stale] = out.glob(".text_feat.npy.*.tmp")
     monkeypatch.setattr(features, "make_encoder", lambda modality, spec: StubEncoder())
-    monkeypatch.setattr(features.EncoderSpec, "check", lambda self, modalities: None)
+    monkeypatch.setattr(encoders.EncoderSpec, "check", lambda self, modalities: None)
     features.main(args)
     assert tree(out) == ["text_feat.npy"] and not stale.exists()
     assert np.load(out / "text_feat.npy")[7].tolist() == [6.0, 1.0, 1.0]
@@ -227,7 +227,7 @@ def test_feature_output_folder_faults_are_one_line(tmp_path, monkeypatch):
     items = tmp_path / "items.tsv"
     pd.DataFrame({"itemID": [0, 1], "text": ["a", "b c"]}).to_csv(items, sep="\t", index=False)
     monkeypatch.setattr(features, "make_encoder", lambda modality, spec: StubEncoder())
-    monkeypatch.setattr(features.EncoderSpec, "check", lambda self, modalities: None)
+    monkeypatch.setattr(encoders.EncoderSpec, "check", lambda self, modalities: None)
     blocker = tmp_path / "afile"
     blocker.write_text("")
     line = one_line(features.main, str(items), "--output-dir", f"{blocker}/ds", "--no-progress")
@@ -512,7 +512,7 @@ SANDBOX_DRIVER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[1])
     import numpy as np
     import recbole_mm
-    from recbole_mm import cli, download, features
+    from recbole_mm import cli, download, encoders, features
     from recbole_mm.benchmark import command as bench_command
     from recbole_mm.errors import exit_on_user_error
     import test_faults
@@ -524,7 +524,7 @@ SANDBOX_DRIVER = textwrap.dedent("""
     download.DATASETS = {"amazon-baby": download.RemoteDataset("baby", (download.RemoteFile(
         "baby.inter", len(data), hashlib.sha256(data).hexdigest()),))}
     features.make_encoder = lambda modality, spec: test_faults.StubEncoder()
-    features.EncoderSpec.check = lambda self, modalities: None
+    encoders.EncoderSpec.check = lambda self, modalities: None
 
     def call(main, *args, cwd=tmp):
         os.chdir(cwd)
@@ -654,7 +654,7 @@ def _with(patches: list[tuple], call):
 
 
 _STUB_FEATURES = [(features, "make_encoder", lambda modality, spec: StubEncoder()),
-                  (features.EncoderSpec, "check", lambda self, modalities: None)]
+                  (encoders.EncoderSpec, "check", lambda self, modalities: None)]
 _PLANTED = ("--dataset=planted", "--data_path=data", "--USER_ID_FIELD=userID", "--ITEM_ID_FIELD=itemID",
             "--epochs=1", "--show_progress=False")
 _VBPR = ("--model=VBPR", *_PLANTED)

@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from recbole_mm import features
+from recbole_mm import encoders, features
 from recbole_mm.errors import exit_on_user_error
 from recbole_mm.errors import RecBoleMMError
 
@@ -96,7 +96,7 @@ def tiny_clip(tmp_path_factory) -> Path:
     return folder
 
 
-class FakeEncoder(features.Encoder):
+class FakeEncoder(encoders.Encoder):
     """Deterministic stand-in: text → (length, vowels, spaces, 1); image → mean RGB and 1."""
 
     name = "fake"
@@ -124,7 +124,7 @@ class FakeEncoder(features.Encoder):
 def fake_encoder(monkeypatch):
     encoder = FakeEncoder()
     monkeypatch.setattr(features, "make_encoder", lambda modality, spec: encoder)
-    monkeypatch.setattr(features.EncoderSpec, "check", lambda self, modalities: None)
+    monkeypatch.setattr(encoders.EncoderSpec, "check", lambda self, modalities: None)
     return encoder
 
 
@@ -295,7 +295,7 @@ def test_failed_run_leaves_no_partial_file_and_keeps_the_old_one(tmp_path, monke
     out = tmp_path / "ds"
     encoder = FakeEncoder(fail_after=2)
     monkeypatch.setattr(features, "make_encoder", lambda modality, spec: encoder)
-    monkeypatch.setattr(features.EncoderSpec, "check", lambda self, modalities: None)
+    monkeypatch.setattr(encoders.EncoderSpec, "check", lambda self, modalities: None)
     with pytest.raises(RuntimeError, match="died mid-way"):
         features.main([str(items), "-o", str(out), "--batch-size", "3", "--no-progress"])
     assert encoder.calls == 3

@@ -27,9 +27,9 @@ import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 from recbole.sampler import Sampler
 
+from recbole_mm.data.files import SPLIT_LABEL  # 0/1/2 = train/valid/test
 from recbole_mm.errors import DataError, RecBoleMMError, config_choice
 
-SPLIT_LABEL = "x_label"  # as recbole_mm.data.files: 0/1/2 = train/valid/test
 COLD_VALID_DEFAULT = 0.1  # cold_start_valid_items when unset: a tenth of the training items validate
 
 
