@@ -216,3 +216,17 @@ def test_readme_is_a_short_front_page_that_opens_with_the_two_commands():
     ]
     # CI runs the README's test command.
     assert ".venv/bin/python -m pytest -q tests" in (REPO / ".ci" / "run").read_text(encoding="utf-8")
+
+
+# ---- the package layout ----------------------------------------------------------------------------
+def test_layout_table_names_every_module_of_the_package():
+    """docs/layout.md's table is the note of what lives where: every module and sub-package of recbole_mm
+    (model files aside) has a row, and every row names something that is there."""
+    package = REPO / "recbole_mm"
+    rows = markdown_tables((REPO / "docs" / "layout.md").read_text(encoding="utf-8"), "layout table")[0][1]
+    listed = [row["module"].strip("`") for row in rows]
+    present = {p.name + ("/" if p.is_dir() else "") for p in package.iterdir()
+               if (p.is_dir() and (p / "__init__.py").is_file()) or p.suffix == ".py"}
+    assert sorted(listed) == sorted(present)
+    assert all(row["purpose"] for row in rows)
+
