@@ -84,10 +84,12 @@ def test_import_recbole_mm_alone_loads_neither_and_its_names_come_on_use():
     done = _python("-c", "import sys, recbole_mm\n"
                          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'recbole')))\n"
                          "print(recbole_mm.run_recbole.__module__, recbole_mm.MultiModalDataset.__name__)\n"
-                         "from recbole_mm import recommend\nprint(recommend.__module__)")
+                         "from recbole_mm import recommend\nprint(recommend.__module__)\n"
+                         "print(recbole_mm.quick_start.run.__name__, recbole_mm.checkpoint.__name__)\n"
+                         "print(hasattr(recbole_mm, 'no_such_thing'))")
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[:3] == ["[]", "recbole_mm.quick_start MultiModalDataset",
-                                           "recbole_mm.recommendations"]
+    assert done.stdout.split("\n")[:5] == ["[]", "recbole_mm.quick_start MultiModalDataset",
+                                           "recbole_mm.recommendations", "run recbole_mm.checkpoint", "False"]
 
 
 def test_recbole_first_then_recbole_mm_installs_at_once():
