@@ -130,11 +130,16 @@ def read_config_file(path: str) -> dict:
     return data
 
 
+# Where each setting of a Config came from, recorded by recbole_mm.registry while RecBole merges the layers
+# (attribute names on the Config, each holding key → source): the config files' keys (later files win), and
+# the keys the plugin's model and dataset yaml files set.
+FILE_SOURCES = "_recbole_mm_file_sources"
+INTERNAL_SOURCES = "_recbole_mm_internal_sources"
+
+
 def where_set(config: Any, key: str) -> str:
     """Where ``config[key]`` came from, in RecBole's precedence order (highest first), as the merge recorded
     it (:mod:`recbole_mm.registry`: config files, the plugin's model and dataset yaml files)."""
-    from recbole_mm.registry import FILE_SOURCES, INTERNAL_SOURCES
-
     if key in (getattr(config, "cmd_config_dict", None) or {}):
         return "set on the command line"
     if key in (getattr(config, "variable_config_dict", None) or {}):

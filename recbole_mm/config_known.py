@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from recbole_mm.config_files import quiet_yaml
+from recbole_mm.config_files import FILE_SOURCES, quiet_yaml
 from recbole_mm.config_specs import PLUGIN_SCHEMA, RECBOLE_MODEL_SCHEMAS, RECBOLE_SCHEMA, ConfigError
 from recbole_mm.errors import warn_user
 
@@ -133,8 +133,6 @@ def _settings_of_other_models() -> dict[str, tuple[str, ...]]:
 def user_settings(config: Any) -> dict[str, str]:
     """The keys the user gave, each with where: ``command line``, ``config_dict`` or ``config file X``
     (the highest-precedence source when a key is given twice)."""
-    from recbole_mm.registry import FILE_SOURCES
-
     files = getattr(config, FILE_SOURCES, None) or {}
     given = {key: f"config file {files[key]}" if key in files else "a config file"
              for key in getattr(config, "file_config_dict", None) or {}}

@@ -75,16 +75,12 @@ def _read_yaml(path: os.PathLike, what: str) -> dict:
     return load_yaml_file(path, what) or {}
 
 
-# Where each setting of a Config came from, recorded while the layers are merged (key → text for messages):
-# the config files' keys (later files win) and the keys the plugin's model and dataset yaml files set.
-FILE_SOURCES = "_recbole_mm_file_sources"
-INTERNAL_SOURCES = "_recbole_mm_internal_sources"
-
-
 def _extend_internal_config(original):
+    from recbole_mm.config_files import INTERNAL_SOURCES
+
     def _load_internal_config_dict(self, model, model_class, dataset):
         original(self, model, model_class, dataset)
-        sources = {}
+        sources = {}  # key → where it was set, for messages (config_files.where_set)
         setattr(self, INTERNAL_SOURCES, sources)
         recbole_props = os.path.join(os.path.dirname(recbole.__file__), "properties", "dataset")
         # Keys that RecBole's own dataset-level yamls set outrank a model yaml.
@@ -143,6 +139,7 @@ def _settings_are_data(config_class) -> None:
     safe loader that refuses ``!!python/...`` tags, naming the file; the settings that a RecBole model runs
     as code (KD_DAGFM's ``teacher``) must be one of the names it allows."""
     from recbole_mm import config_check, config_files
+    from recbole_mm.config_files import FILE_SOURCES
 
     config_class._convert_config_dict = config_files.convert_config_dict
     config_class._build_yaml_loader = config_files.build_yaml_loader
