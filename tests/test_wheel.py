@@ -3,6 +3,7 @@ its recbole-mm command trains, recommends and shows the download help from a fol
 
 from __future__ import annotations
 
+import json
 import os
 import site
 import subprocess
@@ -61,15 +62,20 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     assert recommend.returncode == 0, recommend.stderr[-2000:]
     rows = recommend.stdout.splitlines()
     assert rows[0] == "user,rank,item,score" and [r.split(",")[0] for r in rows[1:]] == ["0"] * 10 + ["1"] * 10 + ["2"] * 10
-    # The download command starts without torch or RecBole (python -X importtime lists every import).
-    helped = subprocess.run([str(python), "-X", "importtime", str(command), "download", "--help"],
+    helped = subprocess.run([str(command), "download", "--help"], capture_output=True, text=True, cwd=workdir,
+                            env=env, timeout=600)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: recbole-mm download "), helped.stderr[-2000:]
+    assert "--data-path" in helped.stdout
+    # The same console script, run in an interpreter that then lists what it imported: no torch, no RecBole.
+    listed = subprocess.run([str(python), "-c", "import json, runpy, sys\n"
+                             f"sys.argv = [{str(command)!r}, 'download', '--help']\n"
+                             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\nexcept SystemExit:\n    pass\n"
+                             "print('IMPORTED', json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
+                             "('torch', 'recbole', 'recbole_mm'))))"],
                             capture_output=True, text=True, cwd=workdir, env=env, timeout=600)
-    assert helped.returncode == 0 and "--data-path" in helped.stdout, helped.stderr[-2000:]
-    assert helped.stdout.startswith("usage: recbole-mm download ")
-    imported = {line.rsplit("|", 1)[1].strip() for line in helped.stderr.splitlines()
-                if line.startswith("import time:") and line.count("|") == 2}
-    assert "recbole_mm.download" in imported
-    assert not {m for m in imported if m.split(".")[0] in ("torch", "recbole")}
+    imported = json.loads(listed.stdout.rsplit("IMPORTED ", 1)[1]) if "IMPORTED " in listed.stdout else None
+    assert imported and "recbole_mm.download" in imported, listed.stderr[-2000:]
+    assert not [m for m in imported if m.split(".")[0] in ("torch", "recbole")], imported
     # An installed copy is told to install the extra by the package's name (a checkout, by its path).
     hint = subprocess.run([str(python), "-c", "from recbole_mm.resources import install_command; "
                            "print(install_command('download'))"], capture_output=True, text=True, cwd=workdir,
