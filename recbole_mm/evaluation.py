@@ -62,18 +62,7 @@ class PerUserCollector(Collector):
         self._batches.append(interaction[self.config["USER_ID_FIELD"]].detach().cpu().long())
 
     def get_data_struct(self):
-        # RecBole 1.2.1 moves every collected entry to the CPU with .cpu(), including the int and Counter
-        # that data_collect stores for ItemCoverage/GiniIndex/AveragePopularity/TailPercentage (AttributeError:
-        # 'int' object has no attribute 'cpu'): they are set aside for that step and put back.
-        plain = {k: v for k, v in self.data_struct._data_dict.items() if not isinstance(v, torch.Tensor)}
-        for key in plain:
-            del self.data_struct[key]
-        try:
-            struct = super().get_data_struct()
-        finally:
-            self.data_struct._data_dict.update(plain)
-        for key, value in plain.items():
-            struct.set(key, value)
+        struct = super().get_data_struct()  # beyond-accuracy entries: compat fix 20
         self.users = torch.cat(self._batches) if self._batches else torch.zeros(0, dtype=torch.long)
         self._batches = []
         return struct

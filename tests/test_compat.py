@@ -297,3 +297,32 @@ def test_hyper_tuning_output_comes_in_whole_lines(planted, capsys, tmp_path):
                                       for line in training), err
     assert any("2/2" in part for part in captured.out.split("\r")), "hyperopt's progress bar is kept"
     assert sys.stdout is not None and not isinstance(sys.stdout, hyper_tuning._LineBufferedTqdmFile)
+
+
+# --- 20: beyond-accuracy metrics in the evaluation collector ------------------------------------
+def test_beyond_accuracy_metrics_collect_and_evaluate():
+    """ItemCoverage and AveragePopularity from RecBole's own Collector and Evaluator equal the counts done by
+    hand; RecBole 1.2.1 unpatched fails in get_data_struct on the int item count."""
+    from collections import Counter
+
+    from recbole.evaluator import Collector, Evaluator
+
+    config = {"metrics": ["ItemCoverage", "AveragePopularity"], "topk": [2], "device": torch.device("cpu"),
+              "eval_args": {"mode": {"test": "full"}}, "metric_decimal_place": 4, "ITEM_ID_FIELD": "item_id"}
+
+    class TrainData:  # what data_collect reads from a train loader
+        class dataset:
+            iid_field = "item_id"
+            item_counter = Counter({1: 5, 2: 1, 3: 2, 4: 7})
+
+            @staticmethod
+            def num(field):
+                return 6
+
+    collector = Collector(config)
+    collector.data_collect(TrainData)
+    scores = torch.tensor([[0.0, 0.9, 0.1, 0.8, 0.2, 0.3], [0.0, 0.1, 0.9, 0.2, 0.8, 0.3]])
+    collector.eval_batch_collect(scores, None, torch.tensor([0]), torch.tensor([1]))
+    result = Evaluator(config).evaluate(collector.get_data_struct())
+    assert result["itemcoverage@2"] == round(4 / 6, 4)  # items 1, 3 and 2, 4 of six
+    assert result["averagepopularity@2"] == round(((5 + 2) / 2 + (1 + 7) / 2) / 2, 4)

@@ -21,6 +21,7 @@ module                    fixes
 ``torch_deprecations``    13, 14: ``torch.cuda.amp``, ``torch.sparse.FloatTensor``
 ``pickles``               17-19: pickled caches and arrays
 ``ensure_dir``            RecBole's check-then-create folder race
+``collector``             20: beyond-accuracy metrics crash the evaluation collector
 ========================  ==========================================================
 """
 
@@ -30,7 +31,7 @@ import importlib
 
 # In install order: ray first (recbole.quick_start imports it), numpy's aliases before any Config.
 FIXES = ("ray_stub", "numpy2", "scipy_dok", "pandas3", "torch_deprecations", "hyper_tuning", "ensure_dir",
-         "pickles", "checkpoints")
+         "pickles", "checkpoints", "collector")
 _installed = False
 
 
