@@ -5,7 +5,10 @@
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src BM3 n_layers=1 dropout=0.5 reg_weight=0.1
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src MGCN cl_loss=0.01
 
-One grid point (each key=value replaces the list of MMRec's model yaml), seed 999, on the CPU. MMRec reads
+One grid point (each key=value replaces the list of MMRec's model yaml; a key that is not one of its
+hyper-parameters, e.g. ``epochs=3``, is set as it is), seed 999, on the CPU. At the end it prints each
+training epoch's loss at full precision and the process's CPU seconds in it (one-thread side-by-side
+timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch``). MMRec reads
 configs/ from its working directory and MGCN writes its item graphs next to the data, so both live in a
 temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
 ``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's removed
@@ -19,6 +22,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import types
 from pathlib import Path
 
@@ -68,11 +72,28 @@ def main(src: str, model: str, *overrides: str) -> None:
         (work / "data" / "tiktok" / name).symlink_to(TIKTOK / name)
     os.chdir(work)
     sys.path.insert(0, str(Path(src).resolve()))
+    import yaml
+    from common.trainer import Trainer
     from utils.quick_start import quick_start
 
+    epochs: list[tuple[float, float]] = []  # (train loss, CPU seconds) per training epoch
+    train_epoch = Trainer._train_epoch
+
+    def timed_train_epoch(self, *args, **kwargs):
+        start = time.process_time()
+        result = train_epoch(self, *args, **kwargs)
+        loss = result[0]
+        epochs.append((float(sum(loss) if isinstance(loss, tuple) else loss), time.process_time() - start))
+        return result
+
+    Trainer._train_epoch = timed_train_epoch
+    grid = yaml.safe_load((work / "configs" / "model" / f"{model}.yaml").read_text()).get("hyper_parameters", [])
     config = {"use_gpu": False, "gpu_id": 0, "data_path": str(work / "data") + "/", "seed": [999]}
-    config.update({k: [parse(v)] for k, v in (kv.split("=", 1) for kv in overrides)})
+    config.update({k: [parse(v)] if k in grid or k == "seed" else parse(v)
+                   for k, v in (kv.split("=", 1) for kv in overrides)})
     quick_start(model=model, dataset="tiktok", config_dict=config, save_model=False)
+    for epoch, (loss, cpu) in enumerate(epochs):
+        print(f"epoch {epoch}: train loss {loss!r}, {cpu:.2f} CPU s")
     print("MMRec's log is under", work / "log")
 
 

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 import fidelity
 from builders import build_planted
 import recbole_mm
-from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.losses import bpr_loss
 
 
@@ -104,9 +103,10 @@ def test_gradients_reach_every_parameter(planted_model, train_embeddings):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
 
-def test_latent_dims_must_name_modalities(planted_model):
-    with pytest.raises(RecBoleMMError, match="latent_dims"):
-        planted_model(latent_dims={"video": 8})
+def test_latent_dims_of_an_absent_modality_warn(planted_model, caplog):
+    model, _ = planted_model(latent_dims={"video": 8, "text": 4})
+    assert "MMGCN latent_dims names video" in caplog.text
+    assert model.branches["image"].mlp is None and model.branches["text"].mlp.out_features == 4
 
 
 def test_deterministic_on_cpu(planted):

@@ -17,6 +17,7 @@ As in both reference codes, E and P are fixed random draws unless ``train_embedd
 from __future__ import annotations
 
 import math
+from logging import getLogger
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +25,6 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config_check import Bool, Choice, Float, Int, MappingOf
-from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency
 from recbole_mm.model.losses import bpr_loss
@@ -94,10 +94,12 @@ class MMGCN(MultiModalRecommender):
         self.concat = config["concat"]  # G_l([h ‖ x̂]) rather than G_l(h) + x̂
         self.reg_weight = config["reg_weight"]
         latent_dims = dict(config["latent_dims"] or {})
-        unknown = sorted(set(latent_dims) - set(self.modalities))
-        if unknown:
-            raise RecBoleMMError(f"MMGCN latent_dims: {unknown} are not modalities of this dataset "
-                                 f"({self.modalities}); name only those, e.g. {{image: 256}}, or set latent_dims: ~")
+        absent = sorted(set(latent_dims) - set(self.modalities))
+        if absent:
+            # The default names image; a dataset without one runs with its modalities' raw features.
+            getLogger().warning(f"MMGCN latent_dims names {', '.join(absent)}, not a modality of this dataset "
+                                f"({', '.join(self.modalities)}): those entries are unused; set latent_dims "
+                                "for this dataset's modalities (or ~) to silence this")
 
         # Modalities in declaration order, then the ID embeddings: the references' creation order.
         self.branches = nn.ModuleDict({
