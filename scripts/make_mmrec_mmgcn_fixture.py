@@ -4,7 +4,7 @@ initial weights drawn after ``torch.manual_seed(0)``, two batches, the loss and 
 the model differentiates (its parameters and its fixed ID embeddings / user preferences), and the
 full-ranking scores.
 
-    /work/refvenv/bin/python scripts/make_mmrec_mmgcn_fixture.py /path/to/MMRec/src
+    python scripts/make_mmrec_mmgcn_fixture.py /path/to/MMRec/src
 
 MMRec (GPL) is imported from the path given, never copied: the fixture holds only numbers. MMRec's MMGCN
 needs torch_geometric (MessagePassing). Not run in CI; tests/test_mmgcn.py loads the fixture.

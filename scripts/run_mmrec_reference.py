@@ -13,11 +13,13 @@ configs/ from its working directory and MGCN writes its item graphs next to the 
 temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
 ``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's removed
 ``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, and the image-loading helpers
-(torchvision, lmdb; only used with raw images) are stubbed. MMRec's protocol: test masks training items only.
+(torchvision, lmdb; only used with raw images) and, when absent, matplotlib (the trainer's loss plot) are
+stubbed. MMRec's protocol: test masks training items only.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -47,6 +49,9 @@ def install_shims() -> None:
     if not hasattr(sp.dok_matrix, "_update"):
         sp.dok_matrix._update = lambda self, entries: [self.__setitem__(k, v) for k, v in entries.items()]
     sys.modules.setdefault("lmdb", types.ModuleType("lmdb"))
+    if importlib.util.find_spec("matplotlib") is None:  # imported by MMRec's trainer for a plot it never draws here
+        sys.modules["matplotlib"] = types.ModuleType("matplotlib")
+        sys.modules["matplotlib.pyplot"] = types.ModuleType("matplotlib.pyplot")
     data_utils = types.ModuleType("utils.data_utils")
     for name in ("ImageResize", "ImagePad", "image_to_tensor", "load_decompress_img_from_lmdb_value"):
         setattr(data_utils, name, None)
