@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_mm import checkpoint as ckpt
 from recbole_mm.errors import CheckpointError, RecBoleMMError
-from recbole_mm.speedups import Collector, multi_tensor
+from recbole_mm.speedups import Collector, RowGradients, multi_tensor
 
 LAST_SUFFIX = ".last.pth"
 
@@ -140,10 +140,22 @@ class Trainer(RecBoleTrainer):
         self.eval_collector = Collector(config)  # RecBole's results, without its dense positives matrix
 
     def _build_optimizer(self, **kwargs):
-        """RecBole's optimizer, with Adam/AdamW run multi-tensor (``foreach``): torch's CPU default updates
-        one tensor at a time; the multi-tensor path gives the same update bit for bit, 2-3x faster per
-        step on embedding tables; fused instead for models that opt in (``fused_adam``, GUME)."""
-        return multi_tensor(super()._build_optimizer(**kwargs), fused=getattr(self.model, "fused_adam", False))
+        """RecBole's optimizer with the per-step machinery every model gets (docs/adding-a-model.md):
+
+        - Adam/AdamW run fused (torch's one-kernel-per-parameter update: the same update up to float
+          rounding, several times faster on CPU than torch's default of one tensor at a time), or
+          multi-tensor (``foreach``: bit for bit torch's default) for a model class that sets
+          ``fused_adam = False``; RecBole's own models (LightGCN, BPR) trained here get it too;
+        - embedding tables a model marks ``rows_only`` get row-sparse gradients, densified into a
+          persistent buffer just before the step (:class:`~recbole_mm.speedups.RowGradients`); not with
+          ``clip_grad_norm`` (which would see the sparse gradient) nor across processes (DDP).
+        """
+        fused = getattr(self.model, "fused_adam", True)
+        optimizer = multi_tensor(super()._build_optimizer(**kwargs), fused=fused)
+        self.row_gradients = None
+        if self.config["clip_grad_norm"] is None and self.config["single_spec"] is not False:
+            self.row_gradients = RowGradients.attach(self.model, optimizer)
+        return optimizer
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):
         start = perf_counter()

@@ -1,6 +1,7 @@
 """Speed-ups that must not change results, pinned to the computations they replace: the trainer's
-top-k collector (against RecBole's Collector), its multi-tensor Adam (against torch's default) and GUME's
-fused Adam (against multi-tensor, within rounding)."""
+top-k collector (against RecBole's Collector), its multi-tensor Adam (against torch's default), the fused
+Adam every model gets (against multi-tensor, within rounding) and the row-sparse gradients of FREEDOM's
+feature tables (against dense gradients and the same optimizer)."""
 
 from __future__ import annotations
 
@@ -67,13 +68,17 @@ def _five_steps_with_the_same_gradients(trainer, params: list, reference) -> Non
         reference.step()
 
 
-def test_multi_tensor_adam_is_bitwise_torchs_default(planted):
+def test_multi_tensor_adam_is_bitwise_torchs_default(planted, monkeypatch):
+    """A model class with ``fused_adam = False`` gets multi-tensor Adam: torch's default update, bit for bit."""
+    from recbole_mm.model.general_recommender.vbpr import VBPR
+
+    monkeypatch.setattr(VBPR, "fused_adam", False)
     root, config_dict = planted
     config = make_config("VBPR", "planted", config_dict={**config_dict, "weight_decay": 1e-4})
     dataset = create_dataset(config)
     train, _, _ = prepare_data(config, dataset)
     trainer = make_trainer(config, _build_model(config, train))
-    assert all(group["foreach"] for group in trainer.optimizer.param_groups)
+    assert all(group["foreach"] and not group.get("fused") for group in trainer.optimizer.param_groups)
     params = [torch.nn.Parameter(p.detach().clone()) for p in trainer.model.parameters()]
     reference = torch.optim.Adam(params, lr=config["learning_rate"], weight_decay=1e-4, foreach=False)
     _five_steps_with_the_same_gradients(trainer, params, reference)
@@ -81,21 +86,77 @@ def test_multi_tensor_adam_is_bitwise_torchs_default(planted):
         assert torch.equal(p, q)
 
 
-
-def test_gume_trains_with_fused_adam_within_rounding_of_multi_tensor(planted):
-    """GUME opts in to torch's fused Adam: the trainer builds it fused (other models stay multi-tensor,
-    bit for bit), and five steps agree with the multi-tensor update up to float rounding."""
+@pytest.mark.parametrize("model_name", ["GUME", "VBPR", "FREEDOM"])
+def test_every_model_trains_with_fused_adam_within_rounding_of_multi_tensor(planted, model_name):
+    """The trainer builds Adam fused for every model (one place: Trainer._build_optimizer), and five
+    steps agree with the multi-tensor update up to float rounding."""
     root, config_dict = planted
-    config = make_config("GUME", "planted", config_dict={**config_dict, "knn_k": 5})
+    config = make_config(model_name, "planted", config_dict={**config_dict, "knn_k": 5, "feat_embed_dim": 16,
+                                                                 "weight_decay": 1e-4})
     dataset = create_dataset(config)
     train, _, _ = prepare_data(config, dataset)
     trainer = make_trainer(config, _build_model(config, train))
     assert all(group["fused"] for group in trainer.optimizer.param_groups)
     params = [torch.nn.Parameter(p.detach().clone()) for p in trainer.model.parameters()]
-    reference = torch.optim.Adam(params, lr=config["learning_rate"], foreach=True)
+    reference = torch.optim.Adam(params, lr=config["learning_rate"], weight_decay=1e-4, foreach=True)
     _five_steps_with_the_same_gradients(trainer, params, reference)
     for p, q in zip(trainer.model.parameters(), params):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def _freedom_trainer(planted, **extra):
+    root, config_dict = planted
+    config = make_config("FREEDOM", "planted", config_dict={**config_dict, "knn_k": 5, "feat_embed_dim": 16,
+                                                                "reg_weight": 0.1, **extra})
+    dataset = create_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    return make_trainer(config, _build_model(config, train)), train
+
+
+def test_row_sparse_feature_gradients_give_the_dense_step(planted):
+    """FREEDOM's feature tables (read by the batch's rows only) get row-sparse gradients in the trainer;
+    each step equals the dense-gradient step of the same optimizer (momentum of untouched rows included),
+    and the persistent buffer holds zeros again after every step."""
+    trainer, train = _freedom_trainer(planted, train_batch_size=64)
+    model = trainer.model
+    tables = list(model.raw_features.values())
+    assert trainer.row_gradients is not None and all(t.sparse for t in tables)
+    # The reference: a copy of the model with ordinary dense-gradient tables and its own fused Adam.
+    import copy
+
+    reference = copy.deepcopy(model)
+    for table in reference.raw_features.values():
+        table.sparse = False
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=trainer.optimizer.defaults["lr"], fused=True)
+    batches = iter(train)
+    for step in range(4):
+        batch = next(batches)
+        for m, opt in ((model, trainer.optimizer), (reference, ref_opt)):
+            opt.zero_grad(set_to_none=True)
+            torch.manual_seed(step)  # the same pruned graph draw for both
+            m.calculate_loss(batch).backward()
+        assert all(t.weight.grad.is_sparse for t in tables)
+        dense_grads = [t.weight.grad.to_dense() for t in tables]
+        trainer.optimizer.step()
+        ref_opt.step()
+        for table, ref_table, grad in zip(tables, reference.raw_features.values(), dense_grads):
+            torch.testing.assert_close(ref_table.weight.grad, grad, rtol=1e-6, atol=1e-9)
+            assert torch.count_nonzero(table.weight.grad) == 0  # the buffer, cleared after the step
+        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=name)
+    # Momentum moves rows the last batch did not touch, as with dense gradients.
+    untouched = torch.ones(model.n_items, dtype=torch.bool)
+    untouched[batch[model.ITEM_ID]] = False
+    untouched[batch[model.NEG_ITEM_ID]] = False
+    state = trainer.optimizer.state[tables[0].weight]
+    assert untouched.any() and state["exp_avg"][untouched].abs().sum() > 0
+
+
+def test_row_sparse_gradients_not_with_gradient_clipping(planted):
+    """clip_grad_norm would measure the sparse gradient: the tables then keep dense gradients."""
+    trainer, _ = _freedom_trainer(planted, clip_grad_norm={"max_norm": 5})
+    assert trainer.row_gradients is None
+    assert not any(t.sparse for t in trainer.model.raw_features.values())
 
 
 def test_vbpr_loss_and_gradients_match_the_two_call_computation(planted):

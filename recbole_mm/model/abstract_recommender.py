@@ -76,6 +76,10 @@ class MultiModalRecommender(GeneralRecommender):
     so ``full_sort_predict`` computes them once per evaluation pass; ``train()``/``eval()`` clear it.
     """
 
+    # The trainer runs Adam/AdamW fused for every model (recbole_mm.speedups.multi_tensor: the same update up
+    # to float rounding); a model whose update must equal torch's default bit for bit sets this to False.
+    fused_adam = True
+
     # Keys every multimodal model reads (recbole_mm.config_check); a subclass adds its own. Each key is
     # validated here, in its schema, and nowhere else: the models read the values as they are.
     config_schema = {
@@ -112,13 +116,21 @@ class MultiModalRecommender(GeneralRecommender):
         """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""
         return getattr(self, f"features_{name}")
 
-    def trainable_feature_tables(self) -> torch.nn.ModuleDict:
+    def trainable_feature_tables(self, rows_only: bool = False) -> torch.nn.ModuleDict:
         """Per modality, a trainable ``nn.Embedding`` initialised from the features (a copy: the buffer
         stays as loaded, for building graphs), for models that fine-tune their raw features (the MMRec
-        models' ``from_pretrained(feat, freeze=False)``: FREEDOM, LATTICE, BM3, MGCN)."""
-        return torch.nn.ModuleDict({
+        models' ``from_pretrained(feat, freeze=False)``: FREEDOM, LATTICE, BM3, MGCN).
+
+        ``rows_only=True``: the model reads the tables only by calling them on the batch's item ids (never
+        ``.weight`` as a whole); the trainer then gives them row-sparse gradients and the same optimizer
+        step (:class:`recbole_mm.speedups.RowGradients`), which saves a dense ``[items, dim]`` gradient per
+        table and step. The tables stay ordinary dense-gradient embeddings outside recbole_mm's trainer."""
+        tables = torch.nn.ModuleDict({
             m: torch.nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
         })
+        for table in tables.values():
+            table.rows_only = rows_only
+        return tables
 
     # ---- building blocks of a model's __init__ ---------------------------------------------------
     # Each creates its parameters in a fixed order (users before items, modalities in declaration

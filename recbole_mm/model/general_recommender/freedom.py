@@ -42,8 +42,8 @@ class FREEDOM(MultiModalRecommender):
 
         self.user_embedding, self.item_embedding = self.id_embeddings(d)
         # Raw features are trainable tables initialised from the files (as the original); the item graph
-        # is built once from these initial values.
-        self.raw_features = self.trainable_feature_tables()
+        # is built once from these initial values. Read only by the batch's rows (calculate_loss).
+        self.raw_features = self.trainable_feature_tables(rows_only=True)
         self.projections = self.feature_projections(d)
         self._build_graphs(config, dataset)
 

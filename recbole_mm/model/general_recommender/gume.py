@@ -34,10 +34,6 @@ class GUME(MultiModalRecommender):
         "bm_loss": Float(min=0), "um_loss": Float(min=0), "bm_temp": Float(min=0, min_open=True),
         "um_temp": Float(min=0, min_open=True), "um_noise_eps": Float(min=0),
     }
-    # Trained with torch's fused Adam (recbole_mm.speedups.multi_tensor): the same update up to float
-    # rounding, ~5-10 ms less per TikTok step than multi-tensor Adam (docs/gume.md, implementation notes).
-    fused_adam = True
-
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = config["embedding_size"]
