@@ -245,7 +245,10 @@ def align_features(array: np.ndarray, rows: np.ndarray, missing: np.ndarray, pol
         raise DataError(f"{path}: ids out of range: item {rows[out_of_range][0]} has no row "
                         f"({array.shape[0]} rows); row i of a feature file belongs to item id i")
     aligned = np.zeros((len(rows) + 1, array.shape[1]), dtype=np.float32)
-    aligned[1:] = array[rows]
+    # Row blocks: array[rows] of a float64 file would first copy the whole table in float64 (5.4 GiB for
+    # Electronics' 4096-d image features) before the cast; a block at a time the cast needs 4096 rows.
+    for start in range(0, len(rows), _ROW_CHUNK):
+        aligned[1 + start:1 + start + _ROW_CHUNK] = array[rows[start:start + _ROW_CHUNK]]
     lacking = np.isin(rows, missing)
     if lacking.any():
         if policy == "error":
