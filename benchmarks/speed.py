@@ -19,6 +19,20 @@ the checkouts, so a before/after pair is measured back to back; the report then 
 (this checkout / the other) and the largest relative difference of the per-epoch training losses, which
 must be ~0 for a change that keeps the function.
 
+``--mmrec SRC`` adds MMRec's own implementation of each model MMRec has (``MMREC_MODELS``), run from the
+``src`` folder of a copy of MMRec the user names (GPL: never vendored; ``--mmrec-python``, e.g. a venv with
+torch_geometric, runs it), with the shims and temporary layout of ``scripts/run_mmrec_reference.py`` and
+our settings of each model (``MMREC_SETTINGS``). Its cells alternate with ours, cell by cell, and the
+report gains the ratio table ours / MMRec's (CPU seconds per training epoch and per validation pass, peak
+RSS, loss difference, best epochs). MMRec's epoch is its ``_train_epoch`` plus its
+``pre_epoch_processing`` (FREEDOM's graph pruning, which our models do inside the first batch); its
+validation pass is the first of the two ``_valid_epoch`` calls after each epoch (the second is its test).
+
+``--check RTOL``: after the run, one line per model and pair of recbole_mm checkouts: the largest
+relative difference of the per-epoch training losses and the best epochs; exit status 1 when a loss
+differs by more than RTOL or the best epochs differ (the before/after check of a change that must keep
+the function: ``--repo HEAD --against main --check 1e-5``).
+
 Datasets: ``tiktok`` (shipped, with its features) and ``baby``: the shipped ``dataset/amazon-baby``
 interactions with **generated** features shaped as MMRec's (4096-d float64 image, 384-d float32 text;
 random, seeded), written to ``benchmarks/generated/`` (gitignored, or ``--generated DIR``). Baby
@@ -49,6 +63,18 @@ MODELS = ["GUME", "MMGEF", "VBPR", "LightGCN"]
 DATASETS = ["tiktok", "baby"]
 BABY_ITEMS = 7050
 BABY_FEATURES = {"image": (4096, "float64"), "text": (384, "float32")}  # MMRec's Baby files
+
+# Models MMRec has, and the MMRec settings that make each of its runs ours on TikTok (properties/model/*.yaml,
+# dataset_configs/tiktok.yaml's model_overrides, RecBole's LightGCN defaults); MMRec's grid keys take lists.
+MMREC_MODELS = ["VBPR", "LightGCN", "FREEDOM", "LATTICE", "BM3", "MGCN"]
+MMREC_SETTINGS = {
+    "VBPR": {"reg_weight": [1e-4]},
+    "LightGCN": {"n_layers": [2], "reg_weight": [1e-5]},
+    "FREEDOM": {"dropout": [0.8], "reg_weight": [1e-4]},
+    "LATTICE": {"reg_weight": [1e-5], "learning_rate": [0.001]},
+    "BM3": {"n_layers": [1], "dropout": [0.5], "reg_weight": [0.1]},
+    "MGCN": {"cl_loss": [0.001]},
+}
 
 # Settings of every timed cell: validation after each epoch, no early stop, no checkpoint writes.
 CELL_CONFIG = {"eval_step": 1, "stopping_step": 10**6, "seed": 999, "show_progress": False, "state": "WARNING"}
@@ -216,6 +242,112 @@ def cell_main(request: dict) -> dict:
     return cell
 
 
+def mmrec_cell_command(request: dict, src: Path, python: str) -> tuple[list[str], dict]:
+    """Command line and environment of one MMRec cell: this script's ``--mmrec-cell`` mode under ``python``."""
+    n = request["threads"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n), OPENBLAS_NUM_THREADS=str(n))
+    command = [python, str(HERE), "--mmrec-cell", json.dumps({**request, "mmrec_src": str(src)})]
+    if n == 1 and shutil.which("taskset"):
+        command = ["taskset", "-c", str(sorted(os.sched_getaffinity(0))[0]), *command]
+    return command, env
+
+
+def mmrec_cell_main(request: dict) -> dict:
+    """Inside an MMRec cell's process: train MMRec's implementation with its own quick start, timing its
+    trainer's epochs and validation passes in CPU seconds (as :func:`cell_main` times ours)."""
+    import resource
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import run_mmrec_reference as reference
+    import torch
+
+    torch.set_num_threads(request["threads"])
+    work = reference.prepare(request["mmrec_src"])
+    import utils.quick_start as mmrec_quick_start
+    from common.trainer import Trainer as MMRecTrainer
+
+    record: dict[str, list] = {"train": [], "valid": [], "pre": [], "loss": [], "score": [], "wall": [],
+                               "valid_wall": []}
+    original_train, original_valid = MMRecTrainer._train_epoch, MMRecTrainer._valid_epoch
+
+    def train_epoch(self, *args, **kwargs):
+        start, wall = time.process_time(), time.perf_counter()
+        out = original_train(self, *args, **kwargs)
+        record["train"].append(time.process_time() - start)
+        record["wall"].append(time.perf_counter() - wall)
+        loss = out[0]
+        record["loss"].append(float(sum(loss) if isinstance(loss, tuple) else loss))
+        return out
+
+    calls = []
+
+    def valid_epoch(self, *args, **kwargs):
+        start, wall = time.process_time(), time.perf_counter()
+        out = original_valid(self, *args, **kwargs)
+        calls.append(None)
+        if len(calls) % 2 == 1:  # after each epoch: validation, then the test split
+            record["valid"].append(time.process_time() - start)
+            record["valid_wall"].append(time.perf_counter() - wall)
+            record["score"].append(float(out[0]))
+        return out
+
+    MMRecTrainer._train_epoch, MMRecTrainer._valid_epoch = train_epoch, valid_epoch
+    original_get_model = mmrec_quick_start.get_model
+
+    def get_model(name):
+        cls = original_get_model(name)
+        pre = cls.pre_epoch_processing
+
+        def timed_pre(self, *args, **kwargs):
+            start = time.process_time()
+            try:
+                return pre(self, *args, **kwargs)
+            finally:
+                record["pre"].append(time.process_time() - start)
+
+        cls.pre_epoch_processing = timed_pre
+        return cls
+
+    mmrec_quick_start.get_model = get_model
+    config = {**reference.base_config(work), "epochs": request["epochs"], "eval_step": 1, "stopping_step": 10**6,
+              **MMREC_SETTINGS.get(request["model"], {})}
+    mmrec_quick_start.quick_start(model=request["model"], dataset="tiktok", config_dict=config, save_model=False)
+    shutil.rmtree(work, ignore_errors=True)
+    pre = record["pre"] + [0.0] * (len(record["train"]) - len(record["pre"]))
+    train_cpu = [t + p for t, p in zip(record["train"], pre)]
+    scores = record["score"]
+    return {
+        **request,
+        "recbole_mm": None,
+        "torch_threads": torch.get_num_threads(),
+        "device": "cpu",
+        "train_seconds": statistics.median(record["wall"]) if record["wall"] else None,
+        "eval_seconds": statistics.median(record["valid_wall"]) if record["valid_wall"] else None,
+        "train_seconds_all": record["wall"],
+        "eval_seconds_all": record["valid_wall"],
+        "train_cpu_seconds": statistics.median(train_cpu) if train_cpu else None,
+        "eval_cpu_seconds": statistics.median(record["valid"]) if record["valid"] else None,
+        "train_loss": record["loss"],
+        "valid_score": scores,
+        "best_epoch": scores.index(max(scores)) if scores else None,
+        "test": {},
+        "checkpoint": None,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def run_mmrec_cell_process(request: dict, src: Path, python: str) -> dict:
+    """Run one MMRec cell in a fresh process."""
+    command, env = mmrec_cell_command(request, src, python)
+    with tempfile.TemporaryDirectory(prefix="speed-mmrec-") as cwd:
+        out = subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env, check=False)
+    if out.returncode != 0:
+        lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+        return {**request, "failed": lines[-1] if lines else f"exit status {out.returncode}"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # ---- report -----------------------------------------------------------------------------------------
 def cell_id(cell: dict) -> tuple:
     return (cell["bench_dataset"], cell["model"], cell["threads"])
@@ -259,6 +391,7 @@ def ratios(after: list[dict], before: list[dict]) -> list[dict]:
             "eval_cpu": _ratio(new.get("eval_cpu_seconds"), ref.get("eval_cpu_seconds")),
             "rss": new["peak_rss_mib"] / ref["peak_rss_mib"],
             "loss_diff": max_relative_difference(new["train_loss"], ref["train_loss"]),
+            "best_epochs": (new.get("best_epoch"), ref.get("best_epoch")),
             "valid_diff": max_relative_difference(new["valid_score"], ref["valid_score"]),
             "before": ref, "after": new,
         })
@@ -315,16 +448,38 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
         on = f" (on {run.get('machine', {}).get('cpu', '?')})" if len(machines) > 1 else ""
         lines += [f"## Ratios: {run['checkout']['commit'][:12]} / {other['checkout']['commit'][:12]}{on}", "",
                   "Below 1 = faster / smaller now. Loss and valid diff: largest relative difference over the "
-                  "epochs of the per-epoch training loss and validation score (same function ⇒ ~0).", "",
-                  "| dataset | model | threads | epoch | eval | CPU epoch | CPU eval | peak RSS | loss diff | valid diff |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "epochs of the per-epoch training loss and validation score (same function ⇒ ~0); best epochs: "
+                  "the epoch of the best validation score, this run / the other (0-based).", "",
+                  "| dataset | model | threads | epoch | eval | CPU epoch | CPU eval | peak RSS | loss diff | valid diff "
+                  "| best epochs |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in rows:
             dataset, model, threads = row["id"]
+            best = row.get("best_epochs", (None, None))
             lines.append(f"| {dataset} | {model} | {threads} | {_num(row['epoch'])} | {_num(row['eval'])} | "
                          f"{_num(row['epoch_cpu'])} | {_num(row['eval_cpu'])} | {_num(row['rss'])} | "
-                         f"{_diff(row['loss_diff'])} | {_diff(row['valid_diff'])} |")
+                         f"{_diff(row['loss_diff'])} | {_diff(row['valid_diff'])} | {best[0]} / {best[1]} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def loss_check(runs: list[dict], rtol: float) -> tuple[list[str], bool]:
+    """Lines of the before/after check (every ratio pair of recbole_mm checkouts, MMRec's cells left out)
+    and whether every model kept its losses within ``rtol`` and its best epoch."""
+    lines, ok = [], True
+    for run, other in ratio_pairs(runs):
+        if run.get("mmrec") or other.get("mmrec"):
+            continue
+        for row in ratios(run["cells"], other["cells"]):
+            dataset, model, threads = row["id"]
+            after, before = row["best_epochs"]
+            passed = row["loss_diff"] is not None and row["loss_diff"] <= rtol and after == before
+            ok &= passed
+            losses = ", ".join(f"{a!r}/{b!r}" for a, b in zip(row["after"]["train_loss"], row["before"]["train_loss"]))
+            lines.append(f"{'PASS' if passed else 'FAIL'} {dataset} {model} {threads} thread(s): loss diff "
+                         f"{_diff(row['loss_diff'])} (rtol {rtol:g}), best epoch {after} / {before}; "
+                         f"losses {run['checkout']['commit'][:7]}/{other['checkout']['commit'][:7]}: {losses}")
+    return lines, ok
 
 
 def ratio_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
@@ -389,11 +544,20 @@ def run_all(args: argparse.Namespace, save=None) -> list[dict]:
         repos = [first] + [stack.enter_context(checkout(spec)) for spec in args.against]
         runs = [{"checkout": git_state(repo), "machine": machine(), "cells": [], "against": i > 0}
                 for i, repo in enumerate(repos)]
+        mmrec = Path(args.mmrec).resolve() if args.mmrec else None
+        if mmrec is not None:
+            repos.append(mmrec)
+            runs.append({"checkout": {"path": str(mmrec), "commit": "MMRec", "dirty": None,
+                                      "subject": f"MMRec's own implementation ({mmrec}, run by {args.mmrec_python})"},
+                         "machine": machine(), "cells": [], "against": True, "mmrec": True})
         for cell in plan_cells(args, generated):
             for repo, run in zip(repos, runs):
+                if run.get("mmrec") and (cell["model"] not in MMREC_MODELS or cell["bench_dataset"] != "tiktok"):
+                    continue
                 print(f"{run['checkout']['commit'][:12]} {cell['bench_dataset']} {cell['model']} "
                       f"{cell['threads']} thread(s)", flush=True)
-                result = run_cell_process(cell, repo)
+                result = (run_mmrec_cell_process(cell, repo, args.mmrec_python) if run.get("mmrec")
+                          else run_cell_process(cell, repo))
                 run["cells"].append(result)
                 if save:
                     save(runs)
@@ -419,10 +583,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", help="where to keep the raw cells (default: --out with .json)")
     parser.add_argument("--note", default="", help="a line for the report, e.g. what else ran on the machine")
     parser.add_argument("--report", nargs="+", metavar="JSON", help="only rewrite --out from saved cells")
+    parser.add_argument("--mmrec", metavar="SRC", help="also time MMRec's implementation from this src folder")
+    parser.add_argument("--mmrec-python", default=sys.executable,
+                        help="the Python that runs MMRec's cells (its torch and torch_geometric)")
+    parser.add_argument("--check", type=float, metavar="RTOL",
+                        help="print the before/after loss check; exit 1 when a model's losses differ by more "
+                             "than RTOL or its best epoch moved")
     parser.add_argument("--cell", help=argparse.SUPPRESS)  # internal: one cell, its JSON on stdout
+    parser.add_argument("--mmrec-cell", help=argparse.SUPPRESS)  # internal: one MMRec cell
     args = parser.parse_args(argv)
     if args.cell:
         print(json.dumps(cell_main(json.loads(args.cell)), default=str))
+        return
+    if args.mmrec_cell:
+        print(json.dumps(mmrec_cell_main(json.loads(args.mmrec_cell)), default=str))
         return
     # A terminated run still removes the temporary worktrees it made (their finally blocks run).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -449,6 +623,11 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(format_report(runs, command, note) + "\n")
     print(f"wrote {out}")
+    if args.check is not None:
+        lines, ok = loss_check(runs, args.check)
+        print("\n".join(lines))
+        if not ok:
+            sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -66,8 +66,9 @@ def parse(value: str):
     return float(value) if any(c in value for c in ".e") else int(value)
 
 
-def main(src: str, model: str, *overrides: str) -> None:
-    torch.set_num_threads(1)
+def prepare(src: str) -> Path:
+    """Shims installed, MMRec's ``src`` importable and a temporary working folder (MMRec's configs, the
+    TikTok files linked) made the current directory; returns that folder (benchmarks/speed.py uses it too)."""
     install_shims()
     work = Path(tempfile.mkdtemp(prefix="mmrec-"))
     shutil.copytree(Path(src) / "configs", work / "configs")
@@ -77,6 +78,17 @@ def main(src: str, model: str, *overrides: str) -> None:
         (work / "data" / "tiktok" / name).symlink_to(TIKTOK / name)
     os.chdir(work)
     sys.path.insert(0, str(Path(src).resolve()))
+    return work
+
+
+def base_config(work: Path) -> dict:
+    """MMRec settings of every reference run: CPU, seed 999, the TikTok copy under ``work``."""
+    return {"use_gpu": False, "gpu_id": 0, "data_path": str(work / "data") + "/", "seed": [999]}
+
+
+def main(src: str, model: str, *overrides: str) -> None:
+    torch.set_num_threads(1)
+    work = prepare(src)
     import yaml
     from common.trainer import Trainer
     from utils.quick_start import quick_start
@@ -93,7 +105,7 @@ def main(src: str, model: str, *overrides: str) -> None:
 
     Trainer._train_epoch = timed_train_epoch
     grid = yaml.safe_load((work / "configs" / "model" / f"{model}.yaml").read_text()).get("hyper_parameters", [])
-    config = {"use_gpu": False, "gpu_id": 0, "data_path": str(work / "data") + "/", "seed": [999]}
+    config = base_config(work)
     config.update({k: [parse(v)] if k in grid or k == "seed" else parse(v)
                    for k, v in (kv.split("=", 1) for kv in overrides)})
     quick_start(model=model, dataset="tiktok", config_dict=config, save_model=False)
