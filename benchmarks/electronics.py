@@ -142,8 +142,10 @@ def cell_main(request: dict) -> dict:
     loss = trainer._train_epoch(batches, 1, show_progress=False)
     phase("train")
 
-    result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
-    phase("eval")
+    result = {}
+    if request.get("evaluate", True):
+        result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
+        phase("eval")
     return {
         **request,
         "phases": phases,
