@@ -410,3 +410,19 @@ def test_tiktok_loads_with_published_split(tmp_path):
             assert np.array_equal(feats[name][j].numpy(), np.asarray(npy[token], dtype=np.float32))
     train, valid, test = data_preparation(cfg, ds)
     assert [len(part._dataset) for part in (train, valid, test)] == expected
+
+
+def test_align_features_in_row_blocks_equals_the_whole_table_cast(monkeypatch, tmp_path):
+    """align_features copies a float64 file block by block (never the whole table in float64): the
+    result equals the one-shot cast for any block size, rows in any order, a block boundary included."""
+    rng = np.random.default_rng(0)
+    table = rng.standard_normal((23, 5))
+    path = tmp_path / "f.npy"
+    np.save(path, table)
+    array, missing = files.open_feature_file(str(path), "image", 23)
+    rows = rng.permutation(23)
+    expected = np.concatenate([np.zeros((1, 5), np.float32), table[rows].astype(np.float32)])
+    for chunk in (1, 4, 7, 4096):
+        monkeypatch.setattr(files, "_ROW_CHUNK", chunk)
+        out = files.align_features(array, rows, missing, "error", str(path))
+        assert out.dtype == torch.float32 and np.array_equal(out.numpy(), expected)

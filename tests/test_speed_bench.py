@@ -144,3 +144,20 @@ def test_runs_of_one_commit_on_two_machines_stay_apart():
     b["machine"] = {**b["machine"], "cpu": "other"}
     assert len(speed.merge_runs([{**a, "against": False}, {**b, "against": False}])) == 2
     assert len(speed.merge_runs([{**a, "against": False}, {**a, "against": True}])) == 1
+
+
+def test_loss_check_passes_rounding_and_fails_a_moved_loss_or_best_epoch():
+    """--check: PASS within rtol and the same best epoch; FAIL otherwise; MMRec's cells are not checked."""
+    def cell(model, losses, best):
+        return {**fake_cell(model, 1.0, 0.1, 100.0, losses), "best_epoch": best}
+
+    after = fake_run("aaa", [cell("VBPR", [2.0, 1.0], 1), cell("GUME", [2.0, 1.001], 1), cell("BM3", [3.0], 0)])
+    before = {**fake_run("bbb", [cell("VBPR", [2.0, 1.000001], 1), cell("GUME", [2.0, 1.0], 1),
+                                 cell("BM3", [3.0], 1)]), "against": True}
+    mmrec = {**fake_run("MMRec", [cell("VBPR", [5.0, 4.0], 0)]), "against": True, "mmrec": True}
+    lines, ok = speed.loss_check([after, before, mmrec], 1e-5)
+    assert not ok and len(lines) == 3
+    verdicts = {line.split()[2]: line.split()[0] for line in lines}
+    assert verdicts == {"VBPR": "PASS", "GUME": "FAIL", "BM3": "FAIL"}
+    lines, ok = speed.loss_check([after, before], 1e-2)
+    assert [line.split()[0] for line in lines] == ["PASS", "PASS", "FAIL"]  # BM3's best epoch moved
