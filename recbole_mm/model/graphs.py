@@ -444,6 +444,18 @@ def edge_propagate(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
     return out.index_add_(0, rows, values.unsqueeze(1) * dense[cols])
 
 
+def segment_softmax(scores: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Softmax of edge ``scores`` ``[E]`` within each group of edges sharing ``groups[e]`` (e.g. the edges
+    into one node: graph attention normalised over a node's neighbours). The per-group maximum is
+    subtracted first (taken without gradient: the softmax does not depend on it), and 1e-16 is added to
+    each group's sum, as PyG's ``softmax`` does, so a result equals a GAT layer's attention coefficients."""
+    peak = scores.detach().new_full((n_groups,), float("-inf"))
+    peak = peak.scatter_reduce(0, groups, scores.detach(), reduce="amax", include_self=True)
+    weights = (scores - peak[groups]).exp()
+    totals = weights.new_zeros(n_groups).index_add_(0, groups, weights) + 1e-16
+    return weights / totals[groups]
+
+
 def bipartite_adjacency(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users: int, n_items: int,
                         self_loops: bool = False, normalization: str = "sym") -> torch.Tensor:
     """User-item adjacency [[0, R], [Rᵀ, 0]] (+ I with ``self_loops``) over n_users + n_items nodes,
