@@ -54,6 +54,7 @@ def ours(model: str, overrides: list[str]) -> None:
     from recbole_mm.trainer import Trainer
 
     torch.set_num_threads(1)
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value words from the command line
     timed(Trainer, "ours", model, total)
     config = {"seed": 999, "show_progress": False, "state": "WARNING"}
     config.update({k: parse_setting(v) for k, v in (kv.split("=", 1) for kv in overrides)})
