@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("model")
     parser.add_argument("--src", help="MMRec's src folder (mmrec side)")
     parser.add_argument("overrides", nargs="*", help="key=value settings")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     if args.side == "mmrec":
         if not args.src:
             parser.error("the mmrec side needs --src <MMRec>/src")

@@ -198,3 +198,24 @@ def test_segment_softmax_matches_dense_masked_softmax():
     scores.requires_grad_(True)
     graphs.segment_softmax(scores, groups, 4)[groups == 0].sum().backward()
     assert torch.allclose(scores.grad, torch.zeros(7), atol=1e-6)
+
+
+def test_weighted_propagate_matches_edge_propagate_with_gradients():
+    torch.manual_seed(1)
+    n_rows, n_cols = 5, 4
+    keys = torch.tensor([0, 2, 3, 5, 6, 9, 12, 14, 15, 17, 19])  # row * n_cols + col, sorted
+    rows, cols = keys // n_cols, keys % n_cols
+    structure = graphs.edge_structure(rows, cols, (n_rows, n_cols))
+    values = torch.randn(len(keys), requires_grad=True)
+    dense = torch.randn(n_cols, 3, requires_grad=True)
+    out = graphs.weighted_propagate(structure, values, dense)
+    weights = torch.randn(n_rows, 3)
+    (out * weights).sum().backward()
+    grads = values.grad.clone(), dense.grad.clone()
+    values.grad = dense.grad = None
+    expected = graphs.edge_propagate(rows, cols, values, dense, n_rows)
+    (expected * weights).sum().backward()
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(grads[0], values.grad, atol=1e-6) and torch.allclose(grads[1], dense.grad, atol=1e-6)
+    with pytest.raises(ValueError, match="sorted"):
+        graphs.edge_structure(rows.flip(0), cols.flip(0), (n_rows, n_cols))

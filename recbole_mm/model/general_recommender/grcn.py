@@ -21,7 +21,7 @@ from torch import nn
 
 from recbole_mm.config_check import Choice, Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import edge_propagate, segment_softmax
+from recbole_mm.model.graphs import edge_propagate, edge_structure, segment_softmax, weighted_propagate
 from recbole_mm.model.losses import bpr_loss
 
 
@@ -51,13 +51,25 @@ class GRCN(MultiModalRecommender):
             nn.init.xavier_normal_(self.projections[m].weight)
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, len(self.modalities))))
 
-        # The directed edges of the user-item graph: E user → item edges, then the same E item → user.
+        # The directed edges of the user-item graph in CSR order of the target node (users first): the E
+        # item → user edges by (user, item), then the E user → item edges by (item, user). A pair's logit is
+        # computed once, in (user, item) order; ``by_item`` puts it in the second half's order.
         users, items = self.interaction_edges(dataset)
+        by_item = torch.argsort(items * self.n_users + users)
         items = items + self.n_users
         self.register_buffer("edge_users", users, persistent=False)
         self.register_buffer("edge_items", items, persistent=False)
-        self.register_buffer("edge_src", torch.cat([users, items]), persistent=False)
-        self.register_buffer("edge_dst", torch.cat([items, users]), persistent=False)
+        self.register_buffer("by_item", by_item, persistent=False)
+        self.register_buffer("edge_src", torch.cat([items, users[by_item]]), persistent=False)
+        self.register_buffer("edge_dst", torch.cat([users, items[by_item]]), persistent=False)
+        self.edges = edge_structure(self.edge_dst, self.edge_src, (n_nodes, n_nodes))
+
+    def _apply(self, fn, recurse=True):
+        module = super()._apply(fn, recurse)
+        edges = self.__dict__.get("edges")
+        if edges is not None:  # the CSR pattern follows the edge buffers to the model's device
+            self.edges = type(edges)(*(fn(t) if torch.is_tensor(t) else t for t in edges))
+        return module
 
     # ---- graph refining: per-modality attention over the user-item graph ------------------------
     def _route(self, preference: torch.Tensor, content: torch.Tensor) -> torch.Tensor:
@@ -71,7 +83,7 @@ class GRCN(MultiModalRecommender):
 
     def refine(self, m: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Modality ``m``'s node representations ``[n_users + n_items, latent_embedding]`` and its attention
-        on every directed edge ``[2E]`` (in ``edge_src``/``edge_dst`` order)."""
+        on every directed edge ``[2E]`` (in ``edge_dst``/``edge_src`` order)."""
         content = F.normalize(F.leaky_relu(self.projections[m](self.item_features(m))))
         preference = F.normalize(self.preferences[m])
         if self.routing == "paper":
@@ -79,9 +91,11 @@ class GRCN(MultiModalRecommender):
         x = torch.cat([preference, content])
         n = x.shape[0]
         # One logit per undirected edge serves both directions; each is normalised over the target's edges.
-        logits = (x[self.edge_users] * x[self.edge_items]).sum(dim=1)
-        alpha = torch.cat([segment_softmax(logits, self.edge_items, n), segment_softmax(logits, self.edge_users, n)])
-        return x + edge_propagate(self.edge_dst, self.edge_src, alpha, x, n), alpha
+        logits = (x.index_select(0, self.edge_users) * x.index_select(0, self.edge_items)).sum(dim=1)
+        to_users = segment_softmax(logits, self.edge_users, n)
+        to_items = segment_softmax(logits, self.edge_items, n).index_select(0, self.by_item)
+        alpha = torch.cat([to_users, to_items])
+        return x + weighted_propagate(self.edges, alpha, x), alpha
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) final representations ``[n, embedding_size + M · latent_embedding]``."""
@@ -90,14 +104,13 @@ class GRCN(MultiModalRecommender):
             rep, alpha = self.refine(m)
             contents.append(rep)
             # An edge's weight in modality m: its attention times the source node's confidence in m.
-            weights.append(alpha * self.confidence[self.edge_src, j])
+            weights.append(alpha * self.confidence[:, j].index_select(0, self.edge_src))
         weight = torch.relu(torch.stack(weights).amax(dim=0))  # pruning: no supporting modality → 0
 
         # Graph convolution of the ID embeddings over the refined graph (two layers, no activation).
         e = F.normalize(self.node_embedding)
-        n = e.shape[0]
-        h1 = edge_propagate(self.edge_dst, self.edge_src, weight, e, n)
-        h2 = edge_propagate(self.edge_dst, self.edge_src, weight, h1, n)
+        h1 = weighted_propagate(self.edges, weight, e)
+        h2 = weighted_propagate(self.edges, weight, h1)
         out = torch.cat([e + h1 + h2, *contents], dim=1)
         return out[: self.n_users], out[self.n_users:]
 
