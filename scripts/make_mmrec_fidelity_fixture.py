@@ -1,10 +1,12 @@
-"""Write tests/data/mmrec_fidelity/: a tiny MMRec-layout dataset and, for FREEDOM and LATTICE, the outputs of
-MMRec's own model classes on it (weights, a batch, full-ranking scores, losses and gradients).
+"""Write tests/data/mmrec_fidelity/: a tiny MMRec-layout dataset and, for FREEDOM, LATTICE and GRCN, the outputs
+of MMRec's own model classes on it (weights, a batch, full-ranking scores, losses and gradients).
 
-    python scripts/make_mmrec_fidelity_fixture.py /path/to/MMRec/src
+    python scripts/make_mmrec_fidelity_fixture.py /path/to/MMRec/src [MODEL ...]
+
+(all models when none is named; the dataset files are rewritten identically each time).
 
 MMRec (GPL) is imported from the path given, never copied: the fixture holds only numbers. Not run in CI;
-tests/test_freedom.py and tests/test_lattice.py load the fixture into recbole_mm's models and compare.
+tests/test_freedom.py, tests/test_lattice.py and tests/test_grcn.py load the fixture into recbole_mm's models and compare.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ MODELS = {
                 "lambda_coeff": 0.9, "cf_model": "lightgcn"},
     "LATTICE": {"weight_size": [8, 8], "lambda_coeff": 0.9, "cf_model": "lightgcn", "n_layers": 1,
                 "reg_weight": 0.01, "mess_dropout": [0.1, 0.1]},
+    "GRCN": {"latent_embedding": 4, "n_layers": 2, "reg_weight": 0.1},
 }
 
 
@@ -72,13 +75,14 @@ class FakeDataset:
                              shape=(N_USERS, N_ITEMS))
 
 
-def main(mmrec_src: str) -> None:
+def main(mmrec_src: str, *names: str) -> None:
     sys.path.insert(0, mmrec_src)
     torch.Tensor.cuda = lambda self, *args, **kwargs: self  # LATTICE moves its graphs with .cuda(); CPU here
     if not hasattr(sp.dok_matrix, "_update"):  # FREEDOM uses a private scipy method that newer scipy dropped
         sp.dok_matrix._update = lambda self, data: [self.__setitem__(key, value) for key, value in data.items()]
     from models.freedom import FREEDOM
     from models.lattice import LATTICE
+    from models.grcn import GRCN  # needs torch_geometric (its message passing)
 
     rng = np.random.default_rng(13)
     inter, features = tiny_dataset(rng)
@@ -95,7 +99,9 @@ def main(mmrec_src: str) -> None:
                      for u in picked.userID]
         batches.append(torch.tensor(np.stack([picked.userID.values, picked.itemID.values, negatives])))
 
-    for name, cls in (("FREEDOM", FREEDOM), ("LATTICE", LATTICE)):
+    for name, cls in (("FREEDOM", FREEDOM), ("LATTICE", LATTICE), ("GRCN", GRCN)):
+        if names and name not in names:
+            continue
         with tempfile.TemporaryDirectory() as tmp:  # MMRec caches its item graphs next to the data
             folder = Path(tmp) / "tiny"
             folder.mkdir()
@@ -111,7 +117,7 @@ def main(mmrec_src: str) -> None:
                   "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
                   "batches": batches}
         torch.manual_seed(1)
-        model.pre_epoch_processing()  # FREEDOM: draws the pruned graph; LATTICE: rebuild on the next batch
+        model.pre_epoch_processing()  # FREEDOM: draws the pruned graph; LATTICE: rebuild on the next batch; GRCN: none
         model.train()
         for b, batch in enumerate(batches):
             model.zero_grad()
@@ -124,10 +130,12 @@ def main(mmrec_src: str) -> None:
             record["pruned_adj"] = model.masked_adj.coalesce().to_dense()
         model.eval()
         with torch.no_grad():
+            if name == "GRCN":  # scores the representation of its last forward: make it the current weights'
+                model.forward()
             record["scores"] = model.full_sort_predict(torch.arange(N_USERS).unsqueeze(0))
         torch.save(record, OUT / f"{name.lower()}.pt")
         print(name, {k: float(v) for k, v in record.items() if k.startswith("loss")})
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

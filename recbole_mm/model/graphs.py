@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
+from typing import NamedTuple
 
 import torch
 
@@ -442,6 +444,83 @@ def edge_propagate(rows: torch.Tensor, cols: torch.Tensor, values: torch.Tensor,
     ``dense`` (for graphs that are learned; fixed graphs go through the faster CSR ``propagate``)."""
     out = torch.zeros(n, dense.shape[1], dtype=dense.dtype, device=dense.device)
     return out.index_add_(0, rows, values.unsqueeze(1) * dense[cols])
+
+
+class EdgeStructure(NamedTuple):
+    """The fixed sparsity pattern of a graph whose edge values change (learned or attention weights), for
+    :func:`weighted_propagate`: CSR indices of A (edges in CSR order: by row, then column) and of Aᵀ, and
+    ``to_transposed``, the edge positions in Aᵀ's CSR order. Made by :func:`edge_structure`."""
+
+    crow: torch.Tensor
+    col: torch.Tensor
+    crow_t: torch.Tensor
+    col_t: torch.Tensor
+    to_transposed: torch.Tensor
+    shape: tuple[int, int]
+
+
+def edge_structure(rows: torch.Tensor, cols: torch.Tensor, shape: tuple[int, int]) -> EdgeStructure:
+    """:class:`EdgeStructure` of the edges ``(rows[e], cols[e])``, which must be unique and in CSR order
+    (sorted by row, then column; ValueError otherwise): edge e's value is then ``values[e]``."""
+    n_rows, n_cols = shape
+    keys = rows.long() * n_cols + cols.long()
+    if len(keys) > 1 and not bool((keys[1:] > keys[:-1]).all()):
+        raise ValueError("edges must be unique and sorted by row, then column")
+    to_transposed = torch.argsort(cols.long() * n_rows + rows.long())
+    crow = torch.zeros(n_rows + 1, dtype=torch.long, device=rows.device)
+    crow[1:] = torch.cumsum(torch.bincount(rows.long(), minlength=n_rows), 0)
+    crow_t = torch.zeros(n_cols + 1, dtype=torch.long, device=rows.device)
+    crow_t[1:] = torch.cumsum(torch.bincount(cols.long(), minlength=n_cols), 0)
+    return EdgeStructure(crow, cols.long(), crow_t, rows.long()[to_transposed], to_transposed, (n_rows, n_cols))
+
+
+class _WeightedMatmul(torch.autograd.Function):
+    """A @ X for A = CSR(structure, values), differentiable in both: dX = Aᵀ G (CSR), dvalues = (G Xᵀ) sampled
+    at A's pattern (``torch.sparse.sampled_addmm``). No [E, d] temporaries, unlike gather-and-scatter."""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, dense: torch.Tensor, structure: EdgeStructure) -> torch.Tensor:
+        ctx.structure = structure
+        ctx.save_for_backward(values, dense)
+        return _csr_mm(_csr(structure.crow, structure.col, values, structure.shape), dense)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        values, dense = ctx.saved_tensors
+        s = ctx.structure
+        grad_values = grad_dense = None
+        if ctx.needs_input_grad[0]:
+            pattern = _csr(s.crow, s.col, values.detach(), s.shape)
+            grad_values = torch.sparse.sampled_addmm(pattern, grad, dense.detach().T, beta=0.0).values()
+        if ctx.needs_input_grad[1]:
+            transposed = _csr(s.crow_t, s.col_t, values.detach()[s.to_transposed], (s.shape[1], s.shape[0]))
+            grad_dense = _csr_mm(transposed, grad)
+        return grad_values, grad_dense, None
+
+
+def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+def weighted_propagate(structure: EdgeStructure, values: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+    """``A @ dense`` with A's pattern from :func:`edge_structure` and its values ``values`` (in that CSR
+    order), differentiable in ``values`` and ``dense``: :func:`edge_propagate`'s result through CSR products,
+    without its ``[E, d]`` gathered copies (GRCN's attention-weighted graph; docs/grcn.md §5 for the cost)."""
+    return _WeightedMatmul.apply(values, dense, structure)
+
+
+def segment_softmax(scores: torch.Tensor, groups: torch.Tensor, n_groups: int) -> torch.Tensor:
+    """Softmax of edge ``scores`` ``[E]`` within each group of edges sharing ``groups[e]`` (e.g. the edges
+    into one node: graph attention normalised over a node's neighbours). The per-group maximum is
+    subtracted first (taken without gradient: the softmax does not depend on it), and 1e-16 is added to
+    each group's sum, as PyG's ``softmax`` does, so a result equals a GAT layer's attention coefficients."""
+    peak = scores.detach().new_full((n_groups,), float("-inf"))
+    peak = peak.scatter_reduce(0, groups, scores.detach(), reduce="amax", include_self=True)
+    weights = (scores - peak[groups]).exp()
+    totals = weights.new_zeros(n_groups).index_add_(0, groups, weights) + 1e-16
+    return weights / totals[groups]
 
 
 def bipartite_adjacency(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users: int, n_items: int,
