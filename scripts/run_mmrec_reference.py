@@ -4,6 +4,8 @@
     git clone https://github.com/enoche/MMRec /tmp/MMRec
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src BM3 n_layers=1 dropout=0.5 reg_weight=0.1
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src MGCN cl_loss=0.01
+    OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src SLMRec learning_rate=0.001 \
+        ssl_alpha=0.1 ssl_temp=0.2 reg=0.0001 epochs=3
 
 One grid point (each key=value replaces the list of MMRec's model yaml; a key that is not one of its
 hyper-parameters, e.g. ``epochs=3``, is set as it is), seed 999, on the CPU. At the end it prints each
@@ -59,6 +61,14 @@ def install_shims() -> None:
     scatter = types.ModuleType("torch_scatter")
     scatter.scatter_add = lambda src, index, dim=0, dim_size=None: torch.zeros(
         dim_size, dtype=src.dtype).index_add_(0, index, src)
+    # scatter(src, index, reduce="sum" | "mean"): imported by SLMRec (its unused TikTok word-embedding path)
+    def scatter_reduce(src, index, dim=0, dim_size=None, reduce="sum"):
+        size = int(index.max()) + 1 if dim_size is None else dim_size
+        total = torch.zeros((size, *src.shape[1:]), dtype=src.dtype).index_add_(0, index, src)
+        if reduce == "mean":
+            total = total / torch.bincount(index, minlength=size).clamp_min(1).unsqueeze(-1).to(src.dtype)
+        return total
+    scatter.scatter = scatter_reduce
     sys.modules["torch_scatter"] = scatter
 
 
@@ -66,8 +76,9 @@ def parse(value: str):
     return float(value) if any(c in value for c in ".e") else int(value)
 
 
-def main(src: str, model: str, *overrides: str) -> None:
-    torch.set_num_threads(1)
+def prepare(src: str) -> Path:
+    """Shims installed, MMRec's ``src`` importable and a temporary working folder (MMRec's configs, the
+    TikTok files linked) made the current directory; returns that folder (benchmarks/speed.py uses it too)."""
     install_shims()
     work = Path(tempfile.mkdtemp(prefix="mmrec-"))
     shutil.copytree(Path(src) / "configs", work / "configs")
@@ -77,6 +88,17 @@ def main(src: str, model: str, *overrides: str) -> None:
         (work / "data" / "tiktok" / name).symlink_to(TIKTOK / name)
     os.chdir(work)
     sys.path.insert(0, str(Path(src).resolve()))
+    return work
+
+
+def base_config(work: Path) -> dict:
+    """MMRec settings of every reference run: CPU, seed 999, the TikTok copy under ``work``."""
+    return {"use_gpu": False, "gpu_id": 0, "data_path": str(work / "data") + "/", "seed": [999]}
+
+
+def main(src: str, model: str, *overrides: str) -> None:
+    torch.set_num_threads(1)
+    work = prepare(src)
     import yaml
     from common.trainer import Trainer
     from utils.quick_start import quick_start
@@ -93,7 +115,7 @@ def main(src: str, model: str, *overrides: str) -> None:
 
     Trainer._train_epoch = timed_train_epoch
     grid = yaml.safe_load((work / "configs" / "model" / f"{model}.yaml").read_text()).get("hyper_parameters", [])
-    config = {"use_gpu": False, "gpu_id": 0, "data_path": str(work / "data") + "/", "seed": [999]}
+    config = base_config(work)
     config.update({k: [parse(v)] if k in grid or k == "seed" else parse(v)
                    for k, v in (kv.split("=", 1) for kv in overrides)})
     quick_start(model=model, dataset="tiktok", config_dict=config, save_model=False)
