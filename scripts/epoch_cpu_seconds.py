@@ -2,7 +2,7 @@
 (docs/slmrec.md: the TikTok side by side and the epoch-time ratio). Not part of the package or of CI.
 
     OMP_NUM_THREADS=1 python scripts/epoch_cpu_seconds.py ours -- --model=SLMRec --dataset=tiktok --epochs=3
-    OMP_NUM_THREADS=1 /work/refvenv/bin/python scripts/epoch_cpu_seconds.py mmrec /path/to/MMRec/src -- \\
+    OMP_NUM_THREADS=1 <reference venv>/bin/python scripts/epoch_cpu_seconds.py mmrec /path/to/MMRec/src -- \\
         SLMRec learning_rate=0.001 ssl_alpha=0.1 ssl_temp=0.2 reg=0.0001 epochs=3
 
 ``ours`` runs ``run_recbole_mm.py`` with the words after ``--``; ``mmrec`` runs
