@@ -4,6 +4,8 @@
     git clone https://github.com/enoche/MMRec /tmp/MMRec
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src BM3 n_layers=1 dropout=0.5 reg_weight=0.1
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src MGCN cl_loss=0.01
+    OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src SLMRec learning_rate=0.001 \
+        ssl_alpha=0.1 ssl_temp=0.2 reg=0.0001 epochs=3
 
 One grid point (each key=value replaces the list of MMRec's model yaml; a key that is not one of its
 hyper-parameters, e.g. ``epochs=3``, is set as it is), seed 999, on the CPU. At the end it prints each
@@ -59,6 +61,14 @@ def install_shims() -> None:
     scatter = types.ModuleType("torch_scatter")
     scatter.scatter_add = lambda src, index, dim=0, dim_size=None: torch.zeros(
         dim_size, dtype=src.dtype).index_add_(0, index, src)
+    # scatter(src, index, reduce="sum" | "mean"): imported by SLMRec (its unused TikTok word-embedding path)
+    def scatter_reduce(src, index, dim=0, dim_size=None, reduce="sum"):
+        size = int(index.max()) + 1 if dim_size is None else dim_size
+        total = torch.zeros((size, *src.shape[1:]), dtype=src.dtype).index_add_(0, index, src)
+        if reduce == "mean":
+            total = total / torch.bincount(index, minlength=size).clamp_min(1).unsqueeze(-1).to(src.dtype)
+        return total
+    scatter.scatter = scatter_reduce
     sys.modules["torch_scatter"] = scatter
 
 

@@ -96,6 +96,13 @@ def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float,
     return _MeanLogSumExp.apply(a, b, 1.0 / temperature, weights) - positive
 
 
+def dot_info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """mean_n -log softmax_m(a_n·b_m/τ)[n] on raw dot products (no normalisation): row n of ``positives`` is
+    the positive of anchor n, the other rows in-batch negatives (SLMRec's fine-and-coarse spaces)."""
+    logits = anchors @ positives.T / temperature
+    return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
+
+
 def squared_l2(*tensors: torch.Tensor, denominator: float) -> torch.Tensor:
     """½ Σ‖t‖² / denominator (GUME divides by the configured batch size, not the batch's)."""
     return 0.5 * sum(t.pow(2).sum() for t in tensors) / denominator
