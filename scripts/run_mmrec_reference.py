@@ -4,6 +4,7 @@
     git clone https://github.com/enoche/MMRec /tmp/MMRec
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src BM3 n_layers=1 dropout=0.5 reg_weight=0.1
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src MGCN cl_loss=0.01
+    OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src DualGNN epochs=3 reg_weight=0.001
 
 One grid point (each key=value replaces the list of MMRec's model yaml; a key that is not one of its
 hyper-parameters, e.g. ``epochs=3``, is set as it is), seed 999, on the CPU. At the end it prints each
@@ -15,6 +16,10 @@ temporary folder (dataset files linked, MMRec's configs copied). Shims, none of 
 ``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, and the image-loading helpers
 (torchvision, lmdb; only used with raw images) and, when absent, matplotlib (the trainer's loss plot) are
 stubbed. MMRec's protocol: test masks training items only.
+DualGNN and DRAGON read a user-user file (``user_graph_dict.npy``) that MMRec's
+``preprocessing/dualgnn-gen-u-u-matrix.py`` writes: it is written into the temporary data folder with the same
+lists (:func:`user_graph_dict`), and their CPU-only crash (a ``Parameter`` reassigned a tensor) is avoided as a
+GPU run avoids it (:func:`install_shims`).
 """
 
 from __future__ import annotations
@@ -60,6 +65,44 @@ def install_shims() -> None:
     scatter.scatter_add = lambda src, index, dim=0, dim_size=None: torch.zeros(
         dim_size, dtype=src.dtype).index_add_(0, index, src)
     sys.modules["torch_scatter"] = scatter
+    # DualGNN/DRAGON: ``self.result_embed = nn.Parameter(...).to(device)`` is a plain (non-leaf) tensor after a
+    # move to the GPU, so their forward may later assign a tensor to it; on the CPU ``.to`` returns the
+    # Parameter itself and the assignment raises. Returning a copy, as the GPU move does, restores that.
+    original_to = torch.nn.Parameter.to if "to" in vars(torch.nn.Parameter) else None
+
+    def parameter_to(self, *args, **kwargs):
+        moved = torch.Tensor.to(self, *args, **kwargs)
+        return moved.clone() if moved is self else moved
+
+    if original_to is None:
+        torch.nn.Parameter.to = parameter_to
+
+
+def user_graph_dict(inter_file: Path, max_neighbours: int = 200) -> dict[int, list[list]]:
+    """The ``{user: [neighbour ids, shared-item counts]}`` lists that MMRec's
+    ``preprocessing/dualgnn-gen-u-u-matrix.py`` saves: the training rows' (x_label 0) user-user counts of
+    shared items, each user's nonzero entries by ``torch.topk`` on its dense row, at most 200. The counts are
+    one sparse product here instead of the script's pairwise Python loop (hours on TikTok); the rows handed to
+    ``torch.topk`` are the same float32 values, so equal counts come out in the same order.
+    scripts/make_mmrec_dualgnn_fixture.py checks this against the script's own function on its tiny data."""
+    import pandas as pd
+
+    inter = pd.read_csv(inter_file, sep="\t")
+    n_users = inter["userID"].nunique()
+    train = inter[inter["x_label"] == 0]
+    r = sp.csr_matrix((np.ones(len(train)), (train["userID"].values, train["itemID"].values)),
+                      shape=(n_users, int(inter["itemID"].max()) + 1))
+    r.data[:] = 1.0
+    counts = (r @ r.T).tolil()
+    counts.setdiag(0)
+    lists = {}
+    for user in range(n_users):
+        row = torch.zeros(n_users)
+        cols = counts.rows[user]
+        row[cols] = torch.tensor(counts.data[user], dtype=torch.float32)
+        top = torch.topk(row, min(int((row != 0).sum()), max_neighbours))
+        lists[user] = [top.indices.numpy().tolist(), top.values.numpy().tolist()]
+    return lists
 
 
 def parse(value: str):
@@ -76,6 +119,11 @@ def prepare(src: str) -> Path:
     (work / "data" / "tiktok").mkdir(parents=True)
     for name in ("tiktok.inter", "image_feat.npy", "audio_feat.npy"):
         (work / "data" / "tiktok" / name).symlink_to(TIKTOK / name)
+    if model in ("DualGNN", "DRAGON"):
+        np.save(work / "data" / "tiktok" / "user_graph_dict.npy", user_graph_dict(TIKTOK / "tiktok.inter"),
+                allow_pickle=True)
+        with open(work / "configs" / "dataset" / "tiktok.yaml", "a") as f:
+            f.write("user_graph_dict_file: 'user_graph_dict.npy'\n")
     os.chdir(work)
     sys.path.insert(0, str(Path(src).resolve()))
     return work

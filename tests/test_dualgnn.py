@@ -189,3 +189,59 @@ def test_recbole_run_recbole_finds_dualgnn(planted):
     root, config = planted
     result = run_recbole(model="DualGNN", dataset="planted", config_dict=config)
     assert 0.0 <= result["test_result"]["recall@10"] <= 1.0
+
+
+# ---- fidelity: MMRec's DualGNN on the same data, user-user lists, weights and batches -----------------
+# MMRec's parameter names → ours (rows 1.. of ours for user/item tables: RecBole's padding is row 0).
+MMREC_NAMES = {
+    "weight_u": "user_fusion", "weight_i": "item_fusion",
+    "v_gcn.preference": "preferences.image", "t_gcn.preference": "preferences.text",
+    "v_gcn.MLP.weight": "encoders.image.0.weight", "v_gcn.MLP.bias": "encoders.image.0.bias",
+    "v_gcn.MLP_1.weight": "encoders.image.2.weight", "v_gcn.MLP_1.bias": "encoders.image.2.bias",
+    "t_gcn.MLP.weight": "encoders.text.0.weight", "t_gcn.MLP.bias": "encoders.text.0.bias",
+    "t_gcn.MLP_1.weight": "encoders.text.2.weight", "t_gcn.MLP_1.bias": "encoders.text.2.bias",
+}
+PER_ROW = {"weight_u", "weight_i", "v_gcn.preference", "t_gcn.preference"}
+
+
+def test_builder_gives_the_lists_of_mmrecs_preprocessing_script(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record, model = fidelity.build("DualGNN", tmp_path)
+    theirs = record["user_graph_dict"]
+    indices, counts = model.user_neighbours, model.user_counts  # built in __init__ from the training rows
+    assert max(len(neighbours) for neighbours, _ in theirs.values()) <= indices.shape[1]
+    for user, (neighbours, values) in theirs.items():
+        # Ours in our ids (user + 1); theirs ordered by count, equal counts to the lower id, like ours.
+        expected = sorted(zip(neighbours, values), key=lambda pair: (-pair[1], pair[0]))
+        got = [(int(v) - 1, float(c)) for v, c in zip(indices[user + 1], counts[user + 1]) if v != NO_NEIGHBOUR]
+        assert got == [(v, float(c)) for v, c in expected], user
+    assert torch.all(indices[0] == NO_NEIGHBOUR)  # padding user
+
+
+def test_matches_mmrec_dualgnn(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record, model = fidelity.build("DualGNN", tmp_path)
+    state = record["state"]
+    with torch.no_grad():
+        for theirs, ours in MMREC_NAMES.items():
+            target = fidelity.getattr_path(model, ours)
+            (target[1:] if theirs in PER_ROW else target).copy_(state[theirs])
+    # The epoch's user graph MMRec sampled (its ids + 1), fed to ours in place of our own draw.
+    picks = torch.full((model.n_users, record["epoch_user_graph"].shape[1]), NO_NEIGHBOUR)
+    weights = torch.zeros(picks.shape)
+    picks[1:], weights[1:] = record["epoch_user_graph"] + 1, record["user_weight_matrix"]
+    model.train()
+    model.register_graph("user_graph", neighbour_weight_graph(picks, weights, model.n_users))
+    model._resample_due = False
+    for b, ids in enumerate(record["batches"]):
+        model.zero_grad()
+        loss = model.calculate_loss(fidelity.batch(model, ids))
+        loss.backward()
+        assert loss.item() == pytest.approx(record[f"loss_{b}"].item(), abs=1e-6)
+        for theirs, ours in MMREC_NAMES.items():
+            grad = fidelity.getattr_path(model, ours).grad
+            if theirs in PER_ROW:
+                assert torch.all(grad[0] == 0), ours
+                grad = grad[1:]
+            assert torch.allclose(grad, record[f"grads_{b}"][theirs], atol=1e-6), (b, theirs)
+    assert torch.allclose(fidelity.scores(model), record["scores"], atol=1e-5)
