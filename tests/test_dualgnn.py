@@ -218,12 +218,13 @@ def test_builder_gives_the_lists_of_mmrecs_preprocessing_script(tmp_path, monkey
     assert torch.all(indices[0] == NO_NEIGHBOUR)  # padding user
 
 
-def test_matches_mmrec_dualgnn(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    record, model = fidelity.build("DualGNN", tmp_path)
+def check_against_mmrec(model_name: str, names: dict[str, str], tmp_path) -> None:
+    """Our ``model_name`` with the weights of the fixture's MMRec model (``names``: theirs → ours) and the user
+    graph MMRec drew: the same losses and gradients on both batches, and the same full-ranking scores."""
+    record, model = fidelity.build(model_name, tmp_path)
     state = record["state"]
     with torch.no_grad():
-        for theirs, ours in MMREC_NAMES.items():
+        for theirs, ours in names.items():
             target = fidelity.getattr_path(model, ours)
             (target[1:] if theirs in PER_ROW else target).copy_(state[theirs])
     # The epoch's user graph MMRec sampled (its ids + 1), fed to ours in place of our own draw.
@@ -238,10 +239,15 @@ def test_matches_mmrec_dualgnn(tmp_path, monkeypatch):
         loss = model.calculate_loss(fidelity.batch(model, ids))
         loss.backward()
         assert loss.item() == pytest.approx(record[f"loss_{b}"].item(), abs=1e-6)
-        for theirs, ours in MMREC_NAMES.items():
+        for theirs, ours in names.items():
             grad = fidelity.getattr_path(model, ours).grad
             if theirs in PER_ROW:
                 assert torch.all(grad[0] == 0), ours
                 grad = grad[1:]
             assert torch.allclose(grad, record[f"grads_{b}"][theirs], atol=1e-6), (b, theirs)
     assert torch.allclose(fidelity.scores(model), record["scores"], atol=1e-5)
+
+
+def test_matches_mmrec_dualgnn(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    check_against_mmrec("DualGNN", MMREC_NAMES, tmp_path)

@@ -32,6 +32,10 @@ class DualGNN(MultiModalRecommender):
         "user_graph_k": Int(min=1), "user_aggr": Choice("softmax", "mean"),
     }
 
+    # DualGNN regularises per-item fusion weights it never uses (§3 of its doc); DRAGON, built on this class,
+    # has none.
+    item_fusion_weights = True
+
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = config["embedding_size"]
@@ -42,16 +46,17 @@ class DualGNN(MultiModalRecommender):
         fused = len(self.modalities) > 1
         if not fused:
             getLogger().warning(
-                "DualGNN with one modality: users take that modality's representation "
-                "directly; there are no fusion weights to learn (docs/dualgnn.md)")
+                f"{type(self).__name__} with one modality: users take that modality's representation "
+                f"directly; there are no fusion weights to learn (docs/{type(self).__name__.lower()}.md)")
 
         # Parameters in the reference's order: fusion weights (users, items), then per modality the user
         # preferences and the two-layer feature encoder.
         if fused:
             self.user_fusion = nn.Parameter(self._fusion_weights(self.n_users))
-            # The reference regularises item fusion weights it never uses in the forward pass; kept so the
-            # loss is its loss (docs/dualgnn.md).
-            self.item_fusion = nn.Parameter(self._fusion_weights(self.n_items))
+            if self.item_fusion_weights:
+                # The reference regularises item fusion weights it never uses in the forward pass; kept so the
+                # loss is its loss (docs/dualgnn.md).
+                self.item_fusion = nn.Parameter(self._fusion_weights(self.n_items))
         self.preferences = nn.ParameterDict()
         self.encoders = nn.ModuleDict()
         for m in self.modalities:
@@ -132,5 +137,7 @@ class DualGNN(MultiModalRecommender):
         reg = sum((self.preferences[m][user] ** 2).mean() for m in self.modalities)
         if len(self.modalities) > 1:
             # Over the real rows (RecBole's padding row 0 would shift the means).
-            reg = reg + (self.user_fusion[1:] ** 2).mean() + (self.item_fusion[1:] ** 2).mean()
+            reg = reg + (self.user_fusion[1:] ** 2).mean()
+            if self.item_fusion_weights:
+                reg = reg + (self.item_fusion[1:] ** 2).mean()
         return loss + self.reg_weight * reg
