@@ -6,17 +6,22 @@
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src MGCN cl_loss=0.01
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src SLMRec learning_rate=0.001 \
         ssl_alpha=0.1 ssl_temp=0.2 reg=0.0001 epochs=3
+    OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src DualGNN epochs=3 reg_weight=0.001
 
 One grid point (each key=value replaces the list of MMRec's model yaml; a key that is not one of its
 hyper-parameters, e.g. ``epochs=3``, is set as it is), seed 999, on the CPU. At the end it prints each
 training epoch's loss at full precision and the process's CPU seconds in it (one-thread side-by-side
-timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch``). MMRec reads
+timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch`` and its model's ``pre_epoch_processing``). MMRec reads
 configs/ from its working directory and MGCN writes its item graphs next to the data, so both live in a
 temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
 ``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's removed
 ``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, and the image-loading helpers
 (torchvision, lmdb; only used with raw images) and, when absent, matplotlib (the trainer's loss plot) are
 stubbed. MMRec's protocol: test masks training items only.
+DualGNN and DRAGON read a user-user file (``user_graph_dict.npy``) that MMRec's
+``preprocessing/dualgnn-gen-u-u-matrix.py`` writes: it is written into the temporary data folder with the same
+lists (:func:`user_graph_dict`), and their CPU-only crash (a ``Parameter`` reassigned a tensor) is avoided as a
+GPU run avoids it (:func:`install_shims`).
 """
 
 from __future__ import annotations
@@ -70,6 +75,44 @@ def install_shims() -> None:
         return total
     scatter.scatter = scatter_reduce
     sys.modules["torch_scatter"] = scatter
+    # DualGNN/DRAGON: ``self.result_embed = nn.Parameter(...).to(device)`` is a plain (non-leaf) tensor after a
+    # move to the GPU, so their forward may later assign a tensor to it; on the CPU ``.to`` returns the
+    # Parameter itself and the assignment raises. Returning a copy, as the GPU move does, restores that.
+    original_to = torch.nn.Parameter.to if "to" in vars(torch.nn.Parameter) else None
+
+    def parameter_to(self, *args, **kwargs):
+        moved = torch.Tensor.to(self, *args, **kwargs)
+        return moved.clone() if moved is self else moved
+
+    if original_to is None:
+        torch.nn.Parameter.to = parameter_to
+
+
+def user_graph_dict(inter_file: Path, max_neighbours: int = 200) -> dict[int, list[list]]:
+    """The ``{user: [neighbour ids, shared-item counts]}`` lists that MMRec's
+    ``preprocessing/dualgnn-gen-u-u-matrix.py`` saves: the training rows' (x_label 0) user-user counts of
+    shared items, each user's nonzero entries by ``torch.topk`` on its dense row, at most 200. The counts are
+    one sparse product here instead of the script's pairwise Python loop (hours on TikTok); the rows handed to
+    ``torch.topk`` are the same float32 values, so equal counts come out in the same order.
+    scripts/make_mmrec_dualgnn_fixture.py checks this against the script's own function on its tiny data."""
+    import pandas as pd
+
+    inter = pd.read_csv(inter_file, sep="\t")
+    n_users = inter["userID"].nunique()
+    train = inter[inter["x_label"] == 0]
+    r = sp.csr_matrix((np.ones(len(train)), (train["userID"].values, train["itemID"].values)),
+                      shape=(n_users, int(inter["itemID"].max()) + 1))
+    r.data[:] = 1.0
+    counts = (r @ r.T).tolil()
+    counts.setdiag(0)
+    lists = {}
+    for user in range(n_users):
+        row = torch.zeros(n_users)
+        cols = counts.rows[user]
+        row[cols] = torch.tensor(counts.data[user], dtype=torch.float32)
+        top = torch.topk(row, min(int((row != 0).sum()), max_neighbours))
+        lists[user] = [top.indices.numpy().tolist(), top.values.numpy().tolist()]
+    return lists
 
 
 def parse(value: str):
@@ -86,6 +129,11 @@ def prepare(src: str) -> Path:
     (work / "data" / "tiktok").mkdir(parents=True)
     for name in ("tiktok.inter", "image_feat.npy", "audio_feat.npy"):
         (work / "data" / "tiktok" / name).symlink_to(TIKTOK / name)
+    if model in ("DualGNN", "DRAGON"):
+        np.save(work / "data" / "tiktok" / "user_graph_dict.npy", user_graph_dict(TIKTOK / "tiktok.inter"),
+                allow_pickle=True)
+        with open(work / "configs" / "dataset" / "tiktok.yaml", "a") as f:
+            f.write("user_graph_dict_file: 'user_graph_dict.npy'\n")
     os.chdir(work)
     sys.path.insert(0, str(Path(src).resolve()))
     return work
@@ -106,14 +154,33 @@ def main(src: str, model: str, *overrides: str) -> None:
     epochs: list[tuple[float, float]] = []  # (train loss, CPU seconds) per training epoch
     train_epoch = Trainer._train_epoch
 
+    pre_epoch = [0.0]  # CPU seconds of the model's pre_epoch_processing before the coming epoch
+    fit = Trainer.fit
+
     def timed_train_epoch(self, *args, **kwargs):
         start = time.process_time()
         result = train_epoch(self, *args, **kwargs)
         loss = result[0]
-        epochs.append((float(sum(loss) if isinstance(loss, tuple) else loss), time.process_time() - start))
+        cpu = time.process_time() - start + pre_epoch[0]
+        pre_epoch[0] = 0.0
+        epochs.append((float(sum(loss) if isinstance(loss, tuple) else loss), cpu))
         return result
 
+    def timed_fit(self, *args, **kwargs):
+        # MMRec's fit calls pre_epoch_processing outside _train_epoch (DualGNN and DRAGON re-draw their user
+        # graph there, FREEDOM its pruned graph); recbole_mm's models do it inside the epoch, so it is counted.
+        process = self.model.pre_epoch_processing
+
+        def timed_pre_epoch():
+            start = time.process_time()
+            process()
+            pre_epoch[0] += time.process_time() - start
+
+        self.model.pre_epoch_processing = timed_pre_epoch
+        return fit(self, *args, **kwargs)
+
     Trainer._train_epoch = timed_train_epoch
+    Trainer.fit = timed_fit
     grid = yaml.safe_load((work / "configs" / "model" / f"{model}.yaml").read_text()).get("hyper_parameters", [])
     config = base_config(work)
     config.update({k: [parse(v)] if k in grid or k == "seed" else parse(v)

@@ -18,19 +18,7 @@ NAME = "mmrec_fidelity"
 def load(model_name: str, tmp_path: Path):
     """(record, model, to_ours): the reference record, our model holding the reference's weights, and
     the map from reference user/item ids to ours (RecBole's id = the reference's + 1, padding at 0)."""
-    from recbole.data import data_preparation
-    from recbole.utils import get_model
-
-    record = torch.load(DATA / NAME / f"{model_name.lower()}.pt", weights_only=True)
-    config_dict = planted_config(DATA, NAME, checkpoint_dir=str(tmp_path / "saved"), **record["config"])
-    config = make_config(model_name, NAME, config_dict=config_dict)
-    train_data, _, _ = data_preparation(config, create_dataset(config))
-    dataset = train_data._dataset
-    # The fixture's ids were numbered by first appearance, so RecBole's remapping is the shift by one.
-    for field in ("userID", "itemID"):
-        tokens = dataset.field2id_token[field][1:]
-        assert [int(t) for t in tokens] == list(range(len(tokens))), field
-    model = get_model(model_name)(config, dataset)
+    record, model = build(model_name, tmp_path)
     state = record["state"]
     names = {"user_embedding.weight": "user_embedding.weight", "item_id_embedding.weight": "item_embedding.weight",
              "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.text.weight"}
@@ -43,6 +31,24 @@ def load(model_name: str, tmp_path: Path):
         if "modal_weight" in state:
             model.modal_weight.copy_(state["modal_weight"])
     return record, model, names
+
+
+def build(model_name: str, tmp_path: Path):
+    """(record, model): the reference record and our model built on the fixture's data with its config
+    (our own initial weights; the caller loads the reference's)."""
+    from recbole.data import data_preparation
+    from recbole.utils import get_model
+
+    record = torch.load(DATA / NAME / f"{model_name.lower()}.pt", weights_only=True)
+    config_dict = planted_config(DATA, NAME, checkpoint_dir=str(tmp_path / "saved"), **record["config"])
+    config = make_config(model_name, NAME, config_dict=config_dict)
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    dataset = train_data._dataset
+    # The fixture's ids were numbered by first appearance, so RecBole's remapping is the shift by one.
+    for field in ("userID", "itemID"):
+        tokens = dataset.field2id_token[field][1:]
+        assert [int(t) for t in tokens] == list(range(len(tokens))), field
+    return record, get_model(model_name)(config, dataset)
 
 
 def getattr_path(model, dotted: str) -> torch.Tensor:

@@ -550,3 +550,84 @@ def user_item_block(adjacency: torch.Tensor, n_users: int, n_items: int) -> torc
     block = (rows < n_users) & (cols >= n_users)
     return torch.sparse_coo_tensor(torch.stack([rows[block], cols[block] - n_users]), adjacency.values()[block],
                                    (n_users, n_items), check_invariants=False).coalesce()
+
+
+def user_cooccurrence_neighbours(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users: int, n_items: int,
+                                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each user's top-``k`` co-occurring users (DualGNN's and DRAGON's user-user graph), built from the
+    training interactions in memory: C = R Rᵀ counts the items two users share (duplicate interactions count
+    once, zero diagonal); row u keeps the ``k`` users with the largest counts, descending, equal counts to the
+    lower user id. Returns ``(indices, counts)``, both ``[n_users, k]`` (long, float32); a user with fewer than
+    ``k`` co-occurring users has :data:`NO_NEIGHBOUR` (count 0) in the remaining slots.
+
+    MMRec reads the same lists from a file its preprocessing script writes (top-200 per user by
+    ``torch.topk``, of which the models use the first 40); ``torch.topk`` orders equal counts arbitrarily,
+    which is the only place the two can differ (docs/dualgnn.md).
+    """
+    import numpy as np
+    import scipy.sparse as sp
+
+    users, items = user_ids.cpu().numpy(), item_ids.cpu().numpy()
+    r = sp.csr_matrix((np.ones(len(users), dtype=np.float64), (users, items)), shape=(n_users, n_items))
+    r.data[:] = 1.0  # duplicates were summed by the constructor
+    c = (r @ r.T).tocoo()
+    off_diagonal = c.row != c.col
+    rows, cols, counts = c.row[off_diagonal], c.col[off_diagonal], c.data[off_diagonal]
+    # One sort of all entries by (row, -count, col); an entry's rank within its row is its slot.
+    order = np.lexsort((cols, -counts, rows))
+    rows, cols, counts = rows[order], cols[order], counts[order]
+    starts = np.searchsorted(rows, np.arange(n_users))
+    rank = np.arange(len(rows)) - starts[rows]
+    keep = rank < k
+    indices = torch.full((n_users, k), NO_NEIGHBOUR, dtype=torch.long)
+    values = torch.zeros(n_users, k, dtype=torch.float32)
+    slot_rows, slot_cols = torch.from_numpy(rows[keep]).long(), torch.from_numpy(rank[keep]).long()
+    indices[slot_rows, slot_cols] = torch.from_numpy(cols[keep]).long()
+    values[slot_rows, slot_cols] = torch.from_numpy(counts[keep]).float()
+    return indices.to(user_ids.device), values.to(user_ids.device)
+
+
+def pad_neighbour_slots(indices: torch.Tensor) -> torch.Tensor:
+    """Slot positions ``[n, k]`` that fill every row's empty slots by resampling its own entries (DualGNN's
+    and DRAGON's per-epoch user graph): a row with n_u < k neighbours keeps slots 0..n_u-1 and fills slot
+    j ≥ n_u with the entry at a uniformly drawn slot among 0..j-1, padded ones included (as the reference's
+    ``randint(0, len(list))`` on the growing list, so the draws are an urn, not uniform over the n_u).
+    Rows without neighbours point every slot at 0 (empty). Uses torch's global RNG."""
+    n, k = indices.shape
+    lengths = (indices != NO_NEIGHBOUR).sum(dim=1)
+    slots = torch.arange(k, device=indices.device).repeat(n, 1)
+    for j in range(int(lengths.min()) if n else k, k):
+        rows = ((lengths <= j) & (lengths > 0)).nonzero().squeeze(1)
+        if len(rows):
+            drawn = torch.randint(0, j, (len(rows),), device=indices.device)
+            slots[rows, j] = slots[rows, drawn]
+    slots[lengths == 0] = 0
+    return slots
+
+
+def neighbour_weight_graph(picks: torch.Tensor, weights: torch.Tensor, n: int) -> torch.Tensor:
+    """Sparse ``[n, n]`` graph with row u = Σ_j weights[u, j] · e_{picks[u, j]} (``picks``, ``weights``:
+    ``[n, k]``); a neighbour picked twice gets the sum of its weights; empty slots (:data:`NO_NEIGHBOUR` or
+    weight 0) add nothing. Multiplying it with a table is the reference's ``weights @ table[picks]`` per row."""
+    rows = torch.arange(picks.shape[0], device=picks.device).repeat_interleave(picks.shape[1])
+    cols, values = picks.reshape(-1), weights.reshape(-1).float()
+    keep = (cols != NO_NEIGHBOUR) & (values != 0)
+    return torch.sparse_coo_tensor(torch.stack([rows[keep], cols[keep]]), values[keep], (n, n),
+                                   check_invariants=False).coalesce()
+
+
+def sampled_neighbour_graph(indices: torch.Tensor, counts: torch.Tensor, aggregation: str = "softmax"
+                            ) -> torch.Tensor:
+    """One epoch's user-user graph of DualGNN and DRAGON from :func:`user_cooccurrence_neighbours`: every row
+    padded to ``k`` slots by :func:`pad_neighbour_slots` (torch's global RNG), weighted by the softmax of the
+    picked co-occurrence counts (``softmax``) or 1/k each (``mean``); rows without neighbours stay empty."""
+    if aggregation not in ("softmax", "mean"):
+        raise ValueError(f"aggregation must be softmax or mean, got {aggregation!r}")
+    slots = pad_neighbour_slots(indices)
+    picks, picked = torch.gather(indices, 1, slots), torch.gather(counts, 1, slots)
+    if aggregation == "softmax":
+        weights = torch.softmax(picked, dim=1)
+    else:
+        weights = torch.full_like(picked, 1.0 / picked.shape[1])
+    weights[indices[:, 0] == NO_NEIGHBOUR] = 0.0
+    return neighbour_weight_graph(picks, weights, indices.shape[0])
