@@ -631,3 +631,20 @@ def sampled_neighbour_graph(indices: torch.Tensor, counts: torch.Tensor, aggrega
         weights = torch.full_like(picked, 1.0 / picked.shape[1])
     weights[indices[:, 0] == NO_NEIGHBOUR] = 0.0
     return neighbour_weight_graph(picks, weights, indices.shape[0])
+
+
+def max_pool_graphs(graphs: list[torch.Tensor]) -> torch.Tensor:
+    """Entry-wise maximum of sparse graphs of one shape over the union of their edges: an edge absent from
+    a graph does not count as a zero there, so an edge only one graph has keeps that graph's weight
+    (SMORE's fusion graph of the modalities' normalised kNN graphs). A single graph comes back unchanged.
+    """
+    if not graphs:
+        raise ValueError("at least one graph is needed")
+    graphs = [graph.coalesce() for graph in graphs]
+    n_rows, n_cols = graphs[0].shape
+    indices = torch.cat([graph.indices() for graph in graphs], dim=1)
+    values = torch.cat([graph.values() for graph in graphs])
+    keys, slot = torch.unique(indices[0] * n_cols + indices[1], return_inverse=True)
+    pooled = values.new_full((len(keys),), float("-inf")).scatter_reduce_(0, slot, values, reduce="amax")
+    return torch.sparse_coo_tensor(torch.stack([keys // n_cols, keys % n_cols]), pooled, (n_rows, n_cols),
+                                   check_invariants=False).coalesce()
