@@ -170,11 +170,12 @@ def test_training_step_on_batch_rows_equals_the_full_forward(planted):
     config, model, train_data = build(planted)
     interaction = next(iter(train_data))
     model.train()
-    loss = model.calculate_loss(interaction)
     full = model.forward()
-    nodes = torch.arange(model.n_users + model.n_items)
+    nodes = torch.tensor([model.n_users + 2, 3, 1, model.n_users + model.n_items - 1])
     part = model.forward(nodes)
-    assert torch.allclose(full["o"], part["o"], atol=1e-7) and torch.isfinite(loss)
+    for key in ("o", "side", "h_id"):
+        assert torch.allclose(full[key][nodes], part[key], atol=1e-7), key
+    assert torch.isfinite(model.calculate_loss(interaction))
 
 
 def test_deterministic_on_cpu(planted):
