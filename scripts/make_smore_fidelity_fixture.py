@@ -3,7 +3,7 @@ tiny generated dataset of tests/data/mmrec_reference.py (6 users × 8 items, tex
 CI; MMRec (GPL) is not vendored: its source folder is given on the command line. The fixture holds only numbers.
 
     git clone https://github.com/enoche/MMRec /tmp/MMRec   # any checkout; made at e775373
-    /work/refvenv/bin/python scripts/make_smore_fidelity_fixture.py /tmp/MMRec/src
+    python scripts/make_smore_fidelity_fixture.py /tmp/MMRec/src
 
 The fixture holds the data, the reference's initial weights (seeded construction), one batch, the loss on it, every
 parameter's gradient and the full score matrix (users × items, eval mode). Settings: embedding_size 6 (an even width
