@@ -1,4 +1,4 @@
-"""recbole_mm: multimodal recommendation models (VBPR, GUME, MM-GEF, FREEDOM, LATTICE, BM3, MGCN) for RecBole.
+"""recbole_mm: multimodal recommendation models for RecBole (the list: ``recbole_mm.model.general_recommender``).
 
 ``import recbole_mm`` makes RecBole 1.2.1 work on today's numpy/scipy/pandas/torch
 (:mod:`recbole_mm.compat`) and makes RecBole's own ``get_model``, ``run_recbole``,
