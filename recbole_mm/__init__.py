@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 
 # Public name → the module that defines it (imported when the name is first used).
 _EXPORTS = {
+    "GraphRecommender": "recbole_mm.model.abstract_recommender",
     "MultiModalDataset": "recbole_mm.data",
     "MultiModalRecommender": "recbole_mm.model.abstract_recommender",
     "create_dataset": "recbole_mm.quick_start",

@@ -31,7 +31,7 @@ from recbole_mm.data.dataset import MultiModalDataset, check_trainable
 from recbole_mm.data.protocol import apply_protocol
 from recbole_mm.errors import RecBoleMMError, warn_user
 from recbole_mm.logs import LOG_DIR_KEY, check_log_folder, init_logger
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import GraphRecommender, MultiModalRecommender
 from recbole_mm.registry import canonical_model_name
 from recbole_mm.trainer import PROTOCOL_MARK, Trainer, check_resume_file
 
@@ -181,7 +181,7 @@ def run_recbole(model: Any = None, dataset: str | None = None, config_file_list:
     logger.info(model)
     # Multi-process runs: the data buffers as each process built them (before the trainer makes rank 0's
     # everyone's), and the parameters after training (DDP must keep them in sync).
-    buffers = model.data_buffer_names() if isinstance(model, MultiModalRecommender) else []
+    buffers = model.data_buffer_names() if isinstance(model, GraphRecommender) else []
     built_alike = _agree_or_warn(config, [getattr(model, name) for name in buffers],
                                  "the processes built different item features or graphs (float rounding "
                                  "across machines can flip kNN ties); rank 0's copies are used") if buffers else None

@@ -66,11 +66,11 @@ class _CsrCache(dict):
         return _CsrCache()
 
 
-class MultiModalRecommender(GeneralRecommender):
-    """A ``GeneralRecommender`` that receives per-modality item features from the dataset.
-
-    Features arrive as non-persistent buffers (they follow ``.to(device)`` but are not written into
-    checkpoints: the dataset supplies them again on load). Models never open files themselves.
+class GraphRecommender(GeneralRecommender):
+    """RecBole's ``GeneralRecommender`` plus the graph machinery recbole_mm's models share: ID embeddings,
+    the training edges, sparse graphs kept as buffers (:meth:`register_graph`, :meth:`propagate`) and the
+    evaluation cache. It reads no item features, so a model on it (a collaborative baseline: LayerGCN)
+    trains on any RecBole dataset, feature files or not; :class:`MultiModalRecommender` adds the features.
 
     Evaluation caches: :meth:`cached` memoises full-graph results while the model is in eval mode,
     so ``full_sort_predict`` computes them once per evaluation pass; ``train()``/``eval()`` clear it.
@@ -80,29 +80,13 @@ class MultiModalRecommender(GeneralRecommender):
     # to float rounding); a model whose update must equal torch's default bit for bit sets this to False.
     fused_adam = True
 
-    # Keys every multimodal model reads (recbole_mm.config_check); a subclass adds its own. Each key is
-    # validated here, in its schema, and nowhere else: the models read the values as they are.
-    config_schema = {
-        "feature_norm": Choice(*FEATURE_NORMS, none_ok=True),
-        # How the kNN item graphs are searched (graphs.knn_neighbours); unset: auto.
-        "knn_backend": Choice(*KNN_BACKENDS, none_ok=True),
-    }
+    config_schema: dict = {}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         # recbole_mm's entry points check the schema before anything runs; RecBole's own Config (plain
         # run_recbole after `import recbole_mm`) knows none, so a model built from it is checked here.
         check_model_values(config, config["model"], type(self), config.final_config_dict)
-        if not isinstance(dataset, MultiModalDataset):
-            raise DataError(
-                f"model {config['model']} needs recbole_mm's MultiModalDataset, got {type(dataset).__name__}; "
-                "import recbole_mm before building the dataset (it registers the dataset class)"
-            )
-        self.modalities: list[str] = list(dataset.item_features)
-        self.knn_backend: str = config["knn_backend"] or "auto"
-        how = config["feature_norm"] or "none"
-        for name, features in dataset.item_features.items():
-            self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)
         self._cache: dict[str, object] = {}
         self._csr = _CsrCache()
         self._epoch_graphs: set[str] = set()  # learned graphs kept for the rest of this training epoch
@@ -111,26 +95,6 @@ class MultiModalRecommender(GeneralRecommender):
         # gradients are averaged over processes, so this keeps the terms' weight equal to a one-process run's.
         world_size = 1 if config["single_spec"] else config["world_size"]
         self.batch_size = max(1, config["train_batch_size"] // world_size)
-
-    def item_features(self, name: str) -> torch.Tensor:
-        """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""
-        return getattr(self, f"features_{name}")
-
-    def trainable_feature_tables(self, rows_only: bool = False) -> torch.nn.ModuleDict:
-        """Per modality, a trainable ``nn.Embedding`` initialised from the features (a copy: the buffer
-        stays as loaded, for building graphs), for models that fine-tune their raw features (the MMRec
-        models' ``from_pretrained(feat, freeze=False)``: FREEDOM, LATTICE, BM3, MGCN).
-
-        ``rows_only=True``: the model reads the tables only by calling them on the batch's item ids (never
-        ``.weight`` as a whole); the trainer then gives them row-sparse gradients and the same optimizer
-        step (:class:`recbole_mm.speedups.RowGradients`), which saves a dense ``[items, dim]`` gradient per
-        table and step. The tables stay ordinary dense-gradient embeddings outside recbole_mm's trainer."""
-        tables = torch.nn.ModuleDict({
-            m: torch.nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
-        })
-        for table in tables.values():
-            table.rows_only = rows_only
-        return tables
 
     # ---- building blocks of a model's __init__ ---------------------------------------------------
     # Each creates its parameters in a fixed order (users before items, modalities in declaration
@@ -148,58 +112,12 @@ class MultiModalRecommender(GeneralRecommender):
             nn.init.xavier_uniform_(items.weight)
         return users, items
 
-    def feature_projections(self, dim: int) -> nn.ModuleDict:
-        """Per modality an ``nn.Linear(feature width, dim)`` with torch's default init (the MMRec models'
-        ``image_trs``/``text_trs``), created in modality order."""
-        return nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], dim) for m in self.modalities})
-
-    def modality_weights(self, image_weight: float) -> dict[str, float]:
-        """Fixed weights that mix per-modality item graphs (FREEDOM's ``mm_image_weight``): ``image_weight``
-        for the image modality and the rest shared equally by the others (image + text: 0.1 / 0.9, the
-        original); equal weights without an image modality or with a single one."""
-        if "image" not in self.modalities or len(self.modalities) == 1:
-            return {m: 1.0 / len(self.modalities) for m in self.modalities}
-        rest = (1.0 - image_weight) / (len(self.modalities) - 1)
-        return {m: image_weight if m == "image" else rest for m in self.modalities}
-
-    def item_neighbours(self, k: int, features: dict[str, torch.Tensor] | None = None
-                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Per modality (or per entry of ``features``, ``[n_items, dim]`` tables) the top-``k`` cosine
-        neighbours of every real item: ``(indices, similarities)`` from :func:`graphs.knn_neighbours` over
-        rows 1.. (item 0 is RecBole's padding and is nobody's neighbour), so index j means item j + 1.
-        Searched with the configured ``knn_backend``; the features as loaded (not the trainable copies)."""
-        if features is None:
-            features = {m: self.item_features(m) for m in self.modalities}
-        return {name: knn_neighbours(x[1:], k, backend=self.knn_backend) for name, x in features.items()}
-
-    def knn_item_graphs(self, k: int, weighted: bool = True, normalization: str = "sym",
-                        features: dict[str, torch.Tensor] | None = None,
-                        neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-                        ) -> dict[str, torch.Tensor]:
-        """Per modality (or per entry of ``features``) the sparse ``[n_items, n_items]`` kNN item graph of
-        :func:`graphs.graph_from_neighbours`: each real item linked to its top-``k`` neighbours, weighted
-        by the similarity (or 1 with ``weighted=False``), normalised (``sym``: D^-1/2 S D^-1/2, ``row``:
-        D^-1 S, ``none``); node 0 (padding) isolated. Built once in ``__init__`` from the features as
-        loaded; pass ``neighbours`` (from :meth:`item_neighbours`) when the model also needs them."""
-        if neighbours is None:
-            neighbours = self.item_neighbours(k, features)
-        return {name: graph_from_neighbours(indices, sims, weighted=weighted, normalization=normalization, offset=1)
-                for name, (indices, sims) in neighbours.items()}
-
     def interaction_edges(self, dataset) -> tuple[torch.Tensor, torch.Tensor]:
         """The training interactions as ``(users, items)`` long tensors, each pair once, sorted by user and
         then item: the edges of the user-item graph (``graphs.bipartite_adjacency``)."""
         inter = dataset.inter_matrix(form="coo")
         keys = torch.unique(torch.from_numpy(inter.row).long() * self.n_items + torch.from_numpy(inter.col).long())
         return keys // self.n_items, keys % self.n_items
-
-    def fused_features(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """The modalities concatenated along the feature axis (declaration order), for ``items`` or all."""
-        parts = [self.item_features(name) for name in self.modalities]
-        if items is not None:
-            # index_select copies whole rows; advanced indexing (part[items]) is ~2x slower on CPU.
-            parts = [part.index_select(0, items) for part in parts]
-        return torch.cat(parts, dim=1)
 
     def register_graph(self, name: str, graph: torch.Tensor) -> None:
         """Keep a sparse COO graph as a buffer (it follows ``.to(device)``; not in checkpoints: it is
@@ -328,3 +246,99 @@ class MultiModalRecommender(GeneralRecommender):
         if mode != self.training:
             release_free_heap()  # training's freed temporaries, before evaluation's score matrices and back
         return super().train(mode)
+
+
+class MultiModalRecommender(GraphRecommender):
+    """A :class:`GraphRecommender` that receives per-modality item features from the dataset.
+
+    Features arrive as non-persistent buffers (they follow ``.to(device)`` but are not written into
+    checkpoints: the dataset supplies them again on load). Models never open files themselves.
+    """
+
+    # Keys every multimodal model reads (recbole_mm.config_check); a subclass adds its own. Each key is
+    # validated here, in its schema, and nowhere else: the models read the values as they are.
+    config_schema = {
+        "feature_norm": Choice(*FEATURE_NORMS, none_ok=True),
+        # How the kNN item graphs are searched (graphs.knn_neighbours); unset: auto.
+        "knn_backend": Choice(*KNN_BACKENDS, none_ok=True),
+    }
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        if not isinstance(dataset, MultiModalDataset):
+            raise DataError(
+                f"model {config['model']} needs recbole_mm's MultiModalDataset, got {type(dataset).__name__}; "
+                "import recbole_mm before building the dataset (it registers the dataset class)"
+            )
+        self.modalities: list[str] = list(dataset.item_features)
+        self.knn_backend: str = config["knn_backend"] or "auto"
+        how = config["feature_norm"] or "none"
+        for name, features in dataset.item_features.items():
+            self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)
+
+    def item_features(self, name: str) -> torch.Tensor:
+        """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""
+        return getattr(self, f"features_{name}")
+
+    def trainable_feature_tables(self, rows_only: bool = False) -> torch.nn.ModuleDict:
+        """Per modality, a trainable ``nn.Embedding`` initialised from the features (a copy: the buffer
+        stays as loaded, for building graphs), for models that fine-tune their raw features (the MMRec
+        models' ``from_pretrained(feat, freeze=False)``: FREEDOM, LATTICE, BM3, MGCN).
+
+        ``rows_only=True``: the model reads the tables only by calling them on the batch's item ids (never
+        ``.weight`` as a whole); the trainer then gives them row-sparse gradients and the same optimizer
+        step (:class:`recbole_mm.speedups.RowGradients`), which saves a dense ``[items, dim]`` gradient per
+        table and step. The tables stay ordinary dense-gradient embeddings outside recbole_mm's trainer."""
+        tables = torch.nn.ModuleDict({
+            m: torch.nn.Embedding.from_pretrained(self.item_features(m).clone(), freeze=False) for m in self.modalities
+        })
+        for table in tables.values():
+            table.rows_only = rows_only
+        return tables
+
+    # ---- feature building blocks of a model's __init__ (same fixed order as the base's) ------------
+    def feature_projections(self, dim: int) -> nn.ModuleDict:
+        """Per modality an ``nn.Linear(feature width, dim)`` with torch's default init (the MMRec models'
+        ``image_trs``/``text_trs``), created in modality order."""
+        return nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], dim) for m in self.modalities})
+
+    def modality_weights(self, image_weight: float) -> dict[str, float]:
+        """Fixed weights that mix per-modality item graphs (FREEDOM's ``mm_image_weight``): ``image_weight``
+        for the image modality and the rest shared equally by the others (image + text: 0.1 / 0.9, the
+        original); equal weights without an image modality or with a single one."""
+        if "image" not in self.modalities or len(self.modalities) == 1:
+            return {m: 1.0 / len(self.modalities) for m in self.modalities}
+        rest = (1.0 - image_weight) / (len(self.modalities) - 1)
+        return {m: image_weight if m == "image" else rest for m in self.modalities}
+
+    def item_neighbours(self, k: int, features: dict[str, torch.Tensor] | None = None
+                        ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per modality (or per entry of ``features``, ``[n_items, dim]`` tables) the top-``k`` cosine
+        neighbours of every real item: ``(indices, similarities)`` from :func:`graphs.knn_neighbours` over
+        rows 1.. (item 0 is RecBole's padding and is nobody's neighbour), so index j means item j + 1.
+        Searched with the configured ``knn_backend``; the features as loaded (not the trainable copies)."""
+        if features is None:
+            features = {m: self.item_features(m) for m in self.modalities}
+        return {name: knn_neighbours(x[1:], k, backend=self.knn_backend) for name, x in features.items()}
+
+    def knn_item_graphs(self, k: int, weighted: bool = True, normalization: str = "sym",
+                        features: dict[str, torch.Tensor] | None = None,
+                        neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+                        ) -> dict[str, torch.Tensor]:
+        """Per modality (or per entry of ``features``) the sparse ``[n_items, n_items]`` kNN item graph of
+        :func:`graphs.graph_from_neighbours`: each real item linked to its top-``k`` neighbours, weighted
+        by the similarity (or 1 with ``weighted=False``), normalised (``sym``: D^-1/2 S D^-1/2, ``row``:
+        D^-1 S, ``none``); node 0 (padding) isolated. Built once in ``__init__`` from the features as
+        loaded; pass ``neighbours`` (from :meth:`item_neighbours`) when the model also needs them."""
+        if neighbours is None:
+            neighbours = self.item_neighbours(k, features)
+        return {name: graph_from_neighbours(indices, sims, weighted=weighted, normalization=normalization, offset=1)
+                for name, (indices, sims) in neighbours.items()}
+
+    def fused_features(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The modalities concatenated along the feature axis (declaration order), for ``items`` or all."""
+        parts = [self.item_features(name) for name in self.modalities]
+        if items is not None:
+            # index_select copies whole rows; advanced indexing (part[items]) is ~2x slower on CPU.
+            parts = [part.index_select(0, items) for part in parts]
+        return torch.cat(parts, dim=1)
