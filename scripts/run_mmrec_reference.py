@@ -7,6 +7,8 @@
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src SLMRec learning_rate=0.001 \
         ssl_alpha=0.1 ssl_temp=0.2 reg=0.0001 epochs=3
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src DualGNN epochs=3 reg_weight=0.001
+    OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src LayerGCN epochs=3 n_layers=4 \
+        dropout=0.1 reg_weight=0.001
 
 One grid point (each key=value replaces the list of MMRec's model yaml; a key that is not one of its
 hyper-parameters, e.g. ``epochs=3``, is set as it is), seed 999, on the CPU. At the end it prints each
@@ -15,7 +17,8 @@ timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch`` and its mo
 configs/ from its working directory and MGCN writes its item graphs next to the data, so both live in a
 temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
 ``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's removed
-``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, and the image-loading helpers
+``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, ``models.common`` (LayerGCN's import)
+is MMRec's ``common``, and the image-loading helpers
 (torchvision, lmdb; only used with raw images) and, when absent, matplotlib (the trainer's loss plot) are
 stubbed. MMRec's protocol: test masks training items only.
 DualGNN and DRAGON read a user-user file (``user_graph_dict.npy``) that MMRec's
@@ -136,7 +139,20 @@ def prepare(src: str) -> Path:
             f.write("user_graph_dict_file: 'user_graph_dict.npy'\n")
     os.chdir(work)
     sys.path.insert(0, str(Path(src).resolve()))
+    alias_models_common()
     return work
+
+
+def alias_models_common() -> None:
+    """MMRec's layergcn.py imports ``models.common.*``, a package MMRec does not have (its shared code is
+    ``common``): alias the one to the other so the model imports. Needs MMRec's src on sys.path."""
+    import common
+    import common.abstract_recommender
+    import common.loss
+
+    sys.modules.setdefault("models.common", common)
+    sys.modules.setdefault("models.common.abstract_recommender", common.abstract_recommender)
+    sys.modules.setdefault("models.common.loss", common.loss)
 
 
 def base_config(work: Path) -> dict:

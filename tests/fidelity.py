@@ -15,17 +15,28 @@ DATA = Path(__file__).resolve().parent / "data"
 NAME = "mmrec_fidelity"
 
 
-def load(model_name: str, tmp_path: Path):
-    """(record, model, to_ours): the reference record, our model holding the reference's weights, and
-    the map from reference user/item ids to ours (RecBole's id = the reference's + 1, padding at 0)."""
+# Reference parameter name → ours, for the models whose names these are (FREEDOM, LATTICE); others pass theirs.
+NAMES = {"user_embedding.weight": "user_embedding.weight", "item_id_embedding.weight": "item_embedding.weight",
+         "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.text.weight"}
+
+
+def load(model_name: str, tmp_path: Path, names: dict[str, str] | None = None):
+    """(record, model, names): the reference record, our model holding the reference's weights, and the map
+    from the reference's parameter names to ours (``names``, default :data:`NAMES`). A table with one row more
+    than the reference's is a user or item table (RecBole's id = the reference's + 1, padding at 0): its rows
+    1.. get the reference's; other parameters are copied whole. ``image_trs``/``text_trs`` go into our
+    ``projections`` when the record has them."""
     record, model = build(model_name, tmp_path)
     state = record["state"]
-    names = {"user_embedding.weight": "user_embedding.weight", "item_id_embedding.weight": "item_embedding.weight",
-             "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.text.weight"}
+    names = NAMES if names is None else names
     with torch.no_grad():
         for theirs, ours in names.items():
-            getattr_path(model, ours)[1:] = state[theirs]
-        for m, prefix in (("image", "image_trs"), ("text", "text_trs")):
+            target = getattr_path(model, ours)
+            if target.shape == state[theirs].shape:
+                target.copy_(state[theirs])
+            else:
+                target[1:] = state[theirs]
+        for m, prefix in (("image", "image_trs"), ("text", "text_trs")) if "image_trs.weight" in state else ():
             model.projections[m].weight.copy_(state[f"{prefix}.weight"])
             model.projections[m].bias.copy_(state[f"{prefix}.bias"])
         if "modal_weight" in state:
@@ -63,17 +74,21 @@ def batch(model, ids: torch.Tensor) -> Interaction:
     return Interaction({model.USER_ID: ids[0] + 1, model.ITEM_ID: ids[1] + 1, model.NEG_ITEM_ID: ids[2] + 1})
 
 
-def our_grads(model, names: dict[str, str]) -> dict[str, torch.Tensor]:
-    """Our gradients under the reference's parameter names (real rows only; padding rows are checked zero)."""
+def our_grads(model, names: dict[str, str], unpadded: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Our gradients under the reference's parameter names (real rows only; padding rows are checked zero),
+    whole for the parameters of ours named in ``unpadded`` (no user or item rows)."""
     def grad(parameter: torch.Tensor) -> torch.Tensor:  # None (no gradient reached it) as zeros, like the fixture
         return torch.zeros_like(parameter) if parameter.grad is None else parameter.grad
 
     grads = {}
     for theirs, ours in names.items():
         full = grad(getattr_path(model, ours))
+        if ours in unpadded:
+            grads[theirs] = full
+            continue
         assert torch.all(full[0] == 0), ours
         grads[theirs] = full[1:]
-    for m, prefix in (("image", "image_trs"), ("text", "text_trs")):
+    for m, prefix in (("image", "image_trs"), ("text", "text_trs")) if hasattr(model, "projections") else ():
         grads[f"{prefix}.weight"] = grad(model.projections[m].weight)
         grads[f"{prefix}.bias"] = grad(model.projections[m].bias)
     if hasattr(model, "modal_weight"):

@@ -1,0 +1,88 @@
+"""LayerGCN — Zhou, Lin, Liu, Miao, Wei & Shen, "Layer-refined Graph Convolutional Networks for
+Recommendation", ICDE 2023 (arXiv 2207.11088). Specification: docs/layergcn.md (paper + MMRec's code).
+
+A collaborative baseline: no item features, so it trains on any RecBole dataset. Over the user-item
+graph Â (D^-1/2 A D^-1/2), each layer refines its output by its cosine similarity to the ego layer:
+x_l = cos(Â x_{l-1}, x_0) ⊙ Â x_{l-1}, and the final representation is Σ_{l=1..L} x_l (the ego layer
+itself left out). While training, Â is rebuilt every epoch from a share ``1 - dropout`` of the edges,
+drawn alternately degree-sensitively (P ∝ 1/sqrt(d_u d_i): edges between popular nodes go first) and
+uniformly; evaluation uses the whole graph. Loss: Σ_batch -log σ(s_pos - s_neg) (a sum, not a mean)
++ ``reg_weight`` · ½ Σ‖ego rows of the batch‖².
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from recbole.utils import InputType
+
+from recbole_mm.config_check import Float, Int
+from recbole_mm.model.abstract_recommender import GraphRecommender
+from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep
+from recbole_mm.model.losses import bpr_loss, squared_l2
+
+
+class LayerGCN(GraphRecommender):
+    input_type = InputType.PAIRWISE
+    config_schema = {
+        "n_layers": Int(min=1), "reg_weight": Float(min=0), "dropout": Float(min=0, max=1, max_open=True),
+    }
+
+    def __init__(self, config, dataset):
+        super().__init__(config, dataset)
+        self.n_layers = config["n_layers"]  # refined layers summed into the final representation
+        self.reg_weight = config["reg_weight"]  # weight of ½‖ego rows‖² (not divided by the batch size)
+        self.dropout = config["dropout"]  # share of user-item edges dropped per training epoch
+
+        self.user_embedding, self.item_embedding = self.id_embeddings(config["embedding_size"])
+        edge_users, edge_items = self.interaction_edges(dataset)
+        self.register_buffer("edge_users", edge_users, persistent=False)
+        self.register_buffer("edge_items", edge_items, persistent=False)
+        self.register_graph("norm_adj", bipartite_adjacency(edge_users, edge_items, self.n_users, self.n_items))
+        self._prune_due = True
+        self._uniform_next = False  # the first epoch prunes degree-sensitively, the next uniformly, and so on
+
+    # ---- the pruned graph, drawn once per training epoch ------------------------------------------
+    def prune(self) -> None:
+        """Draw this epoch's pruned user-item graph (``pruned_adj``), alternating the two draws."""
+        n_edges = len(self.edge_users)
+        if self._uniform_next:
+            keep = torch.randperm(n_edges, device=self.edge_users.device)[: int(n_edges * (1.0 - self.dropout))]
+        else:
+            keep = degree_sensitive_keep(self.edge_users, self.edge_items, self.n_users, self.n_items, self.dropout)
+        self._uniform_next = not self._uniform_next
+        self.register_graph("pruned_adj", bipartite_adjacency(
+            self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items))
+        self._prune_due = False
+
+    def train(self, mode: bool = True):
+        # The original draws in pre_epoch_processing, before every training epoch; RecBole's trainer calls
+        # train() at the start of every epoch, so the epoch's first batch draws (as FREEDOM does).
+        if mode:
+            self._prune_due = True
+        return super().train(mode)
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(users, items): Σ_l of the layer-refined propagations, over the pruned graph while training."""
+        pruned = self.training and self.dropout > 0
+        if pruned and self._prune_due:
+            self.prune()
+        graph = "pruned_adj" if pruned else "norm_adj"
+        ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
+        layer, total = ego, None
+        for _ in range(self.n_layers):
+            layer = self.propagate(graph, layer)
+            layer = F.cosine_similarity(layer, ego, dim=-1).unsqueeze(1) * layer
+            total = layer if total is None else total + layer
+        return total[: self.n_users], total[self.n_users:]
+
+    def calculate_loss(self, interaction) -> torch.Tensor:
+        users = interaction[self.USER_ID]
+        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        user_vectors, item_vectors = self.forward()
+        u = user_vectors[users]
+        # The original sums the BPR term over the batch (its L2 term is not divided by the batch size either).
+        loss = bpr_loss((u * item_vectors[pos]).sum(dim=1), (u * item_vectors[neg]).sum(dim=1)) * len(users)
+        reg = squared_l2(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg), denominator=1)
+        return loss + self.reg_weight * reg
