@@ -103,6 +103,19 @@ def dot_info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: fl
     return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
 
 
+def candidate_nce(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor,
+                  temperature: float) -> torch.Tensor:
+    """Σ_n -log [exp(cos(a_n, p_n)/τ) / Σ_j exp(cos(a_n, c_j)/τ)]: InfoNCE against a fixed candidate set (all
+    users or all items, the positive among them), summed over the anchors (LGMRec's hypergraph contrast).
+
+    Computed as Σ_n [logsumexp_j(â_n·ĉ_j) − â_n·p̂_n] with â = a/(‖a‖τ): the same function as the ratio of
+    exponentials, without overflow for any τ.
+    """
+    a = F.normalize(anchors, dim=1) / temperature
+    positive = (a * F.normalize(positives, dim=1)).sum(dim=1)
+    return (torch.logsumexp(a @ F.normalize(candidates, dim=1).T, dim=1) - positive).sum()
+
+
 def squared_l2(*tensors: torch.Tensor, denominator: float) -> torch.Tensor:
     """½ Σ‖t‖² / denominator (GUME divides by the configured batch size, not the batch's)."""
     return 0.5 * sum(t.pow(2).sum() for t in tensors) / denominator
