@@ -109,7 +109,8 @@ def test_loss_is_bpr_plus_contrast_plus_norm_regulariser(planted, monkeypatch):
     u_ids, pos, neg = batch["userID"], batch["itemID"], batch["neg_itemID"]
     u, p, n = users_v[u_ids], items_v[pos], items_v[neg]
     (ua, ia), (ub, ib) = hyper["image"], hyper["text"]
-    contrast = (candidate_nce(ua[u_ids - 1], ub[u_ids - 1], ub, 0.2) + candidate_nce(ia[pos - 1], ib[pos - 1], ib, 0.2))
+    contrast = (candidate_nce(ua[u_ids - 1], ub[u_ids - 1], ub, 0.2)
+                + candidate_nce(ia[pos - 1], ib[pos - 1], ib, 0.2))
     reg = (u.norm() + p.norm() + n.norm()) / len(u_ids)
     expected = bpr_loss((u * p).sum(1), (u * n).sum(1)) + 0.3 * contrast + 0.05 * reg
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

@@ -105,8 +105,8 @@ def dot_info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: fl
 
 def candidate_nce(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor,
                   temperature: float) -> torch.Tensor:
-    """Σ_n -log [exp(cos(a_n, p_n)/τ) / Σ_j exp(cos(a_n, c_j)/τ)]: InfoNCE against a fixed candidate set (all
-    users or all items, the positive among them), summed over the anchors (LGMRec's hypergraph contrast).
+    """Σ_n -log [exp(cos(a_n, p_n)/τ) / Σ_j exp(cos(a_n, c_j)/τ)]: InfoNCE against a fixed candidate set
+    (all users or all items, the positive among them), summed over the anchors (LGMRec's hypergraph contrast).
 
     Computed as Σ_n [logsumexp_j(â_n·ĉ_j) − â_n·p̂_n] with â = a/(‖a‖τ): the same function as the ratio of
     exponentials, without overflow for any τ.

@@ -68,11 +68,12 @@ class LGMRec(MultiModalRecommender):
         users, items = self.interaction_edges(dataset)
         self.register_graph("norm_adj", bipartite_adjacency(users, items, self.n_users, self.n_items))
         shape = (self.n_users, self.n_items)
+        # R (sums over a user's items) and D_u^-1 R (means).
         self.register_graph("user_items", torch.sparse_coo_tensor(
-            torch.stack([users, items]), torch.ones(len(users)), shape, check_invariants=False))  # R: sums over a user's items
+            torch.stack([users, items]), torch.ones(len(users)), shape, check_invariants=False))
         degree = torch.bincount(users, minlength=self.n_users).float()
         self.register_graph("user_mean", torch.sparse_coo_tensor(
-            torch.stack([users, items]), 1.0 / degree[users], shape, check_invariants=False))  # D_u^-1 R: means
+            torch.stack([users, items]), 1.0 / degree[users], shape, check_invariants=False))
 
     # ---- forward --------------------------------------------------------------------------------
     def _modality_embeddings(self, m: str) -> torch.Tensor:
