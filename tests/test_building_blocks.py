@@ -182,3 +182,33 @@ def test_the_example_of_adding_a_model_builds_and_trains(planted):
             make_checked_config(module.Example, "planted", config_dict={**config_dict, "knn_k": 0, "n_layers": 2})
     finally:
         del sys.modules[module.__name__]
+
+
+def test_batch_nodes_positions_point_back_at_the_batch(mgcn):
+    model, _ = mgcn
+    interaction = {model.USER_ID: torch.tensor([3, 1, 3]), model.ITEM_ID: torch.tensor([2, 2, 5]),
+                   model.NEG_ITEM_ID: torch.tensor([7, 1, 2])}
+    nodes, users, pos, neg = model.batch_nodes(interaction)
+    assert nodes.tolist() == sorted(set(nodes.tolist())) and len(nodes) == 6  # users 1, 3; items 1, 2, 5, 7
+    assert nodes[users].tolist() == [3, 1, 3]
+    assert (nodes[pos] - model.n_users).tolist() == [2, 2, 5]
+    assert (nodes[neg] - model.n_users).tolist() == [7, 1, 2]
+
+
+def test_draw_epoch_graph_once_per_training_epoch_and_kept_for_evaluation(mgcn):
+    model, _ = mgcn
+    draws = []
+
+    def draw():
+        draws.append(model.training)
+        return torch.eye(3).to_sparse()
+
+    model.eval()
+    model.draw_epoch_graph("g", draw)  # never drawn: drawn on first use
+    for _ in range(2):
+        model.train()
+        model.draw_epoch_graph("g", draw)
+        model.draw_epoch_graph("g", draw)
+    model.eval()
+    model.draw_epoch_graph("g", draw)
+    assert draws == [False, True, True]

@@ -232,8 +232,7 @@ def check_against_mmrec(model_name: str, names: dict[str, str], tmp_path) -> Non
     weights = torch.zeros(picks.shape)
     picks[1:], weights[1:] = record["epoch_user_graph"] + 1, record["user_weight_matrix"]
     model.train()
-    model.register_graph("user_graph", neighbour_weight_graph(picks, weights, model.n_users))
-    model._resample_due = False
+    model.keep_epoch_graph("user_graph", neighbour_weight_graph(picks, weights, model.n_users))
     for b, ids in enumerate(record["batches"]):
         model.zero_grad()
         loss = model.calculate_loss(fidelity.batch(model, ids))

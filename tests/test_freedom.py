@@ -170,8 +170,8 @@ def test_recboles_trainer_redraws_once_per_epoch(planted, monkeypatch):
     from recbole_mm.model.general_recommender.freedom import FREEDOM
 
     draws = []
-    original = FREEDOM.prune
-    monkeypatch.setattr(FREEDOM, "prune", lambda self: (draws.append(self.training), original(self)))
+    original = FREEDOM.pruned_graph
+    monkeypatch.setattr(FREEDOM, "pruned_graph", lambda self: (draws.append(self.training), original(self))[1])
     root, config = planted
     config.update(epochs=3, knn_k=5, feat_embed_dim=16, train_batch_size=64)  # several batches per epoch
     recbole_mm.run_recbole(model="FREEDOM", dataset="planted", config_dict=config, saved=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import warnings
+from typing import Callable
 
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
@@ -140,6 +141,15 @@ class GraphRecommender(GeneralRecommender):
         self.register_graph(name, graph.detach())
         self._epoch_graphs.add(name)
 
+    def draw_epoch_graph(self, name: str, draw: Callable[[], torch.Tensor]) -> None:
+        """Register graph ``name`` from ``draw()`` at the first training forward pass of each epoch, and keep
+        it for the epoch's other batches and for evaluation (a graph never drawn yet, e.g. after loading a
+        checkpoint, is drawn on first use). The references draw such graphs in ``pre_epoch_processing``
+        (FREEDOM's and LayerGCN's pruned user-item graphs, DualGNN's user graph); RecBole's trainer calls
+        ``train()`` at the start of every epoch, which makes the next draw due."""
+        if (self.training and name not in self._epoch_graphs) or name not in self._buffers:
+            self.keep_epoch_graph(name, draw())
+
     # ---- multi-process (DDP) runs ---------------------------------------------------------------
     def data_buffer_names(self) -> list[str]:
         """The model's own non-persistent buffers: item features, graphs and whatever else a model
@@ -225,6 +235,16 @@ class GraphRecommender(GeneralRecommender):
         if key not in self._cache:
             self._cache[key] = compute()
         return self._cache[key]
+
+    def batch_nodes(self, interaction) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's distinct nodes (users, then items offset by ``n_users``; sorted) and the positions of
+        its users, positives and negatives among them: for models whose row-wise part is computed for the
+        batch's nodes only (MGCN, SMORE)."""
+        batch = torch.cat([interaction[self.USER_ID], interaction[self.ITEM_ID] + self.n_users,
+                           interaction[self.NEG_ITEM_ID] + self.n_users])
+        nodes, rows = torch.unique(batch, return_inverse=True)
+        users, pos, neg = rows.chunk(3)
+        return nodes, users, pos, neg
 
     def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final (users, items) representations whose dot product is the score; ``forward`` by

@@ -116,6 +116,18 @@ def candidate_nce(anchors: torch.Tensor, positives: torch.Tensor, candidates: to
     return (torch.logsumexp(a @ F.normalize(candidates, dim=1).T, dim=1) - positive).sum()
 
 
+def bpr_side_contrast(o: torch.Tensor, side: torch.Tensor, h_id: torch.Tensor, users: torch.Tensor,
+                      pos: torch.Tensor, neg: torch.Tensor, reg_weight: float, cl_weight: float,
+                      temperature: float, batch_size: int) -> torch.Tensor:
+    """MGCN's training loss, which SMORE keeps: BPR on the final rows ``o`` plus their squared L2 over the
+    batch size, plus ``cl_weight`` times the InfoNCE between the side (modality) rows and the ID rows of
+    the batch's positive items and of its users. ``users``/``pos``/``neg`` index the rows."""
+    loss = bpr_loss((o[users] * o[pos]).sum(dim=1), (o[users] * o[neg]).sum(dim=1))
+    loss = loss + reg_weight * squared_l2(o[users], o[pos], o[neg], denominator=batch_size)
+    return loss + cl_weight * (info_nce(side[pos], h_id[pos], temperature)
+                               + info_nce(side[users], h_id[users], temperature))
+
+
 def squared_l2(*tensors: torch.Tensor, denominator: float) -> torch.Tensor:
     """½ Σ‖t‖² / denominator (GUME divides by the configured batch size, not the batch's)."""
     return 0.5 * sum(t.pow(2).sum() for t in tensors) / denominator

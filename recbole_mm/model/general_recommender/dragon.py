@@ -32,8 +32,7 @@ class DRAGON(DualGNN):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) final representations, ``M · embedding_size`` wide."""
-        if self._resample_due or not hasattr(self, "user_graph"):
-            self.resample_user_graph()
+        self.draw_epoch_graph("user_graph", self.sampled_user_graph)
         reps = self.modality_representations()
         items = torch.cat(reps, dim=1)[self.n_users:]
         if len(reps) == 1:

@@ -74,27 +74,18 @@ class DualGNN(MultiModalRecommender):
                                                           config["user_graph_k"])
         self.register_buffer("user_neighbours", neighbours, persistent=False)
         self.register_buffer("user_counts", counts, persistent=False)
-        self._resample_due = True
 
     def _fusion_weights(self, n: int) -> torch.Tensor:
         """``[n, M, 1]`` weights, xavier-normal then softmax over the modalities (the reference's init)."""
         return torch.softmax(nn.init.xavier_normal_(torch.empty(n, len(self.modalities), 1)), dim=1)
 
     # ---- the user-user graph, re-drawn once per training epoch ------------------------------------
-    def resample_user_graph(self) -> None:
-        """Draw this epoch's user graph: each user's top-k co-occurring users, padded to k by resampling
-        and weighted by the softmax of the counts (graphs.sampled_neighbour_graph)."""
-        self.register_graph("user_graph", sampled_neighbour_graph(self.user_neighbours, self.user_counts,
-                                                                   self.user_aggr))
-        self._resample_due = False
-
-    def train(self, mode: bool = True):
-        # The reference re-draws in pre_epoch_processing, before every training epoch; RecBole's trainer
-        # calls train() at the start of every epoch, so the next forward pass re-draws. Evaluation keeps
-        # the last training epoch's graph, as the reference's scores do.
-        if mode:
-            self._resample_due = True
-        return super().train(mode)
+    def sampled_user_graph(self) -> torch.Tensor:
+        """This epoch's user graph: each user's top-k co-occurring users, padded to k by resampling and
+        weighted by the softmax of the counts (graphs.sampled_neighbour_graph). Drawn once per training
+        epoch (the reference: pre_epoch_processing); evaluation keeps the last training epoch's graph, as the
+        reference's scores do."""
+        return sampled_neighbour_graph(self.user_neighbours, self.user_counts, self.user_aggr)
 
     # ---- forward --------------------------------------------------------------------------------
     def modality_representations(self) -> list[torch.Tensor]:
@@ -111,8 +102,7 @@ class DualGNN(MultiModalRecommender):
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) final representations."""
-        if self._resample_due or not hasattr(self, "user_graph"):
-            self.resample_user_graph()
+        self.draw_epoch_graph("user_graph", self.sampled_user_graph)
         reps = self.modality_representations()
         items = reps[0]
         for r in reps[1:]:

@@ -58,28 +58,19 @@ class FREEDOM(MultiModalRecommender):
         self.register_buffer("edge_users", edge_users, persistent=False)
         self.register_buffer("edge_items", edge_items, persistent=False)
         self.register_graph("norm_adj", bipartite_adjacency(self.edge_users, self.edge_items, self.n_users, self.n_items))
-        self._prune_due = True
 
-    def prune(self) -> None:
-        """Draw this epoch's degree-sensitively pruned user-item graph (``pruned_adj``)."""
+    def pruned_graph(self) -> torch.Tensor:
+        """This epoch's degree-sensitively pruned user-item graph (drawn once per training epoch, see
+        docs/freedom.md: the original re-samples in pre_epoch_processing)."""
         keep = degree_sensitive_keep(self.edge_users, self.edge_items, self.n_users, self.n_items, self.dropout)
-        self.register_graph("pruned_adj", bipartite_adjacency(
-            self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items))
-        self._prune_due = False
-
-    def train(self, mode: bool = True):
-        # The original re-samples in pre_epoch_processing, before every training epoch; RecBole's trainer
-        # calls train() at the start of every epoch, so the next batch re-samples (see docs/freedom.md).
-        if mode:
-            self._prune_due = True
-        return super().train(mode)
+        return bipartite_adjacency(self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items)
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) final representations: over the pruned graph while training, else the full one."""
         pruned = self.training and self.dropout > 0
-        if pruned and self._prune_due:
-            self.prune()
+        if pruned:
+            self.draw_epoch_graph("pruned_adj", self.pruned_graph)
         h = self.item_embedding.weight
         for _ in range(self.n_mm_layers):
             h = self.propagate("item_graph", h)

@@ -39,35 +39,25 @@ class LayerGCN(GraphRecommender):
         self.register_buffer("edge_users", edge_users, persistent=False)
         self.register_buffer("edge_items", edge_items, persistent=False)
         self.register_graph("norm_adj", bipartite_adjacency(edge_users, edge_items, self.n_users, self.n_items))
-        self._prune_due = True
         self._uniform_next = False  # the first epoch prunes degree-sensitively, the next uniformly, and so on
 
     # ---- the pruned graph, drawn once per training epoch ------------------------------------------
-    def prune(self) -> None:
-        """Draw this epoch's pruned user-item graph (``pruned_adj``), alternating the two draws."""
+    def pruned_graph(self) -> torch.Tensor:
+        """This epoch's pruned user-item graph, alternating the two draws (degree-sensitive, then uniform)."""
         n_edges = len(self.edge_users)
         if self._uniform_next:
             keep = torch.randperm(n_edges, device=self.edge_users.device)[: int(n_edges * (1.0 - self.dropout))]
         else:
             keep = degree_sensitive_keep(self.edge_users, self.edge_items, self.n_users, self.n_items, self.dropout)
         self._uniform_next = not self._uniform_next
-        self.register_graph("pruned_adj", bipartite_adjacency(
-            self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items))
-        self._prune_due = False
-
-    def train(self, mode: bool = True):
-        # The original draws in pre_epoch_processing, before every training epoch; RecBole's trainer calls
-        # train() at the start of every epoch, so the epoch's first batch draws (as FREEDOM does).
-        if mode:
-            self._prune_due = True
-        return super().train(mode)
+        return bipartite_adjacency(self.edge_users[keep], self.edge_items[keep], self.n_users, self.n_items)
 
     # ---- forward --------------------------------------------------------------------------------
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items): Σ_l of the layer-refined propagations, over the pruned graph while training."""
         pruned = self.training and self.dropout > 0
-        if pruned and self._prune_due:
-            self.prune()
+        if pruned:
+            self.draw_epoch_graph("pruned_adj", self.pruned_graph)
         graph = "pruned_adj" if pruned else "norm_adj"
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight])
         layer, total = ego, None

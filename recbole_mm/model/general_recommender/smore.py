@@ -24,7 +24,7 @@ from torch import nn
 from recbole_mm.config_check import ConfigError, Float, Int, MappingOf
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, max_pool_graphs, user_item_block
-from recbole_mm.model.losses import bpr_loss, info_nce, squared_l2
+from recbole_mm.model.losses import bpr_side_contrast
 
 
 def spectra(signals: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -130,16 +130,10 @@ class SMORE(MultiModalRecommender):
         return {"o": h_id + side, "side": side, "h_id": h_id}
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        batch = torch.cat([interaction[self.USER_ID], interaction[self.ITEM_ID] + self.n_users,
-                           interaction[self.NEG_ITEM_ID] + self.n_users])
-        nodes, rows = torch.unique(batch, return_inverse=True)
-        users, pos, neg = rows.chunk(3)  # positions of the batch's users, positives, negatives in ``nodes``
+        nodes, users, pos, neg = self.batch_nodes(interaction)
         out = self.forward(nodes)
-        o, side, h_id = out["o"], out["side"], out["h_id"]
-        loss = bpr_loss((o[users] * o[pos]).sum(dim=1), (o[users] * o[neg]).sum(dim=1))
-        loss = loss + self.reg_weight * squared_l2(o[users], o[pos], o[neg], denominator=self.batch_size)
-        return loss + self.cl_loss * (info_nce(side[pos], h_id[pos], self.cl_temp)
-                                      + info_nce(side[users], h_id[users], self.cl_temp))
+        return bpr_side_contrast(out["o"], out["side"], out["h_id"], users, pos, neg, self.reg_weight,
+                                 self.cl_loss, self.cl_temp, self.batch_size)
 
     def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         o = self.cached("o", lambda: self.forward()["o"])
