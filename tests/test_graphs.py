@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from recbole_mm.model import graphs
-from recbole_mm.model.graphs import augmented_adjacency, knn_graph, knn_neighbours, semantic_neighbours
+from recbole_mm.model.graphs import augmented_adjacency, graph_from_neighbours, knn_neighbours, semantic_neighbours
+
+
+def knn_graph(features: torch.Tensor, k: int, weighted: bool = True, normalization: str = "sym",
+              chunk_size: int = 1024) -> torch.Tensor:
+    """The kNN item graph the models build (knn_neighbours, then graph_from_neighbours), for the tests."""
+    return graph_from_neighbours(*knn_neighbours(features, k, chunk_size), weighted=weighted,
+                                 normalization=normalization)
 
 
 def dense_knn(features: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import recbole_mm
-from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb, squared_l2
+from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb_rows, squared_l2
 from recbole_mm.quick_start import create_dataset, make_config
 
 
@@ -48,11 +48,12 @@ def test_gaussian_alignment_by_hand():
 def test_perturb_keeps_signs_and_bounds_noise():
     torch.manual_seed(0)
     x = torch.tensor([[1.0, -2.0, 3.0], [-0.5, 0.5, -1.0]])
-    noisy = perturb(x, eps=0.1)
+    ids = torch.arange(2)
+    noisy = perturb_rows(x, ids, eps=0.1)
     delta = noisy - x
     assert torch.all(torch.sign(delta) == torch.sign(x))
     assert torch.allclose(delta.norm(dim=1), torch.full((2,), 0.1), atol=1e-6)
-    assert not torch.equal(perturb(x, 0.1), perturb(x, 0.1))  # a fresh draw each call
+    assert not torch.equal(perturb_rows(x, ids, 0.1), perturb_rows(x, ids, 0.1))  # a fresh draw each call
 
 
 # ---- the model -----------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ import torch
 
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
-from recbole_mm.model.graphs import cooccurrence_graph, knn_graph
+from recbole_mm.model.graphs import cooccurrence_graph
 from recbole_mm.quick_start import create_dataset, make_config
 
 from conftest import planted_config, write_planted_dataset
+from test_graphs import knn_graph
 
 BASE = {"knn_k": 5, "fusion": "concat"}
 

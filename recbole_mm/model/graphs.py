@@ -256,19 +256,11 @@ def normalize_adjacency(rows: torch.Tensor, cols: torch.Tensor, values: torch.Te
     return torch.sparse_coo_tensor(torch.stack([rows, cols]), values, (n, n), check_invariants=False).coalesce()
 
 
-def knn_graph(features: torch.Tensor, k: int, weighted: bool = True, normalization: str = "sym",
-              chunk_size: int = 1024, backend: str = "exact") -> torch.Tensor:
-    """Item-item kNN graph from features: row i keeps its top-``k`` cosine neighbours, weighted by the
-    similarity (or 1 when ``weighted=False``), then normalised (GUME/LATTICE: weighted, ``sym`` with
-    row sums, i.e. D^-1/2 S D^-1/2 on a row-wise, generally asymmetric S).
-    """
-    return graph_from_neighbours(*knn_neighbours(features, k, chunk_size, backend), weighted=weighted,
-                                 normalization=normalization)
-
-
 def graph_from_neighbours(indices: torch.Tensor, sims: torch.Tensor, weighted: bool = True,
                           normalization: str = "sym", offset: int = 0) -> torch.Tensor:
-    """The kNN graph of :func:`knn_graph` from precomputed neighbours; ``offset`` shifts every node id
+    """Item-item kNN graph from precomputed neighbours (:func:`knn_neighbours`): row i keeps its top-k
+    neighbours, weighted by the similarity (or 1 when ``weighted=False``), then normalised (GUME/LATTICE:
+    weighted, ``sym`` with row sums, i.e. D^-1/2 S D^-1/2 on a row-wise, generally asymmetric S); ``offset`` shifts every node id
     (e.g. by 1 to leave RecBole's padding item 0 isolated), giving an ``[n + offset]``-square matrix.
     """
     n, kk = indices.shape

@@ -144,11 +144,6 @@ def gaussian_alignment(features: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def perturb(x: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
-    """SimGCL-style noise: x + sign(x) ⊙ normalize_row(ε)·eps with ε ~ U(0, 1), fresh on every call."""
-    return x + torch.sign(x) * F.normalize(torch.rand_like(x), dim=1) * eps
-
-
 def cosine_alignment(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1 - mean_n cos(online_n, target_n), with no gradient through ``target`` (BM3's bootstrapped
     alignment: the target view is a stop-gradient copy)."""
@@ -161,9 +156,10 @@ def frobenius_norms(*tensors: torch.Tensor, denominator: float) -> torch.Tensor:
 
 
 def perturb_rows(rows: torch.Tensor, ids: torch.Tensor, eps: float = 0.1) -> torch.Tensor:
-    """``perturb(x, eps)[ids]`` given only ``rows = x[ids]``: the same noise distribution, drawn for the
-    distinct ids only (rows sharing an id share their noise, as when the full matrix is perturbed and
-    then indexed), so a batch never pays for the rows it does not use.
+    """SimGCL-style noise, ``x + sign(x) ⊙ normalize_row(ε)·eps`` with ε ~ U(0, 1), applied to the full matrix
+    and then indexed by ``ids`` (GUME's perturb(x)[users]), given only ``rows = x[ids]``: the noise is drawn
+    for the distinct ids only (rows sharing an id share their noise), so a batch never pays for the rows it
+    does not use.
     """
     unique, inverse = torch.unique(ids, return_inverse=True)
     noise = F.normalize(uniform_noise(unique, rows.shape[1], rows), dim=1)[inverse]
