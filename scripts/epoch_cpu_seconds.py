@@ -50,7 +50,7 @@ def ours(model: str, overrides: list[str]) -> None:
     import torch
 
     import recbole_mm
-    from recbole_mm.config_check import parse_setting
+    from recbole_mm.config_files import parse_setting
     from recbole_mm.trainer import Trainer
 
     torch.set_num_threads(1)
