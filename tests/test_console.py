@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
@@ -78,3 +79,15 @@ def test_install_hints_say_what_works_in_a_checkout(tmp_path, monkeypatch, capsy
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and install_command("download") in lines[0] and "--from DIR" in lines[0]
     assert not any(tmp_path.iterdir())
+
+
+def test_the_command_enables_huge_pages_unless_the_environment_sets_them(monkeypatch):
+    from recbole_mm import cli
+
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    monkeypatch.setattr(cli, "main", lambda args, prog: None)  # dispatch only, no training
+    cli.console_main(["--model=BPR", "--dataset=tiktok"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    cli.console_main(["--model=BPR", "--dataset=tiktok"])
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"  # the user's choice stands
