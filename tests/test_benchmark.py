@@ -24,7 +24,7 @@ def fake_cell(valid: float, test: float) -> dict:
     return {"valid": {"recall@20": valid}, "test": {"recall@20": test, "ndcg@20": test / 2},
             "best_valid_score": valid, "best_epoch": 0, "epochs": 1, "train_seconds": 0.5, "eval_seconds": 0.1,
             "peak_memory_mb": {"rss": 100.0}, "parameters": 10, "history": history, "checkpoint": None,
-            "config": {}}
+            "config": {}, "code": {"files": {}}}
 
 
 def test_grid_is_chosen_on_validation_and_cells_are_resumable(tmp_path, monkeypatch):
@@ -108,6 +108,13 @@ def test_benchmark_end_to_end_on_a_generated_set(tmp_path):
     assert (tmp_path / "results" / "log_tensorboard").is_dir() and not (tmp_path / "log").exists()
     finished = [c for c in cells.values() if "failed" not in c]
     assert {c["config"]["seed"] for c in finished} == {1, 2} and all(c["code"]["hash"] for c in finished)
+    # Each cell names the source files it ran: VBPR's cells its model file, BPR's (RecBole's) no plugin model.
+    vbpr = next(c for c in finished if c["config"]["model"] == "VBPR")["code"]["files"]
+    bpr = next(c for c in finished if c["config"]["model"] == "BPR")["code"]["files"]
+    assert "recbole_mm/model/general_recommender/vbpr.py" in vbpr and "recbole_mm/trainer.py" in vbpr
+    assert not any(name.startswith("recbole_mm/model/general_recommender/") and not name.endswith("__init__.py")
+                   for name in bpr) and "recbole_mm/trainer.py" in bpr
+    assert all(bench_cells.is_current(c) for c in finished)
     # Readable and portable: per run only what differs from the defaults, no absolute path anywhere.
     assert str(tmp_path) not in md and str(tmp_path) not in (tmp_path / "results" / "planted.configs.json").read_text()
     assert '"embedding_size": 8' in md and "ran now" in md
@@ -250,6 +257,44 @@ def test_cache_is_keyed_by_resolved_config_and_code(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_cells, "code_version", lambda: {"hash": "bbbb", "commit": "c2"})
     chosen = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert calls == [1, 1, 1] and not chosen["M"]["cells"][0]["from_cache"]  # the code changed: runs again
+
+
+def test_a_cell_is_run_again_only_when_a_file_it_ran_changes(tmp_path, monkeypatch):
+    calls, digests = [], {"recbole_mm/model/general_recommender/m.py": "a1", "recbole_mm/trainer.py": "t1"}
+
+    def fake_run(model, dataset, config, workdir, threads=None):
+        calls.append(model)
+        return {**fake_cell(valid=0.2, test=0.1), "code": {"hash": "h", "commit": "c", "files": dict(digests)}}
+
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(bench_cells, "resolve_config", lambda model, dataset, config: {"model": model, **config})
+    monkeypatch.setattr(bench_cells, "_current_digest", lambda path: digests.get(
+        str(path.relative_to(bench_cells.Path(bench_cells.__file__).resolve().parents[2]))))
+    monkeypatch.setattr(bench_cells, "code_version", lambda: {"hash": "other", "commit": "other"})
+    plan = {"datasets": ["d"], "seeds": [1], "runs": {"M": {"model": "M"}}}
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])
+    assert calls == ["M"]  # another file of the package changed (its hash differs): the cell stands
+    digests["recbole_mm/model/general_recommender/m.py"] = "a2"  # the cell's own model file changed
+    chosen = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
+    assert calls == ["M", "M"] and not chosen["M"]["cells"][0]["from_cache"]
+    del digests["recbole_mm/trainer.py"]  # a file it ran is gone
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])
+    assert len(calls) == 3
+
+
+def test_files_ran_names_the_model_its_bases_and_shared_code_but_not_other_models():
+    import recbole_mm  # noqa: F401 - RecBole's get_model then finds the plugin's models
+    from recbole.utils import get_model
+
+    get_model("GUME")
+    files = bench_cells.files_ran("GUME")
+    assert "recbole_mm/model/general_recommender/gume.py" in files
+    assert "recbole_mm/model/abstract_recommender.py" in files and "recbole_mm/model/graphs.py" in files
+    assert "recbole_mm/model/general_recommender/vbpr.py" not in files
+    assert all(len(d) == 16 for d in files.values())
+    assert bench_cells.is_current({"code": {"files": files}})
+    assert not bench_cells.is_current({"code": {"files": {**files, "recbole_mm/gone.py": "0" * 16}}})
 
 
 def test_code_version_hashes_the_package_and_its_yaml_files():

@@ -86,7 +86,7 @@ def test_old_cells_without_per_user_metrics_are_reported_and_only_they_are_rerun
     def cell(model, dataset, config, commit):
         valid = 0.3 if config.get("reg_weight") == 0.1 else 0.2
         return {**fake_cell(valid=valid, test=0.1), "config": {"model": model, "dataset": dataset, **config},
-                "code": {"commit": commit}}
+                "code": {"commit": commit, "hash": bench_cells.code_version()["hash"]}}
 
     def old_run(model, dataset, config, workdir, threads=None):  # a cell cached before per-user metrics
         calls.append((model, config.get("reg_weight"), config["seed"]))

@@ -79,12 +79,79 @@ def resolve_config(model: str, dataset: str, config: dict) -> dict | None:
         return None
 
 
+# The libraries whose version can move a cell's numbers: part of its key.
+KEY_LIBRARIES = ("torch", "recbole", "numpy", "scipy", "pandas")
+
+
+@lru_cache(maxsize=1)
+def library_versions() -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for name in KEY_LIBRARIES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
 def cell_key(model: str, dataset: str, config: dict) -> str:
-    """Cache key: the resolved config (or, when it cannot be resolved, the plan's inputs) and the code."""
+    """Cache key: the resolved config (or, when it cannot be resolved, the plan's inputs) and the library
+    versions. The code is checked per cell instead (:func:`is_current`): a cell records the source files it
+    ran, so a change elsewhere in the package (another model, the report, the command line) keeps it."""
     resolved = resolve_config(model, dataset, config)
     identity = {"resolved": resolved} if resolved is not None else {"unresolved": [model, dataset, config]}
-    identity["code"] = code_version()["hash"]
+    identity["libraries"] = library_versions()
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def files_ran(model_name: str) -> dict[str, str]:
+    """The recbole_mm source files this process has run, by path under the package's parent, with their
+    digests: every loaded module of the package except the model modules that ``model_name`` neither
+    inherits from nor imports (the plugin imports every model file to find the models; a change to
+    another model does not change this cell)."""
+    from recbole.utils import get_model
+
+    from recbole_mm.registry import canonical_model_name
+
+    package = Path(__file__).resolve().parent.parent
+    models = "recbole_mm.model.general_recommender."
+    model_class = get_model(canonical_model_name(model_name))
+    used = {cls.__module__ for cls in model_class.__mro__}
+    for value in vars(sys.modules[model_class.__module__]).values():
+        used.add(getattr(value, "__module__", None) if not isinstance(value, type(sys)) else value.__name__)
+    files = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not path or not (name == "recbole_mm" or name.startswith("recbole_mm.")):
+            continue
+        if name.startswith(models) and name not in used:
+            continue
+        path = Path(path).resolve()
+        files[str(path.relative_to(package.parent))] = _file_digest(path)
+    return dict(sorted(files.items()))
+
+
+def is_current(cell: dict) -> bool:
+    """Whether a cached cell still describes today's code: every source file it ran is unchanged (a cell
+    from before files were recorded: the whole package's hash is unchanged)."""
+    code = cell.get("code") or {}
+    if "files" not in code:
+        return code.get("hash") == code_version()["hash"]
+    parent = Path(__file__).resolve().parent.parent.parent
+    return all(_current_digest(parent / name) == digest for name, digest in code["files"].items())
+
+
+def _current_digest(path: Path) -> str | None:
+    try:
+        return _file_digest(path)
+    except OSError:  # the file is gone: the cell ran code that no longer exists
+        return None
 
 
 # ---- one cell, in a fresh process -------------------------------------------------------------------
@@ -113,7 +180,7 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
         "history": history,
         "checkpoint": result["saved_model_file"],
         "config": portable_config(config_to_plain(result["config"])),
-        "code": code_version(),
+        "code": {**code_version(), "files": files_ran(model)},
         "leakage": result["leakage"],
         **cell_fields(result["test_details"]),
     }

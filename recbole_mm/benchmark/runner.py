@@ -168,6 +168,8 @@ class Runner:
             return self._matching(cells, plan, dataset, label, point, seed)
         key = self.key(plan, dataset, label, point, seed)
         cell = cells.get(key, {"failed": "not run yet"})
+        if "failed" not in cell and not benchmark_cells.is_current(cell):
+            cell = {"failed": "not run yet with today's code (its cached cell ran code that has changed since)"}
         if self.fill_missing and "failed" in cell:  # a cached cell of these settings from other code, if any
             with self.key_lock:
                 matching = self._matching(cells, plan, dataset, label, point, seed)
@@ -189,8 +191,7 @@ class Runner:
                        or (need_per_user and not has_per_user(found[id(item)]))]
         else:
             missing = [] if self.report_only else [
-                item for item in todo if "failed" in cached.get(self.key(plan, dataset, item[0], item[2], item[3]),
-                                                                {"failed": ""})]
+                item for item in todo if "failed" in self._cell(cached, plan, dataset, item[0], item[2], item[3])]
         extra = bool(priority[0])
         with self.slots.cond:
             if extra:  # not before every full-seed run has queued all its cells
