@@ -26,7 +26,8 @@ import torch
 
 from conftest import REPO, planted_config, write_planted_dataset
 from recbole_mm.errors import DataError, RecBoleMMError
-from recbole_mm.quick_start import check_distributed_args, load_data_and_model, run, run_recbole
+from recbole_mm.distributed import check_distributed_args
+from recbole_mm.quick_start import load_data_and_model, run, run_recbole
 
 GUME_SETTINGS = {"epochs": 15, "knn_k": 5, "learning_rate": 0.01, "stopping_step": 15}
 NDCG_TOLERANCE = 0.06  # see the module docstring

@@ -23,7 +23,7 @@ import torch
 import yaml
 from conftest import REPO, planted_config, write_planted_dataset
 
-from recbole_mm import analysis, cli, config_check, quick_start
+from recbole_mm import analysis, cli, config_check, distributed, quick_start
 from recbole_mm.benchmark import cells as bench_cells
 from recbole_mm.benchmark import command as bench_command
 from recbole_mm.benchmark import plan as bench_plan
@@ -500,10 +500,10 @@ def test_pairwise_training_without_negatives_is_one_line(data, monkeypatch, caps
 
 def test_nproc_above_the_cores_warns_and_far_above_fails(data, monkeypatch, capsys):
     root, _, _ = data
-    monkeypatch.setattr(quick_start, "available_cores", lambda: 2)
-    quick_start.check_nproc_against_cores(2)
+    monkeypatch.setattr(distributed, "available_cores", lambda: 2)
+    distributed.check_nproc_against_cores(2)
     assert capsys.readouterr().err == ""
-    quick_start.check_nproc_against_cores(8)
+    distributed.check_nproc_against_cores(8)
     assert capsys.readouterr().err.strip().splitlines() == [
         "recbole_mm: warning: nproc=8 is more than the 2 CPU cores here; the processes share them and each runs "
         "slower (--nproc=2 uses every core once)"]
