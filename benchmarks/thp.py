@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def run(model: str, epochs: int, thp: bool, core: int) -> list[dict]:
     """One training run of ``model`` on TikTok (seed 999) in a fresh process; its per-epoch records."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "THP_MEM_ALLOC_ENABLE": "1" if thp else "0"}
-    command = ["taskset", "-c", str(core), sys.executable, str(ROOT / "scripts" / "epoch_cpu_seconds.py"),
+    command = ["taskset", "-c", str(core), sys.executable, str(ROOT / "benchmarks" / "epoch_cpu_seconds.py"),
                "ours", model, f"epochs={epochs}"]
     out = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]

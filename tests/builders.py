@@ -14,7 +14,7 @@ import torch
 DATA = Path(__file__).resolve().parent / "data"
 
 # MMRec MGCN parameter name → ours, for the modalities named image and text (the fidelity fixture's;
-# scripts/mgcn_tiktok_vs_mmrec.py renames text to audio for TikTok).
+# benchmarks/mgcn_tiktok_vs_mmrec.py renames text to audio for TikTok).
 MGCN_NAMES = {
     "user_embedding.weight": "user_embedding.weight", "item_id_embedding.weight": "item_embedding.weight",
     "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.text.weight",

@@ -1,8 +1,8 @@
 """CPU seconds and training loss of every training epoch, of recbole_mm's model or of MMRec's own, on TikTok
 (seed 999): the side-by-side numbers of docs/<model>.md (e.g. docs/grcn.md).
 
-    OMP_NUM_THREADS=1 python scripts/epoch_cpu_seconds.py ours GRCN epochs=3 reg_weight=1e-05
-    OMP_NUM_THREADS=1 /work/refvenv/bin/python scripts/epoch_cpu_seconds.py mmrec GRCN --src /tmp/MMRec/src \\
+    OMP_NUM_THREADS=1 python benchmarks/epoch_cpu_seconds.py ours GRCN epochs=3 reg_weight=1e-05
+    OMP_NUM_THREADS=1 /work/refvenv/bin/python benchmarks/epoch_cpu_seconds.py mmrec GRCN --src /tmp/MMRec/src \\
         epochs=3 reg_weight=1e-05 learning_rate=0.001
 
 Prints one JSON line per training epoch: side, model, epoch, train_loss (the sum over the epoch's batches,
@@ -62,7 +62,7 @@ def ours(model: str, overrides: list[str]) -> None:
 
 
 def mmrec(model: str, src: str, overrides: list[str]) -> None:
-    spec = importlib.util.spec_from_file_location("run_mmrec_reference", HERE / "run_mmrec_reference.py")
+    spec = importlib.util.spec_from_file_location("run_mmrec_reference", HERE.parent / "scripts" / "run_mmrec_reference.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
     runner.install_shims()

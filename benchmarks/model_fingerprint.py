@@ -1,8 +1,8 @@
 """Fingerprint of a short training run: hashes of each model's per-epoch training losses, validation
 scores and final ``state_dict``, to show that a refactoring of the model layer changes no number.
 
-    OMP_NUM_THREADS=1 python scripts/model_fingerprint.py                     # the seven models, TikTok
-    OMP_NUM_THREADS=1 python scripts/model_fingerprint.py --models GUME MGCN --epochs 3 --seed 999
+    OMP_NUM_THREADS=1 python benchmarks/model_fingerprint.py                     # the seven models, TikTok
+    OMP_NUM_THREADS=1 python benchmarks/model_fingerprint.py --models GUME MGCN --epochs 3 --seed 999
 
 Run it at two commits and compare the lines: equal hashes mean bit-identical losses and weights. Each
 model goes through recbole_mm's own path (checked config, dataset, protocol, seeding, model, trainer, as

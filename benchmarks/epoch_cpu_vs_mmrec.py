@@ -1,7 +1,7 @@
 """CPU seconds per training epoch of recbole_mm's model and of MMRec's own implementation on TikTok, one
 thread, interleaved runs (ours, MMRec's, ours, MMRec's, ...), and the per-epoch training losses of both.
 
-    python scripts/epoch_cpu_vs_mmrec.py /path/to/MMRec/src LayerGCN --rounds 2 --epochs 3 \\
+    python benchmarks/epoch_cpu_vs_mmrec.py /path/to/MMRec/src LayerGCN --rounds 2 --epochs 3 \\
         --ours-python .venv/bin/python --mmrec-python /path/to/refvenv/bin/python n_layers=4 dropout=0.1
 
 Each run is a fresh process (seed 999, ``OMP_NUM_THREADS=1``, ``torch.set_num_threads(1)``) that times every
@@ -58,7 +58,7 @@ def child_ours(model: str, epochs: int, settings: list[str]) -> list[dict]:
 
 
 def child_mmrec(src: str, model: str, epochs: int, settings: list[str]) -> list[dict]:
-    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(REPO / "scripts"))
     import run_mmrec_reference
 
     run_mmrec_reference.install_shims()

@@ -3,7 +3,7 @@
 graphs each builds from TikTok's data and features, and one training step of each from the same weights.
 
     git clone https://github.com/enoche/MMRec /tmp/MMRec
-    OMP_NUM_THREADS=1 python scripts/mgcn_tiktok_vs_mmrec.py /tmp/MMRec/src [saved/MGCN-….pth]
+    OMP_NUM_THREADS=1 python benchmarks/mgcn_tiktok_vs_mmrec.py /tmp/MMRec/src [saved/MGCN-….pth]
 
 Builds both models (MMRec's with the shims and the temporary layout of scripts/run_mmrec_reference.py, seed
 999), copies MMRec's initial weights into ours (rows mapped from MMRec's raw ids to RecBole's internal
@@ -56,7 +56,7 @@ def ours():
 def reference(src: str):
     """MMRec's MGCN on the same files (seed 999, cl_loss 0.01), its first training batch, and a function
     scoring the model with MMRec's own evaluator on its validation split."""
-    spec = importlib.util.spec_from_file_location("run_mmrec_reference", HERE / "run_mmrec_reference.py")
+    spec = importlib.util.spec_from_file_location("run_mmrec_reference", HERE.parent / "scripts" / "run_mmrec_reference.py")
     runner = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(runner)
     runner.install_shims()
