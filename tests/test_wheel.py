@@ -24,6 +24,8 @@ def test_wheel_install_runs_from_another_directory(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         entry_points = archive.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Project-URL: RecBole source, https://github.com/RUCAIBox/RecBole" in metadata
     assert any(n.endswith(".dist-info/licenses/LICENSE") or n.endswith(".dist-info/LICENSE") for n in names)
     assert "recbole-mm = recbole_mm.cli:console_main" in entry_points
     venv = tmp_path / "venv"
