@@ -106,15 +106,26 @@ def cell_key(model: str, dataset: str, config: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+# The benchmark's harness: modules a cell's process loads to be started and to report, whose code does not
+# compute the cell (it hands the resolved config, which is in the key, to run_recbole and records what comes
+# back). A change to them keeps the cached cells; every other package file a cell ran is part of its code.
+HARNESS = ("recbole_mm/benchmark/", "recbole_mm/cli.py", "recbole_mm/latex.py",
+           "recbole_mm/rigour.py", "recbole_mm/stats.py", "recbole_mm/search.py")
+
+
+def _is_harness(name: str) -> bool:
+    return name.startswith(HARNESS)
+
+
 def _file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def files_ran(model_name: str) -> dict[str, str]:
     """The recbole_mm source files this process has run, by path under the package's parent, with their
-    digests: every loaded module of the package except the model modules that ``model_name`` neither
-    inherits from nor imports (the plugin imports every model file to find the models; a change to
-    another model does not change this cell)."""
+    digests: every loaded module of the package except the benchmark's :data:`HARNESS` and the model
+    modules that ``model_name`` neither inherits from nor imports (the plugin imports every model file to
+    find the models; a change to another model does not change this cell)."""
     from recbole.utils import get_model
 
     from recbole_mm.registry import canonical_model_name
@@ -133,7 +144,9 @@ def files_ran(model_name: str) -> dict[str, str]:
         if name.startswith(models) and name not in used:
             continue
         path = Path(path).resolve()
-        files[str(path.relative_to(package.parent))] = _file_digest(path)
+        name = str(path.relative_to(package.parent))
+        if not _is_harness(name):
+            files[name] = _file_digest(path)
     return dict(sorted(files.items()))
 
 
@@ -144,7 +157,8 @@ def is_current(cell: dict) -> bool:
     if "files" not in code:
         return code.get("hash") == code_version()["hash"]
     parent = Path(__file__).resolve().parent.parent.parent
-    return all(_current_digest(parent / name) == digest for name, digest in code["files"].items())
+    return all(_current_digest(parent / name) == digest for name, digest in code["files"].items()
+               if not _is_harness(name))
 
 
 def _current_digest(path: Path) -> str | None:
