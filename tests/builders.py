@@ -120,3 +120,27 @@ def assert_scores_match(model, fixture: dict, user_map, item_map) -> None:
         scores = model.full_sort_predict(Interaction({"userID": user_map})).reshape(len(user_map), -1)
     expected = torch.tensor(fixture["scores"], dtype=torch.float32)
     assert torch.allclose(scores[:, item_map], expected, atol=1e-5, rtol=1e-5)
+
+
+def assert_loss_and_grads_match(model, fixture: dict, names: dict[str, str], user_map, item_map) -> None:
+    """On the fixture's batch, the model's training loss (1e-5 relative) and the gradient of every parameter
+    of ``names`` (reference → ours; user and item tables compared in the reference's row order) equal the
+    reference's."""
+    import pytest
+    from recbole.data.interaction import Interaction
+
+    batch = fixture["batch"]
+    interaction = Interaction({"userID": user_map[batch["users"]], "itemID": item_map[batch["pos"]],
+                               "neg_itemID": item_map[batch["neg"]]})
+    model.train()
+    loss = model.calculate_loss(interaction)
+    assert loss.item() == pytest.approx(fixture["loss"], rel=1e-5)
+    loss.backward()
+    parameters = dict(model.named_parameters())
+    for ref_name, name in names.items():
+        grad, expected = parameters[name].grad, torch.tensor(fixture["grads"][ref_name], dtype=torch.float32)
+        if name.startswith("user_embedding"):
+            grad = grad[user_map]
+        elif name.startswith(("item_embedding", "raw_features")):
+            grad = grad[item_map]
+        assert torch.allclose(grad, expected, atol=1e-6, rtol=1e-4), name

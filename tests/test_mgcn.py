@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders import (MGCN_NAMES, assert_scores_match, build_from_fixture, build_planted, load_fixture,
-                      load_reference_weights)
+from builders import (MGCN_NAMES, assert_loss_and_grads_match, assert_scores_match, build_from_fixture,
+                      build_planted, load_fixture, load_reference_weights)
 from torch import nn
 
 import recbole_mm
@@ -112,25 +112,9 @@ def test_recbole_run_recbole_finds_mgcn(planted):
 
 
 def test_matches_mmrec_reference(tmp_path, monkeypatch):
-    from recbole.data.interaction import Interaction
-
     monkeypatch.chdir(tmp_path)
     fixture = load_fixture("mgcn")
     model, config, user_map, item_map = build_from_fixture("MGCN", fixture, tmp_path / "data")
     load_reference_weights(model, fixture, MGCN_NAMES, user_map, item_map)
-    batch = fixture["batch"]
-    interaction = Interaction({"userID": user_map[batch["users"]], "itemID": item_map[batch["pos"]],
-                               "neg_itemID": item_map[batch["neg"]]})
-    model.train()
-    loss = model.calculate_loss(interaction)
-    assert loss.item() == pytest.approx(fixture["loss"], rel=1e-5)
-    loss.backward()
-    parameters = dict(model.named_parameters())
-    for ref_name, name in MGCN_NAMES.items():
-        grad, expected = parameters[name].grad, torch.tensor(fixture["grads"][ref_name], dtype=torch.float32)
-        if name.startswith("user_embedding"):
-            grad = grad[user_map]
-        elif name.startswith(("item_embedding", "raw_features")):
-            grad = grad[item_map]
-        assert torch.allclose(grad, expected, atol=1e-6, rtol=1e-4), name
+    assert_loss_and_grads_match(model, fixture, MGCN_NAMES, user_map, item_map)
     assert_scores_match(model, fixture, user_map, item_map)
