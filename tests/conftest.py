@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,13 @@ import pytest
 import recbole_mm  # noqa: F401  (shims + registration before any recbole import in the tests)
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _no_pytest_arguments_in_argv(monkeypatch):
+    """RecBole's Config reads ``--key=value`` words of sys.argv as settings: pytest's own options
+    (``--durations=50``, ``-k ...``) must not reach the runs a test makes."""
+    monkeypatch.setattr(sys, "argv", sys.argv[:1])
 
 
 def write_planted_dataset(root: Path, name: str = "planted", n_users: int = 120, n_items: int = 60,
