@@ -1,0 +1,177 @@
+"""PGL: the principal graphs (local sample, global SVD) against dense references, the loss by hand, gradients,
+determinism, learning, RecBole's own entry point, and equality with MMRec's PGL on the fixture of
+tests/data/mmrec_fidelity."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fidelity
+import recbole_mm
+from builders import build_planted
+from recbole_mm.errors import RecBoleMMError
+from recbole_mm.model.general_recommender.pgl import _principal_graph
+from recbole_mm.model.graphs import bipartite_adjacency, user_item_block
+from recbole_mm.model.losses import bpr_loss
+
+
+def build(planted, **overrides):
+    _, model, train_data = build_planted("PGL", planted, **{"knn_k": 5, "embedding_size": 16,
+                                                            "feat_embed_dim": 16, **overrides})
+    return model, train_data
+
+
+# ---- the global principal graph against a dense SVD of the whole adjacency ------------------------------
+def dense_principal(adjacency: np.ndarray, rank: int, share: float, threshold: float) -> np.ndarray:
+    """The reference's recipe on a dense matrix: Â's ``rank`` leading triplets, Σ_{i<t} s_i s_{d-t+i} u_i v_iᵀ."""
+    u, s, vt = np.linalg.svd(adjacency)
+    u, s, vt = u[:, :rank], s[:rank], vt[:rank]
+    top = int(share * rank)
+    product = u[:, :top] @ np.diag(s[:top] * s[-top:]) @ vt[:top]
+    return product * (np.abs(product) >= threshold)
+
+
+@pytest.mark.parametrize("rank", [8, 16])
+def test_principal_graph_equals_dense_svd_recipe(rank):
+    rng = np.random.default_rng(0)
+    n_users, n_items = 12, 9
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, n_users, 40), rng.integers(0, n_items, 40))}
+    users, items = (torch.tensor(x) for x in zip(*sorted(pairs)))
+    adjacency = bipartite_adjacency(users, items, n_users, n_items)
+    ours = _principal_graph(user_item_block(adjacency, n_users, n_items), rank=rank, threshold=1e-3).to_dense()
+    expected = dense_principal(adjacency.to_dense().double().numpy(), rank, 0.25, 1e-3)
+    # Equal pairs of singular values make the dense SVD's vectors arbitrary within a pair, but not the sum.
+    assert np.allclose(ours.numpy(), expected, atol=1e-5)
+    assert torch.equal(ours, ours.T)  # t even: both members of each pair, the same weight
+    assert torch.all(ours[:n_users, :n_users] == 0) and torch.all(ours[n_users:, n_users:] == 0)
+
+
+def test_principal_graph_uses_arpack_path_and_drops_small_entries():
+    rng = np.random.default_rng(1)
+    n_users, n_items = 60, 40
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, n_users, 400), rng.integers(0, n_items, 400))}
+    users, items = (torch.tensor(x) for x in zip(*sorted(pairs)))
+    adjacency = bipartite_adjacency(users, items, n_users, n_items)
+    block = user_item_block(adjacency, n_users, n_items)
+    ours = _principal_graph(block, rank=16, threshold=1e-2)  # 8 pairs < min(60, 40) - 1: ARPACK
+    expected = dense_principal(adjacency.to_dense().double().numpy(), 16, 0.25, 1e-2)
+    assert np.allclose(ours.to_dense().numpy(), expected, atol=1e-5)
+    assert ours.coalesce().values().abs().min() >= 1e-2 and ours._nnz() < 2 * n_users * n_items
+
+
+# ---- the model on the planted set ----------------------------------------------------------------
+def test_loss_is_bpr_plus_weighted_contrast_of_dropout_views(planted):
+    model, train_data = build(planted, reg_weight=0.3, dropout=0.25, temperature=0.5)
+    batch = next(iter(train_data))
+    torch.manual_seed(3)
+    loss = model.calculate_loss(batch)
+    # By hand: the same epoch graph (kept), the same dropout masks (same seed after the graph's draw).
+    torch.manual_seed(3)
+    model.train()
+    users, items = model.forward()
+    u = users[batch["userID"]]
+    pos, neg = items[batch["itemID"]], items[batch["neg_itemID"]]
+    masks = [(F.dropout(torch.ones_like(x), 0.25, True)) for x in (u, u, pos, pos)]
+    views = [m * x for m, x in zip(masks, (u, u, pos, pos))]
+
+    def nce(a, b):
+        a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
+        logits = torch.exp(a @ b.T / 0.5)
+        return (-torch.log(logits.diag() / logits.sum(dim=1))).mean()
+
+    expected = bpr_loss((u * pos).sum(1), (u * neg).sum(1)) + 0.3 * (nce(views[0], views[1]) + nce(views[2], views[3])) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_items_are_normalised_features_side_by_side_and_users_their_modality_blocks(planted):
+    model, _ = build(planted, n_ui_layers=0, n_mm_layers=0)
+    model.eval()
+    users, items = model.forward()
+    for k, m in enumerate(model.modalities):
+        block = items[:, 16 * k: 16 * (k + 1)] / 2  # the layer mean with no layers adds x and h = x
+        expected = F.normalize(model.projections[m](model.raw_features[m].weight), dim=1)
+        assert torch.allclose(block, expected, atol=1e-6)
+        assert torch.equal(users[:, 16 * k: 16 * (k + 1)], model.user_embeddings[m].weight)
+
+
+def test_local_graph_is_redrawn_each_epoch_and_evaluation_uses_the_full_graph(planted):
+    model, _ = build(planted, edge_keep_rate=0.3)
+    model.train()
+    model.forward()
+    first = model.local_adj
+    model.forward()
+    assert model.local_adj is first  # fixed within the epoch
+    edges = len(model.edge_users)
+    assert first._nnz() == 2 * int(edges * 0.3) and model.norm_adj._nnz() == 2 * edges
+    model.eval()
+    eval_out = model.forward()
+    model.train()
+    model.forward()
+    assert not torch.equal(model.local_adj.indices(), first.indices())
+    model.eval()
+    assert torch.equal(model.forward()[1], eval_out[1])
+
+
+def test_global_mode_trains_on_the_principal_graph(planted):
+    model, train_data = build(planted, mode="global")
+    assert not hasattr(model, "local_adj") and model.principal_adj._nnz() > 0
+    # Rows of users reach items only (and the reverse): the graph keeps Â's bipartite structure.
+    rows, cols = model.principal_adj.indices()
+    assert torch.all((rows < model.n_users) != (cols < model.n_users))
+    model.train()
+    loss = model.calculate_loss(next(iter(train_data)))
+    assert torch.isfinite(loss) and not hasattr(model, "local_adj")
+
+
+def test_item_graph_mixes_binary_knn_graphs(planted):
+    model, _ = build(planted)
+    dense = model.item_graph.to_dense()
+    assert torch.all(dense[0] == 0) and torch.all(dense[:, 0] == 0)
+    assert torch.allclose(dense[1:].sum(dim=1), torch.ones(model.n_items - 1))
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_gradients_reach_every_parameter(planted, mode):
+    model, train_data = build(planted, reg_weight=0.1, mode=mode)
+    model.calculate_loss(next(iter(train_data))).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_feat_embed_dim_must_equal_embedding_size(planted):
+    with pytest.raises(RecBoleMMError, match="feat_embed_dim"):
+        build(planted, feat_embed_dim=8)
+
+
+def test_deterministic_on_cpu(planted):
+    root, config = planted
+    config.update(epochs=2, knn_k=5, embedding_size=16, feat_embed_dim=16, reg_weight=0.1)
+    runs = [recbole_mm.run_recbole(model="PGL", dataset="planted", config_dict=config, saved=False) for _ in range(2)]
+    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+
+
+def test_pgl_beats_popularity_on_planted_clusters(planted):
+    root, config = planted
+    config.update(epochs=15, knn_k=5, embedding_size=16, feat_embed_dim=16, learning_rate=0.01, stopping_step=15)
+    pop = recbole_mm.run_recbole(model="Pop", dataset="planted", config_dict=config)
+    pgl = recbole_mm.run_recbole(model="PGL", dataset="planted", config_dict=config)
+    assert pgl["test_result"]["recall@10"] > pop["test_result"]["recall@10"] + 0.3, (pgl, pop)
+
+
+def test_single_modality_trains(planted):
+    root, config = planted
+    config.update(epochs=1, knn_k=5, embedding_size=16, feat_embed_dim=16, modalities={"text": "text_feat.npy"})
+    result = recbole_mm.run_recbole(model="PGL", dataset="planted", config_dict=config, saved=False)
+    assert 0.0 <= result["test_result"]["recall@10"] <= 1.0
+
+
+def test_recbole_run_recbole_finds_pgl(planted):
+    from recbole.quick_start import run_recbole
+
+    root, config = planted
+    config.update(knn_k=5, embedding_size=16, feat_embed_dim=16)
+    result = run_recbole(model="PGL", dataset="planted", config_dict=config)
+    assert 0.0 <= result["test_result"]["recall@10"] <= 1.0
