@@ -175,3 +175,59 @@ def test_recbole_run_recbole_finds_pgl(planted):
     config.update(knn_k=5, embedding_size=16, feat_embed_dim=16)
     result = run_recbole(model="PGL", dataset="planted", config_dict=config)
     assert 0.0 <= result["test_result"]["recall@10"] <= 1.0
+
+
+# ---- fidelity: MMRec's PGL (the authors' code) on the same data, weights, batches and random draws ----------
+# Reference parameter name → ours.
+NAMES = {"user_image.weight": "user_embeddings.image.weight", "user_text.weight": "user_embeddings.text.weight",
+         "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.text.weight"}
+
+
+def load_reference(mode: str, tmp_path):
+    """(record, model): scripts/make_pgl_fidelity_fixture.py's record of ``mode`` and our PGL on the same data
+    holding the reference's initial weights (user and item tables: our row id = theirs + 1, padding at 0)."""
+    from recbole.data import data_preparation
+    from recbole.utils import get_model
+
+    from conftest import planted_config
+    from recbole_mm.quick_start import create_dataset, make_config
+
+    record = torch.load(fidelity.DATA / "pgl_fidelity" / "pgl.pt", weights_only=True)[mode]
+    config = make_config("PGL", "pgl_fidelity", config_dict=planted_config(
+        fidelity.DATA, "pgl_fidelity", checkpoint_dir=str(tmp_path / "saved"), **record["config"]))
+    train_data, _, _ = data_preparation(config, create_dataset(config))
+    dataset = train_data._dataset
+    for field in ("userID", "itemID"):  # the fixture numbers ids by first appearance: RecBole's are + 1
+        assert [int(t) for t in dataset.field2id_token[field][1:]] == list(range(len(dataset.field2id_token[field]) - 1))
+    model = get_model("PGL")(config, dataset)
+    state = record["state"]
+    with torch.no_grad():
+        for theirs, ours in NAMES.items():
+            fidelity.getattr_path(model, ours)[1:] = state[theirs]
+        for m in ("image", "text"):
+            model.projections[m].weight.copy_(state[f"{m}_trs.weight"])
+            model.projections[m].bias.copy_(state[f"{m}_trs.bias"])
+    return record, model
+
+
+@pytest.mark.parametrize("mode", ["local", "global"])
+def test_matches_mmrec_pgl(mode, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    record, model = load_reference(mode, tmp_path)
+    torch.manual_seed(record["seeds"]["train"])  # the reference drew its sub-graph, then the dropout masks
+    model.train()
+    for b, ids in enumerate(record["batches"]):
+        model.zero_grad()
+        loss = model.calculate_loss(fidelity.batch(model, ids))
+        loss.backward()
+        assert loss.item() == pytest.approx(record[f"loss_{b}"].item(), abs=1e-6), b
+        ours = fidelity.our_grads(model, NAMES)
+        for name, grad in record[f"grads_{b}"].items():
+            assert torch.allclose(ours[name], grad, atol=1e-6), (b, name)
+    # The same principal graph: reference node n ↔ ours n + 1 (users), n - n_users + our n_users + 1 (items).
+    n_users = model.n_users - 1
+    ref = torch.arange(record["principal_adj"].shape[0])
+    ours_index = torch.where(ref < n_users, ref + 1, ref - n_users + model.n_users + 1)
+    graph = model.local_adj if mode == "local" else model.principal_adj
+    assert torch.allclose(graph.to_dense()[ours_index][:, ours_index], record["principal_adj"], atol=1e-6)
+    assert torch.allclose(fidelity.scores(model), record["scores"], atol=1e-5)
