@@ -17,7 +17,8 @@ timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch`` and its mo
 configs/ from its working directory and MGCN writes its item graphs next to the data, so both live in a
 temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
 ``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's removed
-``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, ``models.common`` (LayerGCN's import)
+``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, ``sparsesvd`` (PGL's import) raises when
+called if it is not installed, ``models.common`` (LayerGCN's import)
 is MMRec's ``common``, and the image-loading helpers
 (torchvision, lmdb; only used with raw images) and, when absent, matplotlib (the trainer's loss plot) are
 stubbed. MMRec's protocol: test masks training items only.
@@ -78,6 +79,11 @@ def install_shims() -> None:
         return total
     scatter.scatter = scatter_reduce
     sys.modules["torch_scatter"] = scatter
+    if importlib.util.find_spec("sparsesvd") is None:  # PGL imports it; only its global mode calls it
+        def sparsesvd(*args, **kwargs):
+            raise SystemExit("PGL's global mode needs sparsesvd (SVDLIBC): see scripts/make_pgl_fidelity_fixture.py")
+        sys.modules["sparsesvd"] = types.ModuleType("sparsesvd")
+        sys.modules["sparsesvd"].sparsesvd = sparsesvd
     # DualGNN/DRAGON: ``self.result_embed = nn.Parameter(...).to(device)`` is a plain (non-leaf) tensor after a
     # move to the GPU, so their forward may later assign a tensor to it; on the CPU ``.to`` returns the
     # Parameter itself and the assignment raises. Returning a copy, as the GPU move does, restores that.
@@ -119,7 +125,13 @@ def user_graph_dict(inter_file: Path, max_neighbours: int = 200) -> dict[int, li
 
 
 def parse(value: str):
-    return float(value) if any(c in value for c in ".e") else int(value)
+    """A number when it reads as one, else the string (PGL's ``mode=global``)."""
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
 
 
 def prepare(src: str) -> Path:
