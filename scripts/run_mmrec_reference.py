@@ -60,7 +60,9 @@ def install_shims() -> None:
     if not hasattr(sp.dok_matrix, "_update"):
         sp.dok_matrix._update = lambda self, entries: [self.__setitem__(k, v) for k, v in entries.items()]
     sys.modules.setdefault("lmdb", types.ModuleType("lmdb"))
-    if importlib.util.find_spec("matplotlib") is None:  # imported by MMRec's trainer for a plot it never draws here
+    # Imported by MMRec's trainer for a plot it never draws here. A stub of an earlier call (a second call of
+    # this function in one process) has no __spec__, which find_spec refuses: look in sys.modules first.
+    if "matplotlib" not in sys.modules and importlib.util.find_spec("matplotlib") is None:
         sys.modules["matplotlib"] = types.ModuleType("matplotlib")
         sys.modules["matplotlib.pyplot"] = types.ModuleType("matplotlib.pyplot")
     data_utils = types.ModuleType("utils.data_utils")
@@ -79,7 +81,8 @@ def install_shims() -> None:
         return total
     scatter.scatter = scatter_reduce
     sys.modules["torch_scatter"] = scatter
-    if importlib.util.find_spec("sparsesvd") is None:  # PGL imports it; only its global mode calls it
+    # PGL imports sparsesvd; only its global mode calls it.
+    if "sparsesvd" not in sys.modules and importlib.util.find_spec("sparsesvd") is None:
         def sparsesvd(*args, **kwargs):
             raise SystemExit("PGL's global mode needs sparsesvd (SVDLIBC): see scripts/make_pgl_fidelity_fixture.py")
         sys.modules["sparsesvd"] = types.ModuleType("sparsesvd")

@@ -82,7 +82,8 @@ def test_loss_is_bpr_plus_weighted_contrast_of_dropout_views(planted):
         logits = torch.exp(a @ b.T / 0.5)
         return (-torch.log(logits.diag() / logits.sum(dim=1))).mean()
 
-    expected = bpr_loss((u * pos).sum(1), (u * neg).sum(1)) + 0.3 * (nce(views[0], views[1]) + nce(views[2], views[3])) / 2
+    contrast = (nce(views[0], views[1]) + nce(views[2], views[3])) / 2
+    expected = bpr_loss((u * pos).sum(1), (u * neg).sum(1)) + 0.3 * contrast
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
@@ -198,7 +199,8 @@ def load_reference(mode: str, tmp_path):
     train_data, _, _ = data_preparation(config, create_dataset(config))
     dataset = train_data._dataset
     for field in ("userID", "itemID"):  # the fixture numbers ids by first appearance: RecBole's are + 1
-        assert [int(t) for t in dataset.field2id_token[field][1:]] == list(range(len(dataset.field2id_token[field]) - 1))
+        tokens = dataset.field2id_token[field][1:]
+        assert [int(t) for t in tokens] == list(range(len(tokens))), field
     model = get_model("PGL")(config, dataset)
     state = record["state"]
     with torch.no_grad():

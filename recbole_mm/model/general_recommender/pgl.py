@@ -129,11 +129,12 @@ def _principal_graph(block: torch.Tensor, rank: int, share: float = PRINCIPAL_SH
                      threshold: float = PRINCIPAL_THRESHOLD, chunk_rows: int = 2048) -> torch.Tensor:
     """PGL's global principal graph of the normalised bipartite graph Â = [[0, R̃], [R̃ᵀ, 0]] (``block`` = R̃,
     sparse ``[n_users, n_items]``): Σ_{i<t} s_i s_{d-t+i} u_i v_iᵀ over Â's ``d = rank`` leading singular
-    triplets (t = ⌊share·d⌋), entries below ``threshold`` in magnitude dropped; sparse, ``[n_users + n_items]``-square.
+    triplets (t = ⌊share·d⌋), entries below ``threshold`` in magnitude dropped; sparse,
+    ``[n_users + n_items]``-square.
 
     Â's singular triplets come in pairs from R̃ = P Σ Qᵀ: σ_j with (u, v) = ([p_j; 0], [0; q_j]) and with
-    ([0; q_j], [p_j; 0]), so s = (σ_1, σ_1, σ_2, σ_2, ...) and the sum has only a user→item block P W₀ Qᵀ and an
-    item→user block Q W₁ Pᵀ. Computed from R̃'s ⌈d/2⌉ leading triplets (ARPACK, fixed start vector:
+    ([0; q_j], [p_j; 0]), so s = (σ_1, σ_1, σ_2, σ_2, ...) and the sum has only a user→item block P W₀ Qᵀ and
+    an item→user block Q W₁ Pᵀ. Computed from R̃'s ⌈d/2⌉ leading triplets (ARPACK, fixed start vector:
     deterministic), the dense blocks a chunk of rows at a time (never the dense [n, n] matrix).
     """
     n_users, n_items = block.shape
