@@ -137,7 +137,7 @@ def parse(value: str):
     return value
 
 
-def prepare(src: str) -> Path:
+def prepare(src: str, model: str | None = None) -> Path:
     """Shims installed, MMRec's ``src`` importable and a temporary working folder (MMRec's configs, the
     TikTok files linked) made the current directory; returns that folder (benchmarks/speed.py uses it too)."""
     install_shims()
@@ -177,7 +177,7 @@ def base_config(work: Path) -> dict:
 
 def main(src: str, model: str, *overrides: str) -> None:
     torch.set_num_threads(1)
-    work = prepare(src)
+    work = prepare(src, model)
     import yaml
     from common.trainer import Trainer
     from utils.quick_start import quick_start
