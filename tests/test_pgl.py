@@ -117,7 +117,7 @@ def test_local_graph_is_redrawn_each_epoch_and_evaluation_uses_the_full_graph(pl
 
 
 def test_global_mode_trains_on_the_principal_graph(planted):
-    model, train_data = build(planted, mode="global")
+    model, train_data = build(planted, principal_graph="global")
     assert not hasattr(model, "local_adj") and model.principal_adj._nnz() > 0
     # Rows of users reach items only (and the reverse): the graph keeps Â's bipartite structure.
     rows, cols = model.principal_adj.indices()
@@ -136,7 +136,7 @@ def test_item_graph_mixes_binary_knn_graphs(planted):
 
 @pytest.mark.parametrize("mode", ["local", "global"])
 def test_gradients_reach_every_parameter(planted, mode):
-    model, train_data = build(planted, reg_weight=0.1, mode=mode)
+    model, train_data = build(planted, reg_weight=0.1, principal_graph=mode)
     model.calculate_loss(next(iter(train_data))).backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -194,8 +194,10 @@ def load_reference(mode: str, tmp_path):
     from recbole_mm.quick_start import create_dataset, make_config
 
     record = torch.load(fidelity.DATA / "pgl_fidelity" / "pgl.pt", weights_only=True)[mode]
+    settings = {**record["config"]}
+    settings["principal_graph"] = settings.pop("mode")  # the reference's name of the key
     config = make_config("PGL", "pgl_fidelity", config_dict=planted_config(
-        fidelity.DATA, "pgl_fidelity", checkpoint_dir=str(tmp_path / "saved"), **record["config"]))
+        fidelity.DATA, "pgl_fidelity", checkpoint_dir=str(tmp_path / "saved"), **settings))
     train_data, _, _ = data_preparation(config, create_dataset(config))
     dataset = train_data._dataset
     for field in ("userID", "itemID"):  # the fixture numbers ids by first appearance: RecBole's are + 1

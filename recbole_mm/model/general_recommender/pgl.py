@@ -5,7 +5,7 @@ No item ID embeddings: an item's representation is its modalities' projected fea
 side by side, x_i = [n(W_m f_i^m + b_m)]_m; a user has one free embedding per modality, side by side. A frozen
 item-item graph S = Σ_m w_m Â^m (binary kNN graph of each modality, D^-1/2 A D^-1/2, mixed by fixed weights)
 smooths the items, h = S^L x. LightGCN's layer mean over a *principal* user-item graph while training, over the
-full normalised graph Â for evaluation:
+full normalised graph Â for evaluation (``principal_graph``):
 - local (default): a sub-graph of Â's edges, a share kept degree-sensitively (∝ 1/sqrt(d_u d_i)), re-drawn
   every epoch and re-normalised;
 - global: the entries ≥ 1e-3 in magnitude of a rank-reduced Â, Σ_i s_i s_{d-t+i} u_i v_iᵀ over its t = d/4
@@ -39,7 +39,7 @@ PRINCIPAL_THRESHOLD = 1e-3
 class PGL(MultiModalRecommender):
     input_type = InputType.PAIRWISE
     config_schema = {
-        "mode": Choice("local", "global"), "edge_keep_rate": Float(min=0, max=1, min_open=True),
+        "principal_graph": Choice("local", "global"), "edge_keep_rate": Float(min=0, max=1, min_open=True),
         "knn_k": Int(min=1), "n_mm_layers": Int(min=0), "n_ui_layers": Int(min=0), "feat_embed_dim": Int(min=1),
         "mm_image_weight": Float(min=0, max=1), "dropout": Float(min=0, max=1, max_open=True),
         "reg_weight": Float(min=0), "temperature": Float(min=0, min_open=True),
@@ -48,7 +48,9 @@ class PGL(MultiModalRecommender):
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
         d = config["embedding_size"]
-        self.mode = config["mode"]  # which principal graph trains the model: local (sampled) | global (SVD)
+        # Which principal graph trains the model: local (sampled) | global (SVD); the reference's ``mode`` (a key
+        # named so would be taken for --model by the command line's abbreviations).
+        self.mode = config["principal_graph"]
         self.edge_keep_rate = config["edge_keep_rate"]  # share of user-item edges a local sub-graph keeps
         self.n_mm_layers = config["n_mm_layers"]  # hops on the frozen item graph
         self.n_ui_layers = config["n_ui_layers"]  # LightGCN layers on the user-item graph
