@@ -1,5 +1,5 @@
 """PGL — Yu, Tan, Lu & Bao, "Mind Individual Information! Principal Graph Learning for Multimedia
-Recommendation", AAAI 2025. Specification: docs/pgl.md (paper + the authors' code, as in MMRec's pgl.py).
+Recommendation", AAAI 2025. Specification: docs/pgl.md (the authors' code, as MMRec ships it in pgl.py).
 
 No item ID embeddings: an item's representation is its modalities' projected features, each L2-normalised,
 side by side, x_i = [n(W_m f_i^m + b_m)]_m; a user has one free embedding per modality, side by side. A frozen
