@@ -235,3 +235,14 @@ def test_matches_mmrec_pgl(mode, tmp_path, monkeypatch):
     graph = model.local_adj if mode == "local" else model.principal_adj
     assert torch.allclose(graph.to_dense()[ours_index][:, ours_index], record["principal_adj"], atol=1e-6)
     assert torch.allclose(fidelity.scores(model), record["scores"], atol=1e-5)
+
+
+def test_no_key_is_taken_for_a_command_line_option():
+    """run_recbole_mm.py's parser accepts abbreviations of its own options, so a model key that is a prefix of
+    one (the reference's ``mode`` of ``--model``) would be read as that option: the keys avoid it."""
+    from recbole_mm.cli import parse_args
+    from recbole_mm.model.general_recommender.pgl import PGL
+
+    options = ("model", "dataset", "config_files", "nproc", "world_size", "ip", "port", "offset", "resume", "version")
+    assert not [key for key in PGL.config_schema if any(option.startswith(key) for option in options)]
+    assert parse_args(["--model=PGL", "--principal_graph=global"]).model == "PGL"
