@@ -6,7 +6,7 @@ gradients, the principal graph, scores).
 
 PGL imports ``sparsesvd`` (SVDLIBC), which its global mode calls; it is not in the reference venv: install it
 into a venv of its own (its 2013 setup.py needs ``pip install "setuptools<60" "cython<3" "wheel<0.41"`` first,
-then ``pip install --no-build-isolation sparsesvd``). Made with /work/refvenv's packages plus sparsesvd 0.2.2.
+then ``pip install --no-build-isolation sparsesvd``). Made with torch 2.13 CPU, SciPy, pandas and sparsesvd 0.2.2.
 
 A sibling of make_mmrec_fidelity_fixture.py (its fake MMRec config and dataset) on a larger dataset than that
 one's 10 users and 9 items: SVDLIBC's Lanczos finds only 2 of the 8 singular values asked for on that graph (and
