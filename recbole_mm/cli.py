@@ -42,6 +42,9 @@ def parse_args(argv: list[str], prog: str = "run_recbole_mm.py") -> argparse.Nam
         description="Train and test a RecBole or recbole_mm model. Any RecBole parameter can be given "
         "as --key=value (e.g. --epochs=5 --learning_rate=0.01); RecBole reads those itself.",
         epilog=_subcommand_help(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        # A model key that is a prefix of an option (PGL's reference calls its graph choice `mode`) must reach
+        # RecBole as that key, not be read as an abbreviation of --model.
+        allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s (recbole_mm) {_version()}")
     parser.add_argument("--model", "-m", default="GUME", help="model name, e.g. GUME, MMGEF, VBPR, BPR, LightGCN")
