@@ -260,7 +260,7 @@ def test_cache_is_keyed_by_resolved_config_and_code(tmp_path, monkeypatch):
 
 
 def test_a_cell_is_run_again_only_when_a_file_it_ran_changes(tmp_path, monkeypatch):
-    calls, digests = [], {"recbole_mm/model/general_recommender/m.py": "a1", "recbole_mm/trainer.py": "t1"}
+    calls, digests = [], {"recbole_mm/model/general_recommender/m.py": "ast:a1", "recbole_mm/trainer.py": "ast:t1"}
 
     def fake_run(model, dataset, config, workdir, threads=None):
         calls.append(model)
@@ -275,7 +275,7 @@ def test_a_cell_is_run_again_only_when_a_file_it_ran_changes(tmp_path, monkeypat
     bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])
     bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])
     assert calls == ["M"]  # another file of the package changed (its hash differs): the cell stands
-    digests["recbole_mm/model/general_recommender/m.py"] = "a2"  # the cell's own model file changed
+    digests["recbole_mm/model/general_recommender/m.py"] = "ast:a2"  # the cell's own model file changed
     chosen = bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])["d"]
     assert calls == ["M", "M"] and not chosen["M"]["cells"][0]["from_cache"]
     del digests["recbole_mm/trainer.py"]  # a file it ran is gone
@@ -293,11 +293,39 @@ def test_files_ran_names_the_model_its_bases_and_shared_code_but_not_other_model
     assert "recbole_mm/model/abstract_recommender.py" in files and "recbole_mm/model/graphs.py" in files
     assert "recbole_mm/model/general_recommender/vbpr.py" not in files
     assert not any(name.startswith("recbole_mm/benchmark/") for name in files)  # the harness
-    assert all(len(d) == 16 for d in files.values())
+    assert all(d.startswith("ast:") and len(d) == 20 for d in files.values())
     assert bench_cells.is_current({"code": {"files": files}})
     assert not bench_cells.is_current({"code": {"files": {**files, "recbole_mm/gone.py": "0" * 16}}})
     # A cell that recorded a harness file (cells before the harness was set apart did) is not held to it.
     assert bench_cells.is_current({"code": {"files": {**files, "recbole_mm/benchmark/report.py": "0" * 16}}})
+
+
+def test_code_digest_ignores_docstrings_comments_and_layout_but_not_code():
+    base = bench_cells.code_digest(b'"""Module."""\nX = 1\n\ndef f(a):\n    """Doc."""\n    return a + X\n')
+    same = bench_cells.code_digest(b'"""Module, now 2 s/epoch."""\nX = 1  # why\ndef f(a):\n    """Other doc."""\n'
+                                   b'    # a comment\n    return (a +\n            X)\n')
+    assert base == same
+    assert bench_cells.code_digest(b'X = 1\ndef f(a):\n    return a - X\n') != base
+    assert bench_cells.code_digest(b'X = 2\ndef f(a):\n    return a + X\n') != base
+    # A docstring-only function keeps a body (pass), so it is not mistaken for another shape.
+    assert bench_cells.code_digest(b'def f():\n    """Doc."""\n') == bench_cells.code_digest(b'def f():\n    pass\n')
+
+
+def test_a_cell_recorded_by_file_sha256_is_compared_by_what_its_commit_s_file_does():
+    import hashlib
+
+    from conftest import REPO
+
+    name = "recbole_mm/trainer.py"
+    committed = subprocess.run(["git", "-C", str(REPO), "show", f"HEAD:{name}"], capture_output=True)
+    if committed.returncode != 0:
+        pytest.skip("not a git checkout")
+    raw = hashlib.sha256(committed.stdout).hexdigest()[:16]
+    same_code = (REPO / name).read_bytes() == committed.stdout or bench_cells.code_digest(
+        committed.stdout) == bench_cells.code_digest((REPO / name).read_bytes())
+    assert bench_cells.is_current({"code": {"commit": "HEAD", "files": {name: raw}}}) == same_code
+    assert not bench_cells.is_current({"code": {"commit": "HEAD", "files": {name: "0" * 16}}})  # not that version
+    assert not bench_cells.is_current({"code": {"commit": "HEAD+uncommitted changes", "files": {name: raw}}})
 
 
 def test_code_version_hashes_the_package_and_its_yaml_files():

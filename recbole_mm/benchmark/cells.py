@@ -3,6 +3,7 @@ and how one cell runs, in the fresh process that :mod:`recbole_mm.benchmark.runn
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import json
@@ -117,8 +118,21 @@ def _is_harness(name: str) -> bool:
     return name.startswith(HARNESS)
 
 
+def code_digest(source: bytes) -> str:
+    """A digest of what Python code does, not how it is written: the syntax tree without docstrings (comments,
+    blank lines and line breaks are not in it), so a docstring or comment edit keeps the cells that ran it."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return "ast:" + hashlib.sha256(ast.dump(tree).encode()).hexdigest()[:16]
+
+
 def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return code_digest(path.read_bytes())
 
 
 def files_ran(model_name: str) -> dict[str, str]:
@@ -151,14 +165,29 @@ def files_ran(model_name: str) -> dict[str, str]:
 
 
 def is_current(cell: dict) -> bool:
-    """Whether a cached cell still describes today's code: every source file it ran is unchanged (a cell
-    from before files were recorded: the whole package's hash is unchanged)."""
+    """Whether a cached cell still describes today's code: every source file it ran does the same today
+    (:func:`code_digest`; a cell from before files were recorded: the whole package's hash is unchanged)."""
     code = cell.get("code") or {}
     if "files" not in code:
         return code.get("hash") == code_version()["hash"]
     parent = Path(__file__).resolve().parent.parent.parent
-    return all(_current_digest(parent / name) == digest for name, digest in code["files"].items()
+    return all(_same_code(parent, name, digest, code.get("commit")) for name, digest in code["files"].items()
                if not _is_harness(name))
+
+
+def _same_code(parent: Path, name: str, digest: str, commit: str | None) -> bool:
+    current = _current_digest(parent / name)
+    if digest.startswith("ast:") or current is None:
+        return current == digest
+    # Recorded as the file's sha256 (cells of the first days of file records): read that version from git
+    # at the cell's commit, and compare what it does, if it is the version the cell ran.
+    if not commit or "+" in commit:
+        return False
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["git", "-C", str(parent), "show", f"{commit}:{name}"], capture_output=True, timeout=30)
+        if out.returncode == 0 and hashlib.sha256(out.stdout).hexdigest()[:16] == digest:
+            return code_digest(out.stdout) == current
+    return False
 
 
 def _current_digest(path: Path) -> str | None:
