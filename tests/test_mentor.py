@@ -182,3 +182,53 @@ def test_recbole_run_recbole_finds_mentor(planted):
     config.update(knn_k=5)
     result = run_recbole(model="MENTOR", dataset="planted", config_dict=config)
     assert 0.0 <= result["test_result"]["recall@10"] <= 1.0
+
+
+def test_matches_the_authors_mentor(tmp_path, monkeypatch):
+    """Ours with the weights, batches, noise and dropout masks of the authors' MENTOR (tests/data/mmrec_fidelity/
+    mentor.pt): the same losses and gradients on both batches, and the same full-ranking scores."""
+    monkeypatch.chdir(tmp_path)
+    record, model = fidelity.build("MENTOR", tmp_path)
+    state = record["state"]
+    # The reference's item ID table keeps its hard-coded 64 columns while the fixture narrows its tables to 8:
+    # ours gets an ID table (and guide encoder input) of that width.
+    width = state["id_feat"].shape[1]
+    model.item_ids = torch.nn.Parameter(torch.zeros(model.n_items, width))
+    model.encoders["id"][0] = torch.nn.Linear(width, state["id_gcn.MLP.weight"].shape[0])
+    with torch.no_grad():
+        for theirs, ours in record["names"].items():
+            target = fidelity.getattr_path(model, ours)
+            (target[1:] if target.shape[0] == state[theirs].shape[0] + 1 else target).copy_(state[theirs])
+    n_users, n_items = model.n_users - 1, model.n_items - 1
+    d = model.dim
+    # Our rows of the reference's rows: users u → u + 1, items n_users + i → (n_users + 1) + (i + 1).
+    rows = torch.cat([torch.arange(1, n_users + 1), torch.arange(n_items) + n_users + 2])
+
+    def our_noise(theirs: list[torch.Tensor]) -> list[torch.Tensor]:
+        # Theirs in call order: (image_n1, text_n1, image_n2, text_n2) × (hop 1, hop 2); ours per hop, the noisy
+        # tables side by side in the order image_n1, text_n1, image_n2, text_n2.
+        hops = []
+        for hop in range(2):
+            full = torch.rand(model.n_users + model.n_items, 4, d)  # padding rows: any (sign(0) = 0 drops them)
+            for k in range(4):
+                full[rows, k] = theirs[2 * k + hop]
+            hops.append(full.reshape(-1, d))
+        return hops
+
+    model.train()
+    for b, ids in enumerate(record["batches"]):
+        noise, masks = iter(our_noise(record[f"noise_{b}"])), iter(record[f"masks_{b}"])
+        monkeypatch.setattr(mentor_module, "uniform_noise", lambda ids_, dim, like: next(noise))
+        monkeypatch.setattr(F, "dropout", lambda x, p: x * next(masks))
+        model.zero_grad()
+        loss = model.calculate_loss(fidelity.batch(model, ids))
+        loss.backward()
+        assert loss.item() == pytest.approx(record[f"loss_{b}"].item(), abs=1e-5)
+        for theirs, ours in record["names"].items():
+            parameter = fidelity.getattr_path(model, ours)
+            grad = torch.zeros_like(parameter) if parameter.grad is None else parameter.grad
+            if grad.shape[0] == record[f"grads_{b}"][theirs].shape[0] + 1:
+                assert torch.all(grad[0] == 0), ours
+                grad = grad[1:]
+            assert torch.allclose(grad, record[f"grads_{b}"][theirs], atol=1e-6), (b, theirs)
+    assert torch.allclose(fidelity.scores(model), record["scores"], atol=1e-5)
