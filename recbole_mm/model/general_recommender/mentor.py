@@ -165,10 +165,12 @@ class MENTOR(MultiModalRecommender):
         n_pairs = len(views) * (len(views) - 1) // 2
         loss = loss + self.align_weight * n_pairs * gaussian_alignment(views)
 
-        # Graph perturbation: the two noisy fused views against each other, over all real users and items.
-        noisy = [self._fuse(*zip(*(by_table[f"{m}_{s}"] for m in self.modalities))) for s in NOISY]
-        (u1, i1), (u2, i2) = noisy
-        loss = loss + self.mask_weight_g * (info_nce(u1[1:], u2[1:], self.temp) + info_nce(i1[1:], i2[1:], self.temp))
+        # Graph perturbation: the two noisy fused views against each other, over all real users and items (the
+        # costliest term, n² per step: skipped at weight 0).
+        if self.mask_weight_g:
+            (u1, i1), (u2, i2) = [self._fuse(*zip(*(by_table[f"{m}_{s}"] for m in self.modalities))) for s in NOISY]
+            loss = loss + self.mask_weight_g * (info_nce(u1[1:], u2[1:], self.temp)
+                                                + info_nce(i1[1:], i2[1:], self.temp))
 
         if self.mask_weight_f:
             loss = loss + self.mask_weight_f * self._feature_masking(fused_u[1:], fused_i[1:])
