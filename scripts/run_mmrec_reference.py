@@ -137,6 +137,10 @@ def parse(value: str):
     return value
 
 
+# Models whose reference reads MMRec's user-user file (MENTOR's reads it and never uses it).
+USER_GRAPH_MODELS = ("DualGNN", "DRAGON", "MENTOR")
+
+
 def prepare(src: str, model: str | None = None) -> Path:
     """Shims installed, MMRec's ``src`` importable and a temporary working folder (MMRec's configs, the
     TikTok files linked) made the current directory; returns that folder (benchmarks/speed.py uses it too)."""
@@ -147,7 +151,7 @@ def prepare(src: str, model: str | None = None) -> Path:
     (work / "data" / "tiktok").mkdir(parents=True)
     for name in ("tiktok.inter", "image_feat.npy", "audio_feat.npy"):
         (work / "data" / "tiktok" / name).symlink_to(TIKTOK / name)
-    if model in ("DualGNN", "DRAGON"):
+    if model in USER_GRAPH_MODELS:
         np.save(work / "data" / "tiktok" / "user_graph_dict.npy", user_graph_dict(TIKTOK / "tiktok.inter"),
                 allow_pickle=True)
         with open(work / "configs" / "dataset" / "tiktok.yaml", "a") as f:
