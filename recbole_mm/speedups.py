@@ -39,8 +39,8 @@ def multi_tensor(optimizer: torch.optim.Optimizer, fused: bool = False) -> torch
     CPU) to its multi-tensor implementation, which computes the same update bit for bit.
 
     ``fused``: torch's fused (one kernel per parameter) implementation instead, where every parameter's
-    device has it: the same update up to float rounding (≈1 ulp per step, not bit for bit), 3x faster
-    again than multi-tensor on CPU (GUME's ~20 parameter tables: 7.5 → 2.2 ms per step, one thread).
+    device has it: the same update up to float rounding (≈1 ulp per step, not bit for bit), faster again
+    than multi-tensor on CPU (results/speed-issue24.md).
     The trainer asks for it for every model unless the model's class says ``fused_adam = False``
     (Trainer._build_optimizer).
     """

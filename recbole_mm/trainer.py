@@ -161,7 +161,7 @@ class Trainer(RecBoleTrainer):
         start = perf_counter()
         loss = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func, show_progress=show_progress)
         # The last batch's gradients are dead (every batch starts with zero_grad, which sets them to None):
-        # free them before evaluation allocates its score matrices (Baby-shaped GUME: 138 MiB of tables).
+        # free them before evaluation allocates its score matrices, or they sit under the evaluation's peak.
         self.optimizer.zero_grad(set_to_none=True)
         total = sum(loss) if isinstance(loss, tuple) else loss
         record = {"epoch": epoch_idx, "train_loss": float(total), "train_seconds": perf_counter() - start,

@@ -41,9 +41,9 @@ def release_free_heap() -> None:
     """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
 
     A training step frees many mid-sized tensors that glibc keeps in its heap rather than returning;
-    evaluation then allocates its score matrices on top of them. Trimming at the switch between the
-    two released ~156 MiB before a TikTok GUME evaluation and lowered the 3-epoch run's peak RSS from
-    1,175 to 1,119 MiB (benchmarks/gume_cost.py memory; CLI), without touching any result.
+    evaluation then allocates its score matrices on top of them, so the process's peak holds both.
+    Trimming at the switch between the two lowers the peak without touching any result (measured by
+    ``benchmarks/gume_cost.py memory``).
     """
     global _LIBC
     if _LIBC is None:
@@ -359,6 +359,6 @@ class MultiModalRecommender(GraphRecommender):
         """The modalities concatenated along the feature axis (declaration order), for ``items`` or all."""
         parts = [self.item_features(name) for name in self.modalities]
         if items is not None:
-            # index_select copies whole rows; advanced indexing (part[items]) is ~2x slower on CPU.
+            # index_select copies whole rows; advanced indexing (part[items]) is slower on CPU.
             parts = [part.index_select(0, items) for part in parts]
         return torch.cat(parts, dim=1)

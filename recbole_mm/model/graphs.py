@@ -365,7 +365,7 @@ class _SparseMatmul(torch.autograd.Function):
 
 def _csr_mm(matrix: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
     """CSR ``matrix @ dense``. On CPU written straight into an uninitialised output (addmm, β = 0):
-    ``@`` zero-fills and then copies its result, ~40 % of a TikTok-sized propagation."""
+    ``@`` zero-fills and then copies its result, work that a propagation repeats at every layer."""
     if matrix.device.type != "cpu":
         return matrix @ dense
     out = dense.new_empty(matrix.shape[0], dense.shape[1])
