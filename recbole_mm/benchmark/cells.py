@@ -137,30 +137,38 @@ def _file_digest(path: Path) -> str:
 
 def files_ran(model_name: str) -> dict[str, str]:
     """The recbole_mm source files this process has run, by path under the package's parent, with their
-    digests: every loaded module of the package except the benchmark's :data:`HARNESS` and the model
-    modules that ``model_name`` neither inherits from nor imports (the plugin imports every model file to
-    find the models; a change to another model does not change this cell)."""
+    digests: every loaded module of the package except the benchmark's :data:`HARNESS` and the modules of
+    the model layer (``recbole_mm.model.*``) that neither the cell's model class and its bases nor the rest
+    of the package reach by reference (the plugin imports every model file, and each model's own building
+    blocks, to find the models: a change to another model does not change this cell)."""
     from recbole.utils import get_model
 
     from recbole_mm.registry import canonical_model_name
 
     package = Path(__file__).resolve().parent.parent
-    models = "recbole_mm.model.general_recommender."
+    layer, catalogue = "recbole_mm.model.", "recbole_mm.model.general_recommender"
+    loaded = {name: module for name, module in list(sys.modules.items())
+              if getattr(module, "__file__", None) and (name == "recbole_mm" or name.startswith("recbole_mm."))}
     model_class = get_model(canonical_model_name(model_name))
-    used = {cls.__module__ for cls in model_class.__mro__}
-    for value in vars(sys.modules[model_class.__module__]).values():
-        used.add(getattr(value, "__module__", None) if not isinstance(value, type(sys)) else value.__name__)
+    reached = {name for name in loaded if not name.startswith(layer)}
+    reached |= {cls.__module__ for cls in model_class.__mro__ if cls.__module__ in loaded}
+    todo = list(reached)
+    while todo:
+        name = todo.pop()
+        if name == catalogue:  # the list of models refers to all of them
+            continue
+        for value in vars(loaded[name]).values():
+            target = value.__name__ if isinstance(value, type(sys)) else getattr(value, "__module__", None)
+            if isinstance(target, str) and target.startswith(layer) and target in loaded and target not in reached:
+                reached.add(target)
+                todo.append(target)
+    reached |= {name for name in ("recbole_mm.model", catalogue) if name in loaded}
     files = {}
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if not path or not (name == "recbole_mm" or name.startswith("recbole_mm.")):
-            continue
-        if name.startswith(models) and name not in used:
-            continue
-        path = Path(path).resolve()
-        name = str(path.relative_to(package.parent))
-        if not _is_harness(name):
-            files[name] = _file_digest(path)
+    for name in reached:
+        path = Path(loaded[name].__file__).resolve()
+        relative = str(path.relative_to(package.parent))
+        if not _is_harness(relative):
+            files[relative] = _file_digest(path)
     return dict(sorted(files.items()))
 
 
