@@ -4,7 +4,7 @@ item, so it needs at least 20 items). Not run in CI; MMRec (GPL) is not vendored
 command line. The fixture holds only numbers.
 
     git clone https://github.com/enoche/MMRec /tmp/MMRec   # any checkout; made at e775373
-    /work/refvenv/bin/python scripts/make_damrs_fidelity_fixture.py /tmp/MMRec/src
+    <reference venv>/bin/python scripts/make_damrs_fidelity_fixture.py /tmp/MMRec/src   # a venv with torch, scipy
 
 The reference reads its item-item behaviour graph from ``item_graph_dict_2.npy``, which the authors' script
 (XMUDM/DA-MRS build_iib_graph.py --topk=2) writes: each item's items sharing at least two training users, the top 2
