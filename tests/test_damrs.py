@@ -207,5 +207,7 @@ def test_matches_mmrec_reference(tmp_path, monkeypatch):
         grad = parameters[name].grad
         grad = grad[user_map] if name.startswith("user_") else grad[item_map]
         expected = torch.tensor(fixture["grads"][ref_name], dtype=torch.float32)
-        assert torch.allclose(grad, expected, atol=1e-6, rtol=1e-4), name
+        # 2e-6: float32 rounding of sums of exp(cos / 0.2); the reference's own gradients are 7e-7 from a float64
+        # evaluation of our model on the same weights (the largest entry is 0.03).
+        assert torch.allclose(grad, expected, atol=2e-6, rtol=1e-4), name
     assert_scores_match(model, fixture, user_map, item_map)

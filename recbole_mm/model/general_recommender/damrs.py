@@ -165,17 +165,21 @@ def _neighbour_discrimination(views: list[torch.Tensor], items: torch.Tensor, n_
     A = top-``n_positives`` of Σ_{w≠v} p_w + 2 p_v (neighbours the views agree on), S = the next
     ``n_positives`` of p_v outside A; with e_j = exp(c_ij / τ), T = Σ_j e_j:
     loss_i = −log(Σ_A e / T + 1e-9) − log(Σ_S e / (T − Σ_A e) + 1e-9), averaged over the anchors."""
-    cosines = [F.normalize(v[items], dim=1) @ F.normalize(v[1:], dim=1).T for v in views]
+    anchors = [F.normalize(v[items], dim=1) for v in views]
+    candidates = [F.normalize(v[1:], dim=1) for v in views]
+    cosines = [a @ b.T for a, b in zip(anchors, candidates)]
     with torch.no_grad():
         probs = [torch.softmax(c, dim=1) for c in cosines]
         total = sum(probs)
     losses = []
-    for c, p in zip(cosines, probs):
+    for a, b, c, p in zip(anchors, candidates, cosines, probs):
         agreed = torch.topk(total + p, n_positives, dim=1).indices
-        single = torch.topk(p.scatter(1, agreed, 0.0), n_positives, dim=1).indices
-        e = torch.exp(c / temperature)
-        everything, on_agreed = e.sum(dim=1), e.gather(1, agreed).sum(dim=1)
-        on_single = e.gather(1, single).sum(dim=1)
+        single = torch.topk(p.scatter_(1, agreed, 0.0), n_positives, dim=1).indices  # p is not needed after this
+        everything = torch.exp(c / temperature).sum(dim=1)
+        # The positives' similarities from their rows ([anchors, n_positives, d]), as the reference scores them:
+        # gathering them from the anchors × items matrix would give that matrix a second, scattered gradient.
+        on_agreed = torch.exp((a.unsqueeze(1) * b[agreed]).sum(dim=2) / temperature).sum(dim=1)
+        on_single = torch.exp((a.unsqueeze(1) * b[single]).sum(dim=2) / temperature).sum(dim=1)
         losses.append((-torch.log(on_agreed / everything + 1e-9)
                        - torch.log(on_single / (everything - on_agreed) + 1e-9)).mean())
     return sum(losses) / len(losses)
