@@ -263,7 +263,7 @@ def mmrec_cell_main(request: dict) -> dict:
     import torch
 
     torch.set_num_threads(request["threads"])
-    work = reference.prepare(request["mmrec_src"])
+    work = reference.prepare(request["mmrec_src"], request["model"])
     import utils.quick_start as mmrec_quick_start
     from common.trainer import Trainer as MMRecTrainer
 

@@ -9,6 +9,7 @@
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src DualGNN epochs=3 reg_weight=0.001
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src LayerGCN epochs=3 n_layers=4 \
         dropout=0.1 reg_weight=0.001
+    OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src DAMRS epochs=3
 
 One grid point (each key=value replaces the list of MMRec's model yaml; a key that is not one of its
 hyper-parameters, e.g. ``epochs=3``, is set as it is), seed 999, on the CPU. At the end it prints each
@@ -25,7 +26,8 @@ stubbed. MMRec's protocol: test masks training items only.
 DualGNN and DRAGON read a user-user file (``user_graph_dict.npy``) that MMRec's
 ``preprocessing/dualgnn-gen-u-u-matrix.py`` writes: it is written into the temporary data folder with the same
 lists (:func:`user_graph_dict`), and their CPU-only crash (a ``Parameter`` reassigned a tensor) is avoided as a
-GPU run avoids it (:func:`install_shims`).
+GPU run avoids it (:func:`install_shims`). DAMRS reads an item-item file (``item_graph_dict_2.npy``) that the
+DA-MRS authors' ``build_iib_graph.py`` writes: it is written the same way (:func:`item_graph_dict`).
 """
 
 from __future__ import annotations
@@ -127,6 +129,34 @@ def user_graph_dict(inter_file: Path, max_neighbours: int = 200) -> dict[int, li
     return lists
 
 
+def item_graph_dict(inter_file: Path, top_k: int = 2, min_count: int = 2) -> dict[int, list[list]]:
+    """The ``{item: [neighbour ids, shared-user counts]}`` lists that DA-MRS's ``item_graph_dict_2.npy`` holds
+    (the authors' XMUDM/DA-MRS ``build_iib_graph.py --topk=2``; MMRec reads the file but has no script for it):
+    the training rows' (x_label 0) item-item counts of shared users, kept where at least ``min_count``, each item's
+    nonzero entries by ``torch.topk`` on its dense float32 row, at most ``top_k``. One sparse product instead of
+    the script's pairwise Python loop; the rows handed to ``torch.topk`` hold the same values, so equal counts come
+    out in the same order."""
+    import pandas as pd
+
+    inter = pd.read_csv(inter_file, sep="\t")
+    n_items = inter["itemID"].nunique()
+    train = inter[inter["x_label"] == 0]
+    r = sp.csr_matrix((np.ones(len(train)), (train["userID"].values, train["itemID"].values)),
+                      shape=(int(inter["userID"].max()) + 1, n_items))
+    r.data[:] = 1.0
+    counts = (r.T @ r).tolil()
+    counts.setdiag(0)
+    lists = {}
+    for item in range(n_items):
+        row = torch.zeros(n_items)
+        cols, values = counts.rows[item], np.asarray(counts.data[item], dtype=np.float32)
+        keep = values >= min_count
+        row[np.asarray(cols, dtype=np.int64)[keep]] = torch.from_numpy(values[keep])
+        top = torch.topk(row, min(int((row != 0).sum()), top_k))
+        lists[item] = [top.indices.numpy().tolist(), top.values.numpy().tolist()]
+    return lists
+
+
 def parse(value: str):
     """A number when it reads as one, else the string (PGL's ``mode=global``)."""
     for kind in (int, float):
@@ -156,6 +186,9 @@ def prepare(src: str, model: str | None = None) -> Path:
                 allow_pickle=True)
         with open(work / "configs" / "dataset" / "tiktok.yaml", "a") as f:
             f.write("user_graph_dict_file: 'user_graph_dict.npy'\n")
+    if model == "DAMRS":  # its model yaml names the file: item_graph_dict_file: 'item_graph_dict_2.npy'
+        np.save(work / "data" / "tiktok" / "item_graph_dict_2.npy", item_graph_dict(TIKTOK / "tiktok.inter"),
+                allow_pickle=True)
     os.chdir(work)
     sys.path.insert(0, str(Path(src).resolve()))
     alias_models_common()

@@ -50,8 +50,9 @@ def test_every_model_file_is_registered_by_its_class_name():
 
 
 def test_aliases_come_from_the_model_classes():
-    assert registry.MODEL_ALIASES == {"MM-GEF": "MMGEF"}
+    assert registry.MODEL_ALIASES == {"MM-GEF": "MMGEF", "DA-MRS": "DAMRS"}
     assert registry.canonical_model_name("MM-GEF") == "MMGEF" and registry.is_plugin_model("MM-GEF")
+    assert registry.canonical_model_name("DA-MRS") == "DAMRS" and registry.is_plugin_model("DA-MRS")
 
 
 def _write_package(root: Path, name: str, files: dict[str, str]) -> None:
