@@ -140,7 +140,7 @@ class DiffMM(MultiModalRecommender):
         # No gradient left on the denoisers: RecBole's optimizer (which holds every parameter) skips them.
         self._denoiser_optimizer.zero_grad(set_to_none=True)
         self.last_diffusion_losses = {m: total / len(batches) for m, total in totals.items()}
-        getLogger().debug("DiffMM diffusion losses: " + ", ".join(f"{m} {v:.6f}"
+        getLogger().info("DiffMM diffusion pass, mean loss per modality: " + ", ".join(f"{m} {v:.6f}"
                                                                   for m, v in self.last_diffusion_losses.items()))
 
     @torch.no_grad()
@@ -232,4 +232,4 @@ def _drop_edges(graph: torch.Tensor, keep_rate: float) -> torch.Tensor:
     graph = graph.coalesce()
     keep = (torch.rand(graph._nnz(), device=graph.device) + keep_rate).floor().bool()  # the reference's draw
     return torch.sparse_coo_tensor(graph.indices()[:, keep], graph.values()[keep] / keep_rate, graph.shape,
-                                   is_coalesced=True)
+                                   is_coalesced=True, check_invariants=False)
