@@ -117,7 +117,7 @@ def test_interaction_rows_are_the_training_rows(planted):
 
 def test_drop_edges():
     graph = torch.sparse_coo_tensor(torch.tensor([[0, 1, 2, 3] * 50, list(range(200))]), torch.full((200,), 2.0),
-                                    (4, 200)).coalesce()
+                                    (4, 200), check_invariants=True).coalesce()
     assert _drop_edges(graph, 1.0) is graph
     torch.manual_seed(0)
     dropped = _drop_edges(graph, 0.25)
