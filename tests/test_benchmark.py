@@ -293,6 +293,10 @@ def test_files_ran_names_the_model_its_bases_and_shared_code_but_not_other_model
     assert "recbole_mm/model/abstract_recommender.py" in files and "recbole_mm/model/graphs.py" in files
     assert "recbole_mm/model/general_recommender/vbpr.py" not in files
     assert not any(name.startswith("recbole_mm/benchmark/") for name in files)  # the harness
+    # A building block that only another model reaches (DiffMM's diffusion module) is not GUME's code.
+    get_model("DiffMM")
+    assert "recbole_mm/model/diffusion.py" not in files
+    assert "recbole_mm/model/diffusion.py" in bench_cells.files_ran("DiffMM")
     assert all(d.startswith("ast:") and len(d) == 20 for d in files.values())
     assert bench_cells.is_current({"code": {"files": files}})
     assert not bench_cells.is_current({"code": {"files": {**files, "recbole_mm/gone.py": "0" * 16}}})

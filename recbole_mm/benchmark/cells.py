@@ -159,6 +159,8 @@ def files_ran(model_name: str) -> dict[str, str]:
             continue
         for value in vars(loaded[name]).values():
             target = value.__name__ if isinstance(value, type(sys)) else getattr(value, "__module__", None)
+            if isinstance(value, type(sys)) and target.startswith(name + "."):
+                continue  # a package's attribute for each submodule imported so far, not a use of it
             if isinstance(target, str) and target.startswith(layer) and target in loaded and target not in reached:
                 reached.add(target)
                 todo.append(target)
