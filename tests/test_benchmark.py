@@ -304,6 +304,19 @@ def test_files_ran_names_the_model_its_bases_and_shared_code_but_not_other_model
     assert bench_cells.is_current({"code": {"files": {**files, "recbole_mm/benchmark/report.py": "0" * 16}}})
 
 
+def test_imports_inside_functions_and_relative_imports_are_found(tmp_path):
+    import types
+
+    source = tmp_path / "m.py"
+    source.write_text("import os\ndef f():\n    from recbole_mm.model.graphs import knn_neighbours\n"
+                      "    from .losses import bpr_loss\n    from .. import layers\n")
+    module = types.ModuleType("recbole_mm.model.general_recommender.m")
+    module.__file__ = str(source)
+    found = bench_cells._imports_in(module)
+    assert "recbole_mm.model.graphs" in found and "recbole_mm.model.general_recommender.losses" in found
+    assert "recbole_mm.model.layers" in found and "os" in found
+
+
 def test_code_digest_ignores_docstrings_comments_and_layout_but_not_code():
     base = bench_cells.code_digest(b'"""Module."""\nX = 1\n\ndef f(a):\n    """Doc."""\n    return a + X\n')
     same = bench_cells.code_digest(b'"""Module, now 2 s/epoch."""\nX = 1  # why\ndef f(a):\n    """Other doc."""\n'

@@ -157,10 +157,13 @@ def files_ran(model_name: str) -> dict[str, str]:
         name = todo.pop()
         if name == catalogue:  # the list of models refers to all of them
             continue
+        targets = set(_imports_in(loaded[name]))  # imports inside functions too
         for value in vars(loaded[name]).values():
             target = value.__name__ if isinstance(value, type(sys)) else getattr(value, "__module__", None)
             if isinstance(value, type(sys)) and target.startswith(name + "."):
                 continue  # a package's attribute for each submodule imported so far, not a use of it
+            targets.add(target)
+        for target in targets:
             if isinstance(target, str) and target.startswith(layer) and target in loaded and target not in reached:
                 reached.add(target)
                 todo.append(target)
@@ -172,6 +175,26 @@ def files_ran(model_name: str) -> dict[str, str]:
         if not _is_harness(relative):
             files[relative] = _file_digest(path)
     return dict(sorted(files.items()))
+
+
+def _imports_in(module) -> list[str]:
+    """The modules (and ``module.name`` candidates) a module's source imports anywhere, functions included."""
+    try:
+        tree = ast.parse(Path(module.__file__).read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    package = module.__name__ if hasattr(module, "__path__") else module.__name__.rpartition(".")[0]
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names += [base, *(f"{base}.{alias.name}" for alias in node.names)]
+    return names
 
 
 def is_current(cell: dict) -> bool:
