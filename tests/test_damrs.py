@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import assert_scores_match, build_from_fixture, build_planted, load_fixture, load_reference_weights
+from builders import (assert_loss_and_grads_match, assert_scores_match, build_from_fixture, build_planted, load_fixture,
+                      load_reference_weights)
 
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
@@ -186,8 +187,6 @@ def test_recbole_run_recbole_finds_damrs(planted):
 
 # ---- fidelity to MMRec's DAMRS --------------------------------------------------------------------
 def test_matches_mmrec_reference(tmp_path, monkeypatch):
-    from recbole.data.interaction import Interaction
-
     monkeypatch.chdir(tmp_path)
     fixture = load_fixture("damrs")
     model, config, user_map, item_map = build_from_fixture("DAMRS", fixture, tmp_path / "data")
@@ -195,19 +194,7 @@ def test_matches_mmrec_reference(tmp_path, monkeypatch):
         ours = getattr(model, name).to_dense()[item_map][:, item_map]
         assert torch.allclose(ours, torch.tensor(fixture["graphs"][graph], dtype=torch.float32), atol=1e-6), name
     load_reference_weights(model, fixture, DAMRS_NAMES, user_map, item_map)
-    batch = fixture["batch"]
-    interaction = Interaction({"userID": user_map[batch["users"]], "itemID": item_map[batch["pos"]],
-                               "neg_itemID": item_map[batch["neg"]]})
-    model.train()
-    loss = model.calculate_loss(interaction)
-    assert loss.item() == pytest.approx(fixture["loss"], rel=1e-5)
-    loss.backward()
-    parameters = dict(model.named_parameters())
-    for ref_name, name in DAMRS_NAMES.items():
-        grad = parameters[name].grad
-        grad = grad[user_map] if name.startswith("user_") else grad[item_map]
-        expected = torch.tensor(fixture["grads"][ref_name], dtype=torch.float32)
-        # 2e-6: float32 rounding of sums of exp(cos / 0.2); the reference's own gradients are 7e-7 from a float64
-        # evaluation of our model on the same weights (the largest entry is 0.03).
-        assert torch.allclose(grad, expected, atol=2e-6, rtol=1e-4), name
+    # grad_atol 2e-6: float32 rounding of sums of exp(cos / 0.2); the reference's own gradients are 7e-7 from a
+    # float64 evaluation of our model on the same weights (the largest entry is 0.03).
+    assert_loss_and_grads_match(model, fixture, DAMRS_NAMES, user_map, item_map, grad_atol=2e-6)
     assert_scores_match(model, fixture, user_map, item_map)
