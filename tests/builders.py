@@ -145,3 +145,18 @@ def assert_loss_and_grads_match(model, fixture: dict, names: dict[str, str], use
         elif name.startswith(("item_embedding", "raw_features")):
             grad = grad[item_map]
         assert torch.allclose(grad, expected, atol=grad_atol, rtol=1e-4), name
+
+
+def assert_trains_deterministically(model_name: str, config: dict) -> None:
+    """Two CPU runs of the model with the same seed give the same training loss at every epoch."""
+    import recbole_mm
+
+    runs = [recbole_mm.run_recbole(model=model_name, dataset="planted", config_dict=config, saved=False)
+            for _ in range(2)]
+    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+
+
+def assert_gradients_reach(parameters) -> None:
+    """Every named parameter got a non-zero gradient from the last backward pass."""
+    for name, parameter in parameters:
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import (assert_loss_and_grads_match, assert_scores_match, build_from_fixture, build_planted, load_fixture,
+from builders import (assert_gradients_reach, assert_loss_and_grads_match, assert_scores_match,
+                      assert_trains_deterministically, build_from_fixture, build_planted, load_fixture,
                       load_reference_weights)
 
 import recbole_mm
@@ -147,16 +148,13 @@ def test_too_few_items_for_the_pseudo_positives_is_one_clear_error(planted):
 def test_gradients_reach_every_parameter(planted):
     config, model, train_data = build(planted)
     model.calculate_loss(next(iter(train_data))).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_gradients_reach(model.named_parameters())
 
 
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5)
-    runs = [recbole_mm.run_recbole(model="DAMRS", dataset="planted", config_dict=config, saved=False)
-            for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("DAMRS", config)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import DATA, assert_scores_match, build_from_fixture, build_planted
+from builders import DATA, assert_scores_match, assert_trains_deterministically, build_from_fixture, build_planted
 
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
@@ -182,9 +182,7 @@ def test_sampling_steps_above_diffusion_steps_is_one_clear_error(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, **SMALL)
-    runs = [recbole_mm.run_recbole(model="DiffMM", dataset="planted", config_dict=config, saved=False)
-            for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("DiffMM", config)
 
 
 def test_diffmm_beats_popularity_on_planted_clusters(planted):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from builders import build_planted
+from builders import assert_gradients_reach, assert_trains_deterministically, build_planted
 import recbole_mm
 from test_dualgnn import MMREC_NAMES, check_against_mmrec
 
@@ -68,16 +68,13 @@ def test_loss_is_log2_bpr_plus_regularisers(planted):
 def test_gradients_reach_every_parameter(planted):
     model, train_data = build(planted, reg_weight=0.1)
     model.calculate_loss(next(iter(train_data))).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_gradients_reach(model.named_parameters())
 
 
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5)
-    runs = [recbole_mm.run_recbole(model="DRAGON", dataset="planted", config_dict=config, saved=False)
-            for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("DRAGON", config)
 
 
 @pytest.mark.slow

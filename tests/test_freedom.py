@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fidelity
-from builders import build_planted
+from builders import assert_trains_deterministically, build_planted
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep
@@ -113,8 +113,7 @@ def test_bad_dropout_is_rejected(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5, feat_embed_dim=16)
-    runs = [recbole_mm.run_recbole(model="FREEDOM", dataset="planted", config_dict=config, saved=False) for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("FREEDOM", config)
 
 
 @pytest.mark.slow

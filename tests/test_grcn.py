@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from recbole.data.interaction import Interaction
 
 import fidelity
-from builders import build_planted
+from builders import assert_trains_deterministically, build_planted
 import recbole_mm
 from recbole_mm.model.losses import bpr_loss
 
@@ -111,8 +111,7 @@ def test_gradients_reach_every_parameter(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, latent_embedding=8)
-    runs = [recbole_mm.run_recbole(model="GRCN", dataset="planted", config_dict=config, saved=False) for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("GRCN", config)
 
 
 @pytest.mark.slow

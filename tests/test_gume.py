@@ -10,6 +10,7 @@ import torch
 import recbole_mm
 from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb_rows, squared_l2
 from recbole_mm.quick_start import create_dataset, make_config
+from builders import assert_trains_deterministically, assert_gradients_reach
 
 
 # ---- loss terms on tiny inputs ------------------------------------------------------------------
@@ -73,8 +74,7 @@ def test_gradients_reach_every_parameter(planted):
     config, model, train_data = build(planted, knn_k=5)
     batch = next(iter(train_data))
     model.calculate_loss(batch).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_gradients_reach(model.named_parameters())
 
 
 def test_attention_weights_sum_to_one_and_final_is_id_plus_z(planted):
@@ -123,8 +123,7 @@ def test_all_auxiliary_parts_off_still_trains(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5)
-    runs = [recbole_mm.run_recbole(model="GUME", dataset="planted", config_dict=config, saved=False) for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("GUME", config)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fidelity
-from builders import build_planted
+from builders import assert_gradients_reach, assert_trains_deterministically, build_planted
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.graphs import bipartite_adjacency, edge_propagate, knn_edges, normalize_adjacency
@@ -102,8 +102,7 @@ def test_learned_graph_gets_gradient_on_the_first_batch_of_an_epoch_only(planted
 def test_gradients_reach_every_parameter(planted):
     model, train_data = build(planted)
     model.calculate_loss(next(iter(train_data))).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_gradients_reach(model.named_parameters())
 
 
 def test_mf_backbone_and_unknown_backbone(planted):
@@ -119,8 +118,7 @@ def test_mf_backbone_and_unknown_backbone(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5)
-    runs = [recbole_mm.run_recbole(model="LATTICE", dataset="planted", config_dict=config, saved=False) for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("LATTICE", config)
 
 
 def test_lattice_beats_popularity_on_planted_clusters(planted):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import fidelity
-from builders import build_planted
+from builders import assert_trains_deterministically, build_planted
 from conftest import planted_config, write_planted_dataset
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
@@ -104,9 +104,7 @@ def test_bad_dropout_is_rejected(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=3, dropout=0.2)  # both kinds of pruning draws
-    runs = [recbole_mm.run_recbole(model="LayerGCN", dataset="planted", config_dict=config, saved=False)
-            for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("LayerGCN", config)
 
 
 @pytest.mark.slow

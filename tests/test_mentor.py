@@ -6,7 +6,6 @@ tests/data/mmrec_fidelity (tests/data/mmrec_fidelity/mentor.pt, made by scripts/
 from __future__ import annotations
 
 import itertools
-import math
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import torch.nn.functional as F
 
 import fidelity
 import recbole_mm
-from builders import build_planted
+from builders import assert_trains_deterministically, build_planted
 from recbole_mm.model import losses
 from recbole_mm.model.general_recommender import mentor as mentor_module
 
@@ -154,9 +153,7 @@ def test_gradients_reach_every_parameter(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5)
-    runs = [recbole_mm.run_recbole(model="MENTOR", dataset="planted", config_dict=config, saved=False)
-            for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("MENTOR", config)
 
 
 @pytest.mark.slow

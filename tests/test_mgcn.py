@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders import (MGCN_NAMES, assert_loss_and_grads_match, assert_scores_match, build_from_fixture,
-                      build_planted, load_fixture, load_reference_weights)
+from builders import (MGCN_NAMES, assert_gradients_reach, assert_loss_and_grads_match, assert_scores_match,
+                      assert_trains_deterministically, build_from_fixture, build_planted, load_fixture,
+                      load_reference_weights)
 from torch import nn
 
 import recbole_mm
@@ -56,8 +57,7 @@ def build(planted, **overrides):
 def test_gradients_reach_every_parameter(planted):
     config, model, train_data = build(planted)
     model.calculate_loss(next(iter(train_data))).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_gradients_reach(model.named_parameters())
 
 
 def test_final_is_id_view_plus_side_and_weights_sum_to_one(planted):
@@ -78,8 +78,7 @@ def test_contrastive_weight_changes_the_loss(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5)
-    runs = [recbole_mm.run_recbole(model="MGCN", dataset="planted", config_dict=config, saved=False) for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("MGCN", config)
 
 
 @pytest.mark.slow

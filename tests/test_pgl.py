@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import fidelity
 import recbole_mm
-from builders import build_planted
+from builders import assert_gradients_reach, assert_trains_deterministically, build_planted
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.general_recommender.pgl import _principal_graph
 from recbole_mm.model.graphs import bipartite_adjacency, user_item_block
@@ -138,8 +138,7 @@ def test_item_graph_mixes_binary_knn_graphs(planted):
 def test_gradients_reach_every_parameter(planted, mode):
     model, train_data = build(planted, reg_weight=0.1, principal_graph=mode)
     model.calculate_loss(next(iter(train_data))).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_gradients_reach(model.named_parameters())
 
 
 def test_feat_embed_dim_must_equal_embedding_size(planted):
@@ -150,8 +149,7 @@ def test_feat_embed_dim_must_equal_embedding_size(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5, embedding_size=16, feat_embed_dim=16, reg_weight=0.1)
-    runs = [recbole_mm.run_recbole(model="PGL", dataset="planted", config_dict=config, saved=False) for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("PGL", config)
 
 
 def test_pgl_beats_popularity_on_planted_clusters(planted):

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from builders import build_planted
+from builders import assert_gradients_reach, assert_trains_deterministically, build_planted
 from conftest import planted_config
 from fidelity import DATA, NAME, getattr_path
 import recbole_mm
@@ -165,8 +165,7 @@ def test_gradients_reach_every_parameter(planted, task):
     model, train_data = build(planted, ssl_task=task)
     torch.manual_seed(0)
     model.calculate_loss(next(iter(train_data))).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_gradients_reach(model.named_parameters())
 
 
 def test_sampled_negatives_are_refused(planted):
@@ -185,9 +184,7 @@ def test_mean_fusion_trains(planted):
 def test_deterministic_on_cpu(planted, task):
     root, config = planted
     config.update(epochs=2, ssl_task=task, n_layers=2)
-    runs = [recbole_mm.run_recbole(model="SLMRec", dataset="planted", config_dict=config, saved=False)
-            for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("SLMRec", config)
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from builders import assert_loss_and_grads_match, assert_scores_match, build_from_fixture, build_planted, load_fixture, load_reference_weights
+from builders import (assert_gradients_reach, assert_loss_and_grads_match, assert_scores_match,
+                      assert_trains_deterministically, build_from_fixture, build_planted, load_fixture,
+                      load_reference_weights)
 
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
@@ -161,8 +163,7 @@ def test_unknown_modality_in_modality_knn_k_is_one_clear_error(planted):
 def test_gradients_reach_every_parameter(planted):
     config, model, train_data = build(planted, dropout_rate=0.1)
     model.calculate_loss(next(iter(train_data))).backward()
-    for name, parameter in model.named_parameters():
-        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert_gradients_reach(model.named_parameters())
 
 
 def test_training_step_on_batch_rows_equals_the_full_forward(planted):
@@ -181,9 +182,7 @@ def test_training_step_on_batch_rows_equals_the_full_forward(planted):
 def test_deterministic_on_cpu(planted):
     root, config = planted
     config.update(epochs=2, knn_k=5, dropout_rate=0.1)
-    runs = [recbole_mm.run_recbole(model="SMORE", dataset="planted", config_dict=config, saved=False)
-            for _ in range(2)]
-    assert [h["train_loss"] for h in runs[0]["history"]] == [h["train_loss"] for h in runs[1]["history"]]
+    assert_trains_deterministically("SMORE", config)
 
 
 @pytest.mark.slow
