@@ -216,17 +216,35 @@ def _same_code(parent: Path, name: str, digest: str, commit: str | None) -> bool
     # at the cell's commit, and compare what it does, if it is the version the cell ran.
     if not commit or "+" in commit:
         return False
+    return _committed_digest(str(parent), commit, name, digest) == current
+
+
+@lru_cache(maxsize=None)
+def _committed_digest(parent: str, commit: str, name: str, sha256: str) -> str | None:
+    """:func:`code_digest` of ``name`` at ``commit`` if that version's sha256 starts with ``sha256``, else
+    None (a commit's file never changes: asked once per process, not once per cell and report pass)."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        out = subprocess.run(["git", "-C", str(parent), "show", f"{commit}:{name}"], capture_output=True, timeout=30)
-        if out.returncode == 0 and hashlib.sha256(out.stdout).hexdigest()[:16] == digest:
-            return code_digest(out.stdout) == current
-    return False
+        out = subprocess.run(["git", "-C", parent, "show", f"{commit}:{name}"], capture_output=True, timeout=30)
+        if out.returncode == 0 and hashlib.sha256(out.stdout).hexdigest()[:16] == sha256:
+            return code_digest(out.stdout)
+    return None
 
 
 def _current_digest(path: Path) -> str | None:
     try:
-        return _file_digest(path)
+        stat = path.stat()
     except OSError:  # the file is gone: the cell ran code that no longer exists
+        return None
+    return _digest_of_version(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=None)
+def _digest_of_version(path: Path, mtime_ns: int, size: int) -> str | None:
+    """The digest of one version of a file (a new modification time or size is a new version): every cell
+    of a plan checks the same few dozen files, parsed once each."""
+    try:
+        return _file_digest(path)
+    except OSError:
         return None
 
 
