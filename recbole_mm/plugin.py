@@ -33,8 +33,9 @@ def install() -> None:
         return
     _installed = True  # set first: the installs below import RecBole, whose import would call this again
     try:
-        from recbole_mm import compat, hooks, logs
+        from recbole_mm import compat, deferred_imports, hooks, logs
 
+        deferred_imports.install()  # before the fixes: they import RecBole's config, and so its evaluator
         compat.install()
         hooks.install()
         logs.install()
