@@ -12,57 +12,13 @@ from builders import (assert_gradients_reach, assert_loss_and_grads_match, asser
 
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
-from recbole_mm.model.general_recommender.damrs import (_agreed_neighbours, _behaviour_graph, _feedback_weights,
-                                                         _neighbour_discrimination, _symmetric_bernoulli_kl)
-from recbole_mm.model.graphs import NO_NEIGHBOUR
+from recbole_mm.model.general_recommender.damrs import _feedback_weights
+from recbole_mm.model.losses import neighbour_discrimination
 
 DAMRS_NAMES = {"user_embedding.weight": "user_embedding.weight", "item_id_embedding.weight": "item_embedding.weight"}
 
 
 # ---- building blocks on tiny inputs ---------------------------------------------------------------
-def test_agreed_neighbours_against_dense_masks():
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.rand(9, 3, generator=generator), torch.rand(9, 4, generator=generator)
-    a[4] = 0.0  # an item without content in one modality: no neighbours, nobody's neighbour
-    got = _agreed_neighbours([a, b], k=3, chunk_size=2)
-    sims = [F.normalize(x, dim=1) @ F.normalize(x, dim=1).T for x in (a, b)]
-    agreed = (sims[0] >= sims[0].mean()) & (sims[1] >= sims[1].mean())
-    agreed[4, :] = agreed[:, 4] = False
-    for s, indices in zip(sims, got):
-        for i in range(9):
-            support = agreed[i].nonzero().squeeze(1).tolist()
-            expected = sorted(support, key=lambda j: -s[i, j])[:3]
-            assert set(indices[i][indices[i] != NO_NEIGHBOUR].tolist()) == set(expected), i
-    assert (got[0][4] == NO_NEIGHBOUR).all() and not (got[1] == 4).any()
-    assert (got[0][:, 0] == torch.where(torch.arange(9) == 4, NO_NEIGHBOUR, torch.arange(9))).all()  # self first
-
-
-def test_behaviour_graph_by_hand():
-    # items 1..4; users 0-2. Shared users: (1,2) 3, (1,3) 2, (2,3) 2, (3,4) 1 → with min_count 2 and k 1:
-    # item 1 → 2, item 2 → 1, item 3 → 1 (tie with 2 goes to the lower id), item 4 → none; plus self loops.
-    users = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
-    items = torch.tensor([1, 2, 3, 1, 2, 3, 1, 2, 4])
-    graph = _behaviour_graph(users, items, 3, 5, k=1, min_count=2).to_dense()
-    a = torch.zeros(5, 5)
-    for i, j in [(1, 1), (2, 2), (3, 3), (4, 4), (1, 2), (2, 1), (3, 1)]:
-        a[i, j] = 1.0
-    d = a.sum(dim=1)
-    inv = torch.where(d > 0, d.rsqrt(), torch.zeros_like(d))
-    assert torch.allclose(graph, inv[:, None] * a * inv[None, :])
-    assert graph[0].abs().sum() == 0 and graph[:, 0].abs().sum() == 0  # padding isolated
-
-
-def test_symmetric_bernoulli_kl_equals_its_definition():
-    a, b = torch.tensor([-2.0, 0.3, 1.5, 4.0]), torch.tensor([1.0, 0.3, -0.5, 2.0])
-    p, q = torch.sigmoid(a), torch.sigmoid(b)
-
-    def kl(x, y):
-        return x * torch.log(x / y) + (1 - x) * torch.log((1 - x) / (1 - y))
-
-    assert torch.allclose(_symmetric_bernoulli_kl(a, b), kl(p, q) + kl(q, p), atol=1e-6)
-    assert torch.isfinite(_symmetric_bernoulli_kl(torch.tensor([200.0]), torch.tensor([-200.0]))).all()
-
-
 def test_feedback_weights_by_hand():
     users = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     pos = [torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[-1.0, 0.0], [0.0, 5.0]])]
@@ -78,26 +34,6 @@ def test_feedback_weights_by_hand():
     expected_neg = torch.where(mean < n_mean, (p.max(dim=0).values - n_mean).clamp(0, 1), torch.zeros(2))
     assert torch.allclose(neg_w, expected_neg, atol=1e-6)
     assert neg_w[0] > 0 and neg_w[1] == 0  # the first pair scores below the negatives' mean: trained backwards
-
-
-def test_neighbour_discrimination_by_hand():
-    generator = torch.Generator().manual_seed(3)
-    views = [torch.randn(8, 3, generator=generator) for _ in range(2)]
-    anchors = torch.tensor([1, 5])
-    got = _neighbour_discrimination(views, anchors, n_positives=2, temperature=0.5)
-    losses = []
-    for v, w in [(0, 1), (1, 0)]:
-        per_anchor = []
-        for i in anchors.tolist():
-            cos = [F.cosine_similarity(views[x][i][None], views[x][1:], dim=1) for x in (v, w)]
-            p_own, p_other = torch.softmax(cos[0], 0), torch.softmax(cos[1], 0)
-            agreed = torch.topk(p_other + 2 * p_own, 2).indices.tolist()
-            rest = [j for j in torch.argsort(p_own, descending=True).tolist() if j not in agreed][:2]
-            e = torch.exp(cos[0] / 0.5)
-            total, on_agreed = e.sum(), e[agreed].sum()
-            per_anchor.append(-torch.log(on_agreed / total + 1e-9) - torch.log(e[rest].sum() / (total - on_agreed) + 1e-9))
-        losses.append(torch.stack(per_anchor).mean())
-    assert got.item() == pytest.approx(((losses[0] + losses[1]) / 2).item(), rel=1e-5)
 
 
 # ---- the model -----------------------------------------------------------------------------------
@@ -125,7 +61,7 @@ def test_loss_by_hand(planted):
     def kl(x, y):
         return x * torch.log(x) - x * torch.log(y) + (1 - x) * torch.log(1 - x) - (1 - x) * torch.log(1 - y)
 
-    expected = (bpr + 0.2 * _neighbour_discrimination(views, bi, 10, 0.2)
+    expected = (bpr + 0.2 * neighbour_discrimination(views, bi, 10, 0.2)
                 + 0.7 * torch.mean(kl(pg, pt) + kl(pt, pg)))
     assert model.calculate_loss(interaction).item() == pytest.approx(expected.item(), rel=1e-5)
 

@@ -13,7 +13,7 @@ from builders import DATA, assert_scores_match, assert_trains_deterministically,
 
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
-from recbole_mm.model.general_recommender.diffmm import DiffMM, _drop_edges
+from recbole_mm.model.general_recommender.diffmm import DiffMM
 
 SMALL = {"denoiser_dims": [16], "time_embedding_size": 4}
 
@@ -113,18 +113,6 @@ def test_interaction_rows_are_the_training_rows(planted):
     inter = train_data._dataset.inter_matrix(form="csr")
     users = torch.tensor([1, 5, 7])
     assert torch.equal(model.interaction_rows(users), torch.tensor(inter[users.numpy()].toarray()[:, 1:]).float())
-
-
-def test_drop_edges():
-    graph = torch.sparse_coo_tensor(torch.tensor([[0, 1, 2, 3] * 50, list(range(200))]), torch.full((200,), 2.0),
-                                    (4, 200), check_invariants=True).coalesce()
-    assert _drop_edges(graph, 1.0) is graph
-    torch.manual_seed(0)
-    dropped = _drop_edges(graph, 0.25)
-    assert 20 < dropped._nnz() < 80
-    assert torch.all(dropped.values() == 8.0)  # kept entries scaled by 1/keep_rate
-    kept = dropped.indices()
-    assert torch.equal(graph.to_dense()[kept[0], kept[1]], torch.full((dropped._nnz(),), 2.0))
 
 
 # ---- the training schedule inside RecBole's trainer ----------------------------------------------------

@@ -5,9 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from recbole_mm.model import graphs
-from recbole_mm.model.graphs import augmented_adjacency, graph_from_neighbours, knn_neighbours, semantic_neighbours
+from recbole_mm.model.graphs import (NO_NEIGHBOUR, agreed_neighbours, augmented_adjacency, behaviour_graph,
+                                     bipartite_adjacency, drop_edges, graph_from_neighbours, knn_neighbours,
+                                     principal_graph, semantic_neighbours, user_item_block)
 
 
 def knn_graph(features: torch.Tensor, k: int, weighted: bool = True, normalization: str = "sym",
@@ -226,3 +229,86 @@ def test_weighted_propagate_matches_edge_propagate_with_gradients():
     assert torch.allclose(grads[0], values.grad, atol=1e-6) and torch.allclose(grads[1], dense.grad, atol=1e-6)
     with pytest.raises(ValueError, match="sorted"):
         graphs.edge_structure(rows.flip(0), cols.flip(0), (n_rows, n_cols))
+
+
+# ---- edge dropout, agreed kNN neighbours, behaviour graph (DiffMM, DA-MRS) ------------------------------
+def testdrop_edges():
+    graph = torch.sparse_coo_tensor(torch.tensor([[0, 1, 2, 3] * 50, list(range(200))]), torch.full((200,), 2.0),
+                                    (4, 200), check_invariants=True).coalesce()
+    assert drop_edges(graph, 1.0) is graph
+    torch.manual_seed(0)
+    dropped = drop_edges(graph, 0.25)
+    assert 20 < dropped._nnz() < 80
+    assert torch.all(dropped.values() == 8.0)  # kept entries scaled by 1/keep_rate
+    kept = dropped.indices()
+    assert torch.equal(graph.to_dense()[kept[0], kept[1]], torch.full((dropped._nnz(),), 2.0))
+
+
+def test_agreed_neighbours_against_dense_masks():
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.rand(9, 3, generator=generator), torch.rand(9, 4, generator=generator)
+    a[4] = 0.0  # an item without content in one modality: no neighbours, nobody's neighbour
+    got = agreed_neighbours([a, b], k=3, chunk_size=2)
+    sims = [F.normalize(x, dim=1) @ F.normalize(x, dim=1).T for x in (a, b)]
+    agreed = (sims[0] >= sims[0].mean()) & (sims[1] >= sims[1].mean())
+    agreed[4, :] = agreed[:, 4] = False
+    for s, indices in zip(sims, got):
+        for i in range(9):
+            support = agreed[i].nonzero().squeeze(1).tolist()
+            expected = sorted(support, key=lambda j: -s[i, j])[:3]
+            assert set(indices[i][indices[i] != NO_NEIGHBOUR].tolist()) == set(expected), i
+    assert (got[0][4] == NO_NEIGHBOUR).all() and not (got[1] == 4).any()
+    assert (got[0][:, 0] == torch.where(torch.arange(9) == 4, NO_NEIGHBOUR, torch.arange(9))).all()  # self first
+
+
+def test_behaviour_graph_by_hand():
+    # items 1..4; users 0-2. Shared users: (1,2) 3, (1,3) 2, (2,3) 2, (3,4) 1 → with min_count 2 and k 1:
+    # item 1 → 2, item 2 → 1, item 3 → 1 (tie with 2 goes to the lower id), item 4 → none; plus self loops.
+    users = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    items = torch.tensor([1, 2, 3, 1, 2, 3, 1, 2, 4])
+    graph = behaviour_graph(users, items, 3, 5, k=1, min_count=2).to_dense()
+    a = torch.zeros(5, 5)
+    for i, j in [(1, 1), (2, 2), (3, 3), (4, 4), (1, 2), (2, 1), (3, 1)]:
+        a[i, j] = 1.0
+    d = a.sum(dim=1)
+    inv = torch.where(d > 0, d.rsqrt(), torch.zeros_like(d))
+    assert torch.allclose(graph, inv[:, None] * a * inv[None, :])
+    assert graph[0].abs().sum() == 0 and graph[:, 0].abs().sum() == 0  # padding isolated
+
+
+# ---- PGL's global principal graph against a dense SVD of the whole adjacency ----------------------------
+def dense_principal(adjacency: np.ndarray, rank: int, share: float, threshold: float) -> np.ndarray:
+    """The reference's recipe on a dense matrix: Â's ``rank`` leading triplets, Σ_{i<t} s_i s_{d-t+i} u_i v_iᵀ."""
+    u, s, vt = np.linalg.svd(adjacency)
+    u, s, vt = u[:, :rank], s[:rank], vt[:rank]
+    top = int(share * rank)
+    product = u[:, :top] @ np.diag(s[:top] * s[-top:]) @ vt[:top]
+    return product * (np.abs(product) >= threshold)
+
+
+@pytest.mark.parametrize("rank", [8, 16])
+def test_principal_graph_equals_dense_svd_recipe(rank):
+    rng = np.random.default_rng(0)
+    n_users, n_items = 12, 9
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, n_users, 40), rng.integers(0, n_items, 40))}
+    users, items = (torch.tensor(x) for x in zip(*sorted(pairs)))
+    adjacency = bipartite_adjacency(users, items, n_users, n_items)
+    ours = principal_graph(user_item_block(adjacency, n_users, n_items), rank=rank, threshold=1e-3).to_dense()
+    expected = dense_principal(adjacency.to_dense().double().numpy(), rank, 0.25, 1e-3)
+    # Equal pairs of singular values make the dense SVD's vectors arbitrary within a pair, but not the sum.
+    assert np.allclose(ours.numpy(), expected, atol=1e-5)
+    assert torch.equal(ours, ours.T)  # t even: both members of each pair, the same weight
+    assert torch.all(ours[:n_users, :n_users] == 0) and torch.all(ours[n_users:, n_users:] == 0)
+
+
+def test_principal_graph_uses_arpack_path_and_drops_small_entries():
+    rng = np.random.default_rng(1)
+    n_users, n_items = 60, 40
+    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, n_users, 400), rng.integers(0, n_items, 400))}
+    users, items = (torch.tensor(x) for x in zip(*sorted(pairs)))
+    adjacency = bipartite_adjacency(users, items, n_users, n_items)
+    block = user_item_block(adjacency, n_users, n_items)
+    ours = principal_graph(block, rank=16, threshold=1e-2)  # 8 pairs < min(60, 40) - 1: ARPACK
+    expected = dense_principal(adjacency.to_dense().double().numpy(), 16, 0.25, 1e-2)
+    assert np.allclose(ours.to_dense().numpy(), expected, atol=1e-5)
+    assert ours.coalesce().values().abs().min() >= 1e-2 and ours._nnz() < 2 * n_users * n_items

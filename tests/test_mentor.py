@@ -15,7 +15,6 @@ import fidelity
 import recbole_mm
 from builders import assert_trains_deterministically, build_planted
 from recbole_mm.model import losses
-from recbole_mm.model.general_recommender import mentor as mentor_module
 
 TABLES = ("image", "image_n1", "image_n2", "text", "text_n1", "text_n2", "id")
 
@@ -75,7 +74,6 @@ def test_loss_terms_by_hand(planted, monkeypatch):
     noise = [torch.rand(n_rows * 4, model.dim, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
     calls = iter(noise)
     monkeypatch.setattr(losses, "uniform_noise", lambda ids, dim, like: next(calls))
-    monkeypatch.setattr(mentor_module, "uniform_noise", losses.uniform_noise)
     # Feature masking's dropout masks (users, then items), fixed too.
     masks_list = [torch.bernoulli(torch.full((model.n_users - 1, 2 * model.dim), 0.5)) * 2,
                   torch.bernoulli(torch.full((model.n_items - 1, 2 * model.dim), 0.5)) * 2]
@@ -215,7 +213,7 @@ def test_matches_the_authors_mentor(tmp_path, monkeypatch):
     model.train()
     for b, ids in enumerate(record["batches"]):
         noise, masks = iter(our_noise(record[f"noise_{b}"])), iter(record[f"masks_{b}"])
-        monkeypatch.setattr(mentor_module, "uniform_noise", lambda ids_, dim, like: next(noise))
+        monkeypatch.setattr(losses, "uniform_noise", lambda ids_, dim, like: next(noise))
         monkeypatch.setattr(F, "dropout", lambda x, p: x * next(masks))
         model.zero_grad()
         loss = model.calculate_loss(fidelity.batch(model, ids))

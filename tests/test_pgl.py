@@ -4,7 +4,6 @@ tests/data/mmrec_fidelity."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,8 +12,6 @@ import fidelity
 import recbole_mm
 from builders import assert_gradients_reach, assert_trains_deterministically, build_planted
 from recbole_mm.errors import RecBoleMMError
-from recbole_mm.model.general_recommender.pgl import _principal_graph
-from recbole_mm.model.graphs import bipartite_adjacency, user_item_block
 from recbole_mm.model.losses import bpr_loss
 
 
@@ -22,44 +19,6 @@ def build(planted, **overrides):
     _, model, train_data = build_planted("PGL", planted, **{"knn_k": 5, "embedding_size": 16,
                                                             "feat_embed_dim": 16, **overrides})
     return model, train_data
-
-
-# ---- the global principal graph against a dense SVD of the whole adjacency ------------------------------
-def dense_principal(adjacency: np.ndarray, rank: int, share: float, threshold: float) -> np.ndarray:
-    """The reference's recipe on a dense matrix: Â's ``rank`` leading triplets, Σ_{i<t} s_i s_{d-t+i} u_i v_iᵀ."""
-    u, s, vt = np.linalg.svd(adjacency)
-    u, s, vt = u[:, :rank], s[:rank], vt[:rank]
-    top = int(share * rank)
-    product = u[:, :top] @ np.diag(s[:top] * s[-top:]) @ vt[:top]
-    return product * (np.abs(product) >= threshold)
-
-
-@pytest.mark.parametrize("rank", [8, 16])
-def test_principal_graph_equals_dense_svd_recipe(rank):
-    rng = np.random.default_rng(0)
-    n_users, n_items = 12, 9
-    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, n_users, 40), rng.integers(0, n_items, 40))}
-    users, items = (torch.tensor(x) for x in zip(*sorted(pairs)))
-    adjacency = bipartite_adjacency(users, items, n_users, n_items)
-    ours = _principal_graph(user_item_block(adjacency, n_users, n_items), rank=rank, threshold=1e-3).to_dense()
-    expected = dense_principal(adjacency.to_dense().double().numpy(), rank, 0.25, 1e-3)
-    # Equal pairs of singular values make the dense SVD's vectors arbitrary within a pair, but not the sum.
-    assert np.allclose(ours.numpy(), expected, atol=1e-5)
-    assert torch.equal(ours, ours.T)  # t even: both members of each pair, the same weight
-    assert torch.all(ours[:n_users, :n_users] == 0) and torch.all(ours[n_users:, n_users:] == 0)
-
-
-def test_principal_graph_uses_arpack_path_and_drops_small_entries():
-    rng = np.random.default_rng(1)
-    n_users, n_items = 60, 40
-    pairs = {(int(u), int(i)) for u, i in zip(rng.integers(0, n_users, 400), rng.integers(0, n_items, 400))}
-    users, items = (torch.tensor(x) for x in zip(*sorted(pairs)))
-    adjacency = bipartite_adjacency(users, items, n_users, n_items)
-    block = user_item_block(adjacency, n_users, n_items)
-    ours = _principal_graph(block, rank=16, threshold=1e-2)  # 8 pairs < min(60, 40) - 1: ARPACK
-    expected = dense_principal(adjacency.to_dense().double().numpy(), 16, 0.25, 1e-2)
-    assert np.allclose(ours.to_dense().numpy(), expected, atol=1e-5)
-    assert ours.coalesce().values().abs().min() >= 1e-2 and ours._nnz() < 2 * n_users * n_items
 
 
 # ---- the model on the planted set ----------------------------------------------------------------

@@ -640,3 +640,116 @@ def max_pool_graphs(graphs: list[torch.Tensor]) -> torch.Tensor:
     pooled = values.new_full((len(keys),), float("-inf")).scatter_reduce_(0, slot, values, reduce="amax")
     return torch.sparse_coo_tensor(torch.stack([keys // n_cols, keys % n_cols]), pooled, (n_rows, n_cols),
                                    check_invariants=False).coalesce()
+
+
+def drop_edges(graph: torch.Tensor, keep_rate: float) -> torch.Tensor:
+    """Each stored entry of the sparse ``graph`` (self-loops and both directions separately) kept with
+    probability ``keep_rate`` and scaled by 1/keep_rate, so the expected graph is the input (DiffMM's
+    SpAdjDropEdge, its draw ⌊U(0, 1) + keep_rate⌋ kept for fidelity); ``keep_rate`` 1 returns the graph,
+    drawing nothing. Uses torch's global RNG."""
+    if keep_rate >= 1.0:
+        return graph
+    graph = graph.coalesce()
+    keep = (torch.rand(graph._nnz(), device=graph.device) + keep_rate).floor().bool()  # the reference's draw
+    return torch.sparse_coo_tensor(graph.indices()[:, keep], graph.values()[keep] / keep_rate, graph.shape,
+                                   is_coalesced=True, check_invariants=False)
+
+
+def agreed_neighbours(features: list[torch.Tensor], k: int, chunk_size: int = 1024) -> list[torch.Tensor]:
+    """Per modality, each row's top-``k`` cosine neighbours among the rows whose similarity to it is at or above
+    the mean of all n² similarities in every modality (DA-MRS's denoised kNN graphs: an edge needs every
+    modality's agreement): ``[n, min(k, n)]`` index tensors, :data:`NO_NEIGHBOUR` where fewer rows qualify. The
+    row itself qualifies (similarity 1). Rows of zeros (items without content) have no neighbours and are
+    nobody's. Row chunks: no n × n matrix is formed; the mean is |Σ_i u_i|² / n² over the unit rows u_i."""
+    units = [torch.nn.functional.normalize(x.float(), dim=1) for x in features]
+    n = units[0].shape[0]
+    k = min(k, n)
+    means = [u.sum(dim=0).pow(2).sum() / (n * n) for u in units]
+    has_content = torch.stack([x.abs().sum(dim=1) > 0 for x in features]).all(dim=0)
+    out = [torch.full((n, k), NO_NEIGHBOUR, dtype=torch.long) for _ in units]
+    rows = max(1, min(chunk_size, _MAX_BLOCK_ELEMENTS // max(n * len(units), 1)))
+    for start in range(0, n, rows):
+        sims = [u[start:start + rows] @ u.T for u in units]
+        agreed = has_content[start:start + rows, None] & has_content[None, :]
+        for s, mean in zip(sims, means):
+            agreed &= s >= mean
+        for indices, s in zip(out, sims):
+            values, cols = torch.topk(s.masked_fill(~agreed, float("-inf")), k, dim=1)
+            indices[start:start + rows] = torch.where(values > float("-inf"), cols, NO_NEIGHBOUR)
+        del sims, agreed
+    return out
+
+
+def behaviour_graph(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users: int, n_items: int, k: int,
+                    min_count: int) -> torch.Tensor:
+    """DA-MRS's item-item behaviour graph, ``[n_items, n_items]``: every real item linked to itself and to its
+    top-``k`` items by number of shared training users (ties to the lower id), counting only pairs sharing at least
+    ``min_count`` users; binary, D^-1/2 A D^-1/2 with D the row sums. Padding item 0 stays isolated.
+    The item-side twin of :func:`user_cooccurrence_neighbours` (called with users and items swapped)."""
+    neighbours, counts = user_cooccurrence_neighbours(item_ids, user_ids, n_items, n_users, k)
+    neighbours[counts < min_count] = NO_NEIGHBOUR  # rows are sorted by count: this keeps the top k of the rest
+    real = torch.arange(1, n_items)
+    rows = torch.cat([real, torch.arange(n_items).repeat_interleave(neighbours.shape[1])])
+    cols = torch.cat([real, neighbours.reshape(-1)])
+    keep = cols != NO_NEIGHBOUR
+    return normalize_adjacency(rows[keep], cols[keep], torch.ones(int(keep.sum())), n_items, "sym")
+
+
+# PGL's constants of the global principal graph (the reference's): the share of the d leading singular triplets
+# kept, and the magnitude below which an entry of the rank-reduced graph is dropped.
+PRINCIPAL_SHARE = 0.25
+PRINCIPAL_THRESHOLD = 1e-3
+
+
+def principal_graph(block: torch.Tensor, rank: int, share: float = PRINCIPAL_SHARE,
+                    threshold: float = PRINCIPAL_THRESHOLD, chunk_rows: int = 2048) -> torch.Tensor:
+    """PGL's global principal graph of the normalised bipartite graph Â = [[0, R̃], [R̃ᵀ, 0]] (``block`` = R̃,
+    sparse ``[n_users, n_items]``): Σ_{i<t} s_i s_{d-t+i} u_i v_iᵀ over Â's ``d = rank`` leading singular
+    triplets (t = ⌊share·d⌋), entries below ``threshold`` in magnitude dropped; sparse,
+    ``[n_users + n_items]``-square. A low-rank denoised view of the interactions, built once.
+
+    Â's singular triplets come in pairs from R̃ = P Σ Qᵀ: σ_j with (u, v) = ([p_j; 0], [0; q_j]) and with
+    ([0; q_j], [p_j; 0]), so s = (σ_1, σ_1, σ_2, σ_2, ...) and the sum has only a user→item block P W₀ Qᵀ and
+    an item→user block Q W₁ Pᵀ. Computed from R̃'s ⌈d/2⌉ leading triplets (ARPACK, fixed start vector:
+    deterministic), the dense blocks a chunk of rows at a time (never the dense [n, n] matrix).
+    """
+    # Imported here: SciPy costs every model's import time, and only PGL's global mode needs it.
+    import numpy as np
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import svds
+
+    n_users, n_items = block.shape
+    block = block.coalesce()
+    rows, cols = block.indices().cpu().numpy()
+    matrix = sp.csr_matrix((block.values().cpu().double().numpy(), (rows, cols)), shape=(n_users, n_items))
+    pairs = (rank + 1) // 2
+    if pairs < min(matrix.shape) - 1:
+        p, sigma, qt = svds(matrix, k=pairs, v0=np.ones(min(matrix.shape)), solver="arpack")
+    else:  # ARPACK needs k < min(shape) - 1: tiny graphs go dense
+        p, sigma, qt = np.linalg.svd(matrix.toarray(), full_matrices=False)
+    order = np.argsort(-sigma, kind="stable")[:pairs]
+    p, sigma, q = p[:, order], sigma[order], qt[order].T
+    s = np.repeat(sigma, 2)[:rank]  # Â's leading singular values; triplet i is pair i // 2, member i % 2
+    top = int(share * rank)
+    weights = s[:top] * s[len(s) - top:]
+    member = np.arange(top) % 2
+    pair = np.arange(top) // 2
+    parts = []
+    # member 0 puts σ_j's weight on the user→item block, member 1 on the item→user block.
+    for side, (left, right, offset_rows, offset_cols) in enumerate(((p, q, 0, n_users), (q, p, n_users, 0))):
+        chosen = member == side
+        if not chosen.any():
+            continue
+        a = left[:, pair[chosen]] * weights[chosen]
+        b = right[:, pair[chosen]]
+        for start in range(0, len(a), chunk_rows):
+            dense = a[start:start + chunk_rows] @ b.T
+            r, c = np.nonzero(np.abs(dense) >= threshold)
+            parts.append((r + start + offset_rows, c + offset_cols, dense[r, c]))
+    n = n_users + n_items
+    if not parts:
+        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n, n)).coalesce()
+    r, c, v = (np.concatenate(x) for x in zip(*parts))
+    indices = torch.from_numpy(np.stack([r, c]).astype(np.int64))
+    graph = torch.sparse_coo_tensor(indices, torch.from_numpy(v).float(), (n, n), check_invariants=False)
+    return graph.coalesce().to(block.device)

@@ -166,7 +166,52 @@ def perturb_rows(rows: torch.Tensor, ids: torch.Tensor, eps: float = 0.1) -> tor
     return rows + torch.sign(rows) * noise * eps
 
 
+def perturb_blocks(x: torch.Tensor, width: int, eps: float) -> torch.Tensor:
+    """SimGCL's noise on every ``width``-column block of every row: b + sign(b) ⊙ ε/‖ε‖ · eps, ε ~ U(0, 1)
+    drawn per block (through :func:`uniform_noise`, which tests can fix). MENTOR's noisy views, which keep
+    several ``width``-wide tables side by side and perturb each on its own; GUME's per-row noise is
+    :func:`perturb_rows`."""
+    blocks = x.reshape(-1, width)
+    noise = F.normalize(uniform_noise(torch.arange(len(blocks), device=x.device), width, blocks), dim=1)
+    return (blocks + torch.sign(blocks) * noise * eps).reshape(x.shape)
+
+
 def uniform_noise(ids: torch.Tensor, dim: int, like: torch.Tensor) -> torch.Tensor:
     """U(0, 1) noise of shape [len(ids), dim] for the rows ``ids`` (dtype and device of ``like``); one
     function so that tests can fix the noise per id."""
     return torch.rand(len(ids), dim, dtype=like.dtype, device=like.device)
+
+
+def symmetric_bernoulli_kl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """KL(σ(a) ‖ σ(b)) + KL(σ(b) ‖ σ(a)) of Bernoulli variables, entry-wise, from the logits ``a``, ``b`` (DA-MRS's
+    preference alignment): it equals (σ(a) − σ(b)) · (a − b), finite where σ saturates (the reference's logs of
+    σ reach log 0 there)."""
+    return (torch.sigmoid(a) - torch.sigmoid(b)) * (a - b)
+
+
+def neighbour_discrimination(views: list[torch.Tensor], items: torch.Tensor, n_positives: int,
+                             temperature: float) -> torch.Tensor:
+    """DA-MRS's neighbour discrimination, the mean over views: each anchor item is pulled towards the neighbours
+    the views agree on, then towards its own view's next nearest. For view v and anchor item i (rows ``items`` of
+    the ``[n_items, d]`` views; candidates the real items 1..): cosine c_ij, p_v = softmax_j(c) (no gradient);
+    A = top-``n_positives`` of Σ_{w≠v} p_w + 2 p_v (neighbours the views agree on), S = the next
+    ``n_positives`` of p_v outside A; with e_j = exp(c_ij / τ), T = Σ_j e_j:
+    loss_i = −log(Σ_A e / T + 1e-9) − log(Σ_S e / (T − Σ_A e) + 1e-9), averaged over the anchors."""
+    anchors = [F.normalize(v[items], dim=1) for v in views]
+    candidates = [F.normalize(v[1:], dim=1) for v in views]
+    cosines = [a @ b.T for a, b in zip(anchors, candidates)]
+    with torch.no_grad():
+        probs = [torch.softmax(c, dim=1) for c in cosines]
+        total = sum(probs)
+    losses = []
+    for a, b, c, p in zip(anchors, candidates, cosines, probs):
+        agreed = torch.topk(total + p, n_positives, dim=1).indices
+        single = torch.topk(p.scatter_(1, agreed, 0.0), n_positives, dim=1).indices  # p is not needed after this
+        everything = torch.exp(c / temperature).sum(dim=1)
+        # The positives' similarities from their rows ([anchors, n_positives, d]), as the reference scores them:
+        # gathering them from the anchors × items matrix would give that matrix a second, scattered gradient.
+        on_agreed = torch.exp((a.unsqueeze(1) * b[agreed]).sum(dim=2) / temperature).sum(dim=1)
+        on_single = torch.exp((a.unsqueeze(1) * b[single]).sum(dim=2) / temperature).sum(dim=1)
+        losses.append((-torch.log(on_agreed / everything + 1e-9)
+                       - torch.log(on_single / (everything - on_agreed) + 1e-9)).mean())
+    return sum(losses) / len(losses)

@@ -29,7 +29,7 @@ from torch import nn
 from recbole_mm.config_check import Bool, Choice, ConfigError, Float, Int, ListOf
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.diffusion import Denoiser, GaussianDiffusion
-from recbole_mm.model.graphs import bipartite_adjacency
+from recbole_mm.model.graphs import bipartite_adjacency, drop_edges
 from recbole_mm.model.losses import candidate_nce
 
 
@@ -158,7 +158,7 @@ class DiffMM(MultiModalRecommender):
         for m in self.modalities:
             graph = bipartite_adjacency(graph_users, torch.cat(picks[m]).reshape(-1), self.n_users, self.n_items,
                                         self_loops=True, normalization="sym")
-            self.keep_epoch_graph(f"diffusion_graph_{m}", _drop_edges(graph, self.keep_rate))
+            self.keep_epoch_graph(f"diffusion_graph_{m}", drop_edges(graph, self.keep_rate))
 
     def _diffusion_graphs_ready(self) -> bool:
         return all(f"diffusion_graph_{m}" in self._buffers for m in self.modalities)
@@ -221,15 +221,3 @@ class DiffMM(MultiModalRecommender):
         for a, b in pairs:
             loss = loss + self.cl_weight * self.contrast(a, b, users, pos)
         return loss
-
-
-# belongs in recbole_mm/model/graphs.py (moved after the benchmark runs)
-def _drop_edges(graph: torch.Tensor, keep_rate: float) -> torch.Tensor:
-    """Each stored entry (self-loops and both directions separately) kept with probability ``keep_rate`` and
-    scaled by 1/keep_rate (DiffMM's SpAdjDropEdge); ``keep_rate`` 1 returns the graph, drawing nothing."""
-    if keep_rate >= 1.0:
-        return graph
-    graph = graph.coalesce()
-    keep = (torch.rand(graph._nnz(), device=graph.device) + keep_rate).floor().bool()  # the reference's draw
-    return torch.sparse_coo_tensor(graph.indices()[:, keep], graph.values()[keep] / keep_rate, graph.shape,
-                                   is_coalesced=True, check_invariants=False)

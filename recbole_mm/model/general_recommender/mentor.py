@@ -30,7 +30,7 @@ from torch import nn
 from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency
-from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, uniform_noise
+from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb_blocks
 
 GUIDE = "id"  # the table on item IDs (the reference's id_gcn)
 NOISY = ("n1", "n2")  # suffixes of the two perturbed tables per modality
@@ -115,7 +115,7 @@ class MENTOR(MultiModalRecommender):
         for _ in range(self.n_layers):
             layer = self.propagate("ui_graph", layer)
             if n_noisy:
-                layer = torch.cat([layer[:, :clean], _perturb_blocks(layer[:, clean:], self.dim, self.noise_eps)],
+                layer = torch.cat([layer[:, :clean], perturb_blocks(layer[:, clean:], self.dim, self.noise_eps)],
                                   dim=1)
             total = total + layer
         users, items = total[: self.n_users], total[self.n_users:]
@@ -183,12 +183,3 @@ class MENTOR(MultiModalRecommender):
         projected = [self.mask_projection(users), self.mask_projection(items)]
         dropped = [F.dropout(users, self.dropout), F.dropout(items, self.dropout)]
         return sum(1 - F.cosine_similarity(a, b).mean() for a, b in zip(dropped, projected))
-
-
-# belongs in recbole_mm/model/losses.py (moved after the benchmark runs), next to perturb_rows
-def _perturb_blocks(x: torch.Tensor, width: int, eps: float) -> torch.Tensor:
-    """SimGCL's noise on every ``width``-column block of every row: b + sign(b) ⊙ ε/‖ε‖ · eps, ε ~ U(0, 1)
-    drawn per block (through losses.uniform_noise, which tests can fix)."""
-    blocks = x.reshape(-1, width)
-    noise = F.normalize(uniform_noise(torch.arange(len(blocks), device=x.device), width, blocks), dim=1)
-    return (blocks + torch.sign(blocks) * noise * eps).reshape(x.shape)

@@ -16,24 +16,16 @@ each between two dropout views of the batch's users' (positives') final vectors.
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from recbole.utils import InputType
-from scipy.sparse.linalg import svds
 from torch import nn
 
 from recbole_mm.config_check import Choice, Float, Int
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
-from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep, user_item_block
+from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep, principal_graph, user_item_block
 from recbole_mm.model.losses import bpr_loss, info_nce
-
-# The reference's constants of the global principal graph: the share of the d leading singular triplets kept,
-# and the magnitude below which an entry of the rank-reduced graph is dropped.
-PRINCIPAL_SHARE = 0.25
-PRINCIPAL_THRESHOLD = 1e-3
 
 
 class PGL(MultiModalRecommender):
@@ -83,7 +75,7 @@ class PGL(MultiModalRecommender):
         self.register_graph("norm_adj", bipartite_adjacency(edge_users, edge_items, self.n_users, self.n_items))
         if self.mode == "global":
             # Â is [users + items]-square with d = embedding_size singular triplets kept, as the reference.
-            self.register_graph("principal_adj", _principal_graph(
+            self.register_graph("principal_adj", principal_graph(
                 user_item_block(self.norm_adj, self.n_users, self.n_items), rank=d))
 
     def local_graph(self) -> torch.Tensor:
@@ -124,53 +116,3 @@ class PGL(MultiModalRecommender):
                         + info_nce(views[2], views[3], self.temperature)) / 2
             loss = loss + self.reg_weight * contrast
         return loss
-
-
-# belongs in recbole_mm/model/graphs.py (moved after the benchmark runs)
-def _principal_graph(block: torch.Tensor, rank: int, share: float = PRINCIPAL_SHARE,
-                     threshold: float = PRINCIPAL_THRESHOLD, chunk_rows: int = 2048) -> torch.Tensor:
-    """PGL's global principal graph of the normalised bipartite graph Â = [[0, R̃], [R̃ᵀ, 0]] (``block`` = R̃,
-    sparse ``[n_users, n_items]``): Σ_{i<t} s_i s_{d-t+i} u_i v_iᵀ over Â's ``d = rank`` leading singular
-    triplets (t = ⌊share·d⌋), entries below ``threshold`` in magnitude dropped; sparse,
-    ``[n_users + n_items]``-square.
-
-    Â's singular triplets come in pairs from R̃ = P Σ Qᵀ: σ_j with (u, v) = ([p_j; 0], [0; q_j]) and with
-    ([0; q_j], [p_j; 0]), so s = (σ_1, σ_1, σ_2, σ_2, ...) and the sum has only a user→item block P W₀ Qᵀ and
-    an item→user block Q W₁ Pᵀ. Computed from R̃'s ⌈d/2⌉ leading triplets (ARPACK, fixed start vector:
-    deterministic), the dense blocks a chunk of rows at a time (never the dense [n, n] matrix).
-    """
-    n_users, n_items = block.shape
-    block = block.coalesce()
-    rows, cols = block.indices().cpu().numpy()
-    matrix = sp.csr_matrix((block.values().cpu().double().numpy(), (rows, cols)), shape=(n_users, n_items))
-    pairs = (rank + 1) // 2
-    if pairs < min(matrix.shape) - 1:
-        p, sigma, qt = svds(matrix, k=pairs, v0=np.ones(min(matrix.shape)), solver="arpack")
-    else:  # ARPACK needs k < min(shape) - 1: tiny graphs go dense
-        p, sigma, qt = np.linalg.svd(matrix.toarray(), full_matrices=False)
-    order = np.argsort(-sigma, kind="stable")[:pairs]
-    p, sigma, q = p[:, order], sigma[order], qt[order].T
-    s = np.repeat(sigma, 2)[:rank]  # Â's leading singular values; triplet i is pair i // 2, member i % 2
-    top = int(share * rank)
-    weights = s[:top] * s[len(s) - top:]
-    member = np.arange(top) % 2
-    pair = np.arange(top) // 2
-    parts = []
-    # member 0 puts σ_j's weight on the user→item block, member 1 on the item→user block.
-    for side, (left, right, offset_rows, offset_cols) in enumerate(((p, q, 0, n_users), (q, p, n_users, 0))):
-        chosen = member == side
-        if not chosen.any():
-            continue
-        a = left[:, pair[chosen]] * weights[chosen]
-        b = right[:, pair[chosen]]
-        for start in range(0, len(a), chunk_rows):
-            dense = a[start:start + chunk_rows] @ b.T
-            r, c = np.nonzero(np.abs(dense) >= threshold)
-            parts.append((r + start + offset_rows, c + offset_cols, dense[r, c]))
-    n = n_users + n_items
-    if not parts:
-        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.long), torch.zeros(0), (n, n)).coalesce()
-    r, c, v = (np.concatenate(x) for x in zip(*parts))
-    indices = torch.from_numpy(np.stack([r, c]).astype(np.int64))
-    graph = torch.sparse_coo_tensor(indices, torch.from_numpy(v).float(), (n, n), check_invariants=False)
-    return graph.coalesce().to(block.device)

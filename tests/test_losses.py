@@ -1,0 +1,70 @@
+"""Loss terms of recbole_mm/model/losses.py that only the newest models use, on tiny hand-checked inputs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recbole_mm.model import losses
+from recbole_mm.model.losses import neighbour_discrimination, perturb_blocks, symmetric_bernoulli_kl
+
+
+def test_perturb_blocks_by_hand(monkeypatch):
+    # Two rows of two 2-wide blocks: four blocks, each with its own noise row (3-4-5 and axis vectors: easy norms).
+    x = torch.tensor([[1.0, -2.0, 0.0, 3.0],
+                      [-1.0, 0.5, 2.0, -4.0]])
+    noise = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0], [6.0, 8.0]])
+    calls = []
+
+    def fixed(ids, dim, like):
+        calls.append((ids.tolist(), dim))
+        return noise
+
+    monkeypatch.setattr(losses, "uniform_noise", fixed)
+    got = perturb_blocks(x, width=2, eps=0.5)
+    assert calls == [([0, 1, 2, 3], 2)]  # one draw, one noise row per block, blocks in row-major order
+    # b + sign(b) * (ε / ‖ε‖) * eps, block by block; sign(0) = 0 leaves the zero entry alone.
+    expected = torch.tensor([[1.0 + 0.3, -2.0 - 0.4, 0.0 + 0.0, 3.0 + 0.0],
+                             [-1.0 - 0.0, 0.5 + 0.5, 2.0 + 0.3, -4.0 - 0.4]])
+    assert torch.allclose(got, expected)
+
+
+def test_perturb_blocks_noise_is_bounded_and_keeps_signs():
+    torch.manual_seed(0)
+    x = torch.randn(5, 12)
+    got = perturb_blocks(x, width=4, eps=0.1)
+    shift = (got - x).reshape(-1, 4)
+    assert torch.all(torch.sign(got) == torch.sign(x))  # the noise pushes away from zero
+    assert torch.allclose(shift.norm(dim=1), torch.full((15,), 0.1))  # |ε/‖ε‖ · eps| per block: ε ≥ 0
+
+
+def test_symmetric_bernoulli_kl_equals_its_definition():
+    a, b = torch.tensor([-2.0, 0.3, 1.5, 4.0]), torch.tensor([1.0, 0.3, -0.5, 2.0])
+    p, q = torch.sigmoid(a), torch.sigmoid(b)
+
+    def kl(x, y):
+        return x * torch.log(x / y) + (1 - x) * torch.log((1 - x) / (1 - y))
+
+    assert torch.allclose(symmetric_bernoulli_kl(a, b), kl(p, q) + kl(q, p), atol=1e-6)
+    assert torch.isfinite(symmetric_bernoulli_kl(torch.tensor([200.0]), torch.tensor([-200.0]))).all()
+
+
+def test_neighbour_discrimination_by_hand():
+    generator = torch.Generator().manual_seed(3)
+    views = [torch.randn(8, 3, generator=generator) for _ in range(2)]
+    anchors = torch.tensor([1, 5])
+    got = neighbour_discrimination(views, anchors, n_positives=2, temperature=0.5)
+    losses = []
+    for v, w in [(0, 1), (1, 0)]:
+        per_anchor = []
+        for i in anchors.tolist():
+            cos = [F.cosine_similarity(views[x][i][None], views[x][1:], dim=1) for x in (v, w)]
+            p_own, p_other = torch.softmax(cos[0], 0), torch.softmax(cos[1], 0)
+            agreed = torch.topk(p_other + 2 * p_own, 2).indices.tolist()
+            rest = [j for j in torch.argsort(p_own, descending=True).tolist() if j not in agreed][:2]
+            e = torch.exp(cos[0] / 0.5)
+            total, on_agreed = e.sum(), e[agreed].sum()
+            per_anchor.append(-torch.log(on_agreed / total + 1e-9) - torch.log(e[rest].sum() / (total - on_agreed) + 1e-9))
+        losses.append(torch.stack(per_anchor).mean())
+    assert got.item() == pytest.approx(((losses[0] + losses[1]) / 2).item(), rel=1e-5)
