@@ -195,6 +195,21 @@ def test_batch_nodes_positions_point_back_at_the_batch(mgcn):
     assert (nodes[neg] - model.n_users).tolist() == [7, 1, 2]
 
 
+def test_batch_bpr_scores_the_batch_rows_by_dot_products(mgcn):
+    model, _ = mgcn
+    interaction = {model.USER_ID: torch.tensor([3, 1, 3]), model.ITEM_ID: torch.tensor([2, 2, 5]),
+                   model.NEG_ITEM_ID: torch.tensor([7, 1, 2])}
+    users = torch.arange(10.0).repeat(2, 1).T  # user u's row is (u, u)
+    items = torch.stack([torch.arange(10.0), -torch.arange(10.0)], dim=1) / 10  # item i's row is (i, -i) / 10
+    users[1] = torch.tensor([1.0, 2.0])
+    loss, u, pos, neg = model.batch_bpr(interaction, users, items)
+    assert u.tolist() == [[3.0, 3.0], [1.0, 2.0], [3.0, 3.0]]
+    assert pos.tolist() == items[[2, 2, 5]].tolist() and neg.tolist() == items[[7, 1, 2]].tolist()
+    # Scores u·i: user 3 scores every item 0 (3i/10 − 3i/10); user 1 scores item i at (i − 2i)/10 = −i/10.
+    margins = torch.tensor([0.0 - 0.0, -0.2 - -0.1, 0.0 - 0.0])
+    assert loss.item() == pytest.approx(-torch.log(torch.sigmoid(margins)).mean().item())
+
+
 def test_draw_epoch_graph_once_per_training_epoch_and_kept_for_evaluation(mgcn):
     model, _ = mgcn
     draws = []

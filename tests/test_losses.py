@@ -1,4 +1,4 @@
-"""Loss terms of recbole_mm/model/losses.py that only the newest models use, on tiny hand-checked inputs."""
+"""Loss terms of recbole_mm/model/losses.py on tiny hand-checked inputs (GUME's are in test_gume.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mm.model import losses
-from recbole_mm.model.losses import neighbour_discrimination, perturb_blocks, symmetric_bernoulli_kl
+from recbole_mm.model.losses import dot_bpr_loss, neighbour_discrimination, perturb_blocks, symmetric_bernoulli_kl
+
+
+def test_dot_bpr_loss_by_hand():
+    users = torch.tensor([[1.0, 2.0], [0.5, -1.0]])
+    pos = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    neg = torch.tensor([[0.0, 1.0], [0.0, 1.0]])
+    # Scores u·i⁺ = 3 and 1, u·i⁻ = 2 and −1: margins 1 and 2.
+    expected = -(torch.log(torch.sigmoid(torch.tensor(1.0))) + torch.log(torch.sigmoid(torch.tensor(2.0)))) / 2
+    assert dot_bpr_loss(users, pos, neg).item() == pytest.approx(expected.item())
+    assert dot_bpr_loss(users, neg, pos).item() > dot_bpr_loss(users, pos, neg).item()  # swapped: the wrong order costs
 
 
 def test_perturb_blocks_by_hand(monkeypatch):

@@ -14,6 +14,7 @@ from recbole_mm.config_check import Choice, check_model_values
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.errors import DataError
 from recbole_mm.model.graphs import KNN_BACKENDS, graph_from_neighbours, knn_neighbours, sparse_matmul
+from recbole_mm.model.losses import dot_bpr_loss
 
 
 FEATURE_NORMS = ("none", "l2", "standard")
@@ -245,6 +246,15 @@ class GraphRecommender(GeneralRecommender):
         nodes, rows = torch.unique(batch, return_inverse=True)
         users, pos, neg = rows.chunk(3)
         return nodes, users, pos, neg
+
+    def batch_bpr(self, interaction, user_vectors: torch.Tensor, item_vectors: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """BPR of the batch's (user, positive, negative) triples scored by dot products of ``user_vectors`` and
+        ``item_vectors`` (indexed by internal id), and the rows it gathered: ``(loss, users, positives,
+        negatives)``, for the terms a model adds to it."""
+        u = user_vectors[interaction[self.USER_ID]]
+        pos, neg = item_vectors[interaction[self.ITEM_ID]], item_vectors[interaction[self.NEG_ITEM_ID]]
+        return dot_bpr_loss(u, pos, neg), u, pos, neg
 
     def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final (users, items) representations whose dot product is the score; ``forward`` by

@@ -13,6 +13,12 @@ def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor
     return -F.logsigmoid(pos_scores - neg_scores).mean()
 
 
+def dot_bpr_loss(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """:func:`bpr_loss` of dot-product scores, -mean log σ(u·i⁺ − u·i⁻), over the rows of a batch's users and
+    their positive and negative items (the pairwise loss most models train on)."""
+    return bpr_loss((users * pos).sum(dim=1), (users * neg).sum(dim=1))
+
+
 class _MeanLogSumExp(torch.autograd.Function):
     """Σ_n w_n log Σ_m c_m exp((a bᵀ)_nm) with its gradient formed in the forward pass; w_n = c_n / Σ c
     (the mean over rows when every count c is 1).

@@ -22,7 +22,6 @@ from torch import nn
 from recbole_mm.config_check import Choice, Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, sampled_neighbour_graph, user_cooccurrence_neighbours
-from recbole_mm.model.losses import bpr_loss
 
 
 class DualGNN(MultiModalRecommender):
@@ -119,11 +118,8 @@ class DualGNN(MultiModalRecommender):
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         user = interaction[self.USER_ID]
-        users, items = self.forward()
-        u = users[user]
-        pos, neg = items[interaction[self.ITEM_ID]], items[interaction[self.NEG_ITEM_ID]]
         # The reference's BPR uses log2: the natural-log BPR divided by ln 2.
-        loss = bpr_loss((u * pos).sum(dim=1), (u * neg).sum(dim=1)) / math.log(2.0)
+        loss = self.batch_bpr(interaction, *self.forward())[0] / math.log(2.0)
         reg = sum((self.preferences[m][user] ** 2).mean() for m in self.modalities)
         if len(self.modalities) > 1:
             # Over the real rows (RecBole's padding row 0 would shift the means).

@@ -17,7 +17,7 @@ from recbole_mm.config_check import Float, Int
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep
-from recbole_mm.model.losses import bpr_loss
+from recbole_mm.model.losses import dot_bpr_loss
 
 
 class FREEDOM(MultiModalRecommender):
@@ -79,14 +79,11 @@ class FREEDOM(MultiModalRecommender):
         return out[: self.n_users], out[self.n_users:] + h
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        user_vectors, item_vectors = self.forward()
-        u = user_vectors[users]
-        loss = bpr_loss((u * item_vectors[pos]).sum(dim=1), (u * item_vectors[neg]).sum(dim=1))
+        loss, u, _, _ = self.batch_bpr(interaction, *self.forward())
         if self.reg_weight:
             for m in self.modalities:
                 pos_f = self.projections[m](self.raw_features[m](pos))
                 neg_f = self.projections[m](self.raw_features[m](neg))
-                loss = loss + self.reg_weight * bpr_loss((u * pos_f).sum(dim=1), (u * neg_f).sum(dim=1))
+                loss = loss + self.reg_weight * dot_bpr_loss(u, pos_f, neg_f)
         return loss

@@ -22,7 +22,6 @@ from torch import nn
 from recbole_mm.config_check import Choice, Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import edge_propagate, edge_structure, segment_softmax, weighted_propagate
-from recbole_mm.model.losses import bpr_loss
 
 
 class GRCN(MultiModalRecommender):
@@ -117,9 +116,7 @@ class GRCN(MultiModalRecommender):
     def calculate_loss(self, interaction) -> torch.Tensor:
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        user_vectors, item_vectors = self.forward()
-        u = user_vectors[users]
-        loss = bpr_loss((u * item_vectors[pos]).sum(dim=1), (u * item_vectors[neg]).sum(dim=1))
+        loss = self.batch_bpr(interaction, *self.forward())[0]
         if not self.reg_weight:
             return loss
         # The reference's terms: the batch's raw ID embeddings (items: mean over the positives and negatives),

@@ -21,7 +21,7 @@ from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import augmented_adjacency, semantic_neighbours, user_item_block
 from recbole_mm.model.layers import attentive_fusion
-from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb_rows, squared_l2
+from recbole_mm.model.losses import dot_bpr_loss, gaussian_alignment, info_nce, perturb_rows, squared_l2
 
 
 class GUME(MultiModalRecommender):
@@ -145,7 +145,7 @@ class GUME(MultiModalRecommender):
         z_nodes, _ = self._integrate([x[nodes] for x in explicit], h_nodes)
         o = (h_nodes + z_nodes)[where]
         o_users, o_pos, o_neg = o[:n], o[n:2 * n], o[2 * n:]
-        loss = bpr_loss((o_users * o_pos).sum(dim=1), (o_users * o_neg).sum(dim=1))
+        loss = dot_bpr_loss(o_users, o_pos, o_neg)
         loss = loss + self.reg_weight_1 * squared_l2(o_users, o_pos, o_neg, denominator=self.batch_size)
         if self.vt_loss:
             # Over real users and items only: RecBole's padding user 0 and item 0 are not in the original.

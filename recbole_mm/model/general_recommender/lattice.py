@@ -19,7 +19,7 @@ from torch import nn
 from recbole_mm.config_check import Choice, Float, Int, ListOf
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, edge_propagate, learned_knn_graph
-from recbole_mm.model.losses import bpr_loss, squared_l2
+from recbole_mm.model.losses import squared_l2
 
 CF_MODELS = ("lightgcn", "mf")  # the original's ngcf backbone is not ported
 
@@ -94,8 +94,5 @@ class LATTICE(MultiModalRecommender):
         return out[: self.n_users], out[self.n_users:] + h
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        user_vectors, item_vectors = self.forward()
-        u = user_vectors[interaction[self.USER_ID]]
-        pos, neg = item_vectors[interaction[self.ITEM_ID]], item_vectors[interaction[self.NEG_ITEM_ID]]
-        loss = bpr_loss((u * pos).sum(dim=1), (u * neg).sum(dim=1))
+        loss, u, pos, neg = self.batch_bpr(interaction, *self.forward())
         return loss + self.reg_weight * squared_l2(u, pos, neg, denominator=self.batch_size)

@@ -19,7 +19,7 @@ from recbole.utils import InputType
 from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import GraphRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep
-from recbole_mm.model.losses import bpr_loss, squared_l2
+from recbole_mm.model.losses import squared_l2
 
 
 class LayerGCN(GraphRecommender):
@@ -70,9 +70,7 @@ class LayerGCN(GraphRecommender):
     def calculate_loss(self, interaction) -> torch.Tensor:
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        user_vectors, item_vectors = self.forward()
-        u = user_vectors[users]
         # The original sums the BPR term over the batch (its L2 term is not divided by the batch size either).
-        loss = bpr_loss((u * item_vectors[pos]).sum(dim=1), (u * item_vectors[neg]).sum(dim=1)) * len(users)
+        loss = self.batch_bpr(interaction, *self.forward())[0] * len(users)
         reg = squared_l2(self.user_embedding(users), self.item_embedding(pos), self.item_embedding(neg), denominator=1)
         return loss + self.reg_weight * reg

@@ -27,7 +27,7 @@ from recbole_mm.config_check import Choice, Float, Int
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency
-from recbole_mm.model.losses import bpr_loss, candidate_nce, frobenius_norms
+from recbole_mm.model.losses import candidate_nce, frobenius_norms
 
 
 class LGMRec(MultiModalRecommender):
@@ -122,10 +122,9 @@ class LGMRec(MultiModalRecommender):
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         users = interaction[self.USER_ID]
-        pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
+        pos = interaction[self.ITEM_ID]
         user_vectors, item_vectors, hyper = self.embeddings()
-        u, p, n = user_vectors[users], item_vectors[pos], item_vectors[neg]
-        loss = bpr_loss((u * p).sum(dim=1), (u * n).sum(dim=1))
+        loss, u, p, n = self.batch_bpr(interaction, user_vectors, item_vectors)
         if self.cl_weight:
             contrast = 0
             for a, b in itertools.combinations(self.modalities, 2):

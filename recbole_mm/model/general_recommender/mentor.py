@@ -30,7 +30,7 @@ from torch import nn
 from recbole_mm.config_check import Float, Int
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency
-from recbole_mm.model.losses import bpr_loss, gaussian_alignment, info_nce, perturb_blocks
+from recbole_mm.model.losses import gaussian_alignment, info_nce, perturb_blocks
 
 GUIDE = "id"  # the table on item IDs (the reference's id_gcn)
 NOISY = ("n1", "n2")  # suffixes of the two perturbed tables per modality
@@ -146,10 +146,8 @@ class MENTOR(MultiModalRecommender):
         by_table = {t: (u, i) for t, u, i in zip(self.train_tables, users, items)}
         fused_u, fused_i = self._fuse(users[:n_mod], items[:n_mod])
 
-        u = fused_u[user]
-        pos, neg = fused_i[interaction[self.ITEM_ID]], fused_i[interaction[self.NEG_ITEM_ID]]
         # The reference's BPR uses log2: the natural-log BPR divided by ln 2.
-        loss = bpr_loss((u * pos).sum(dim=1), (u * neg).sum(dim=1)) / math.log(2.0)
+        loss = self.batch_bpr(interaction, fused_u, fused_i)[0] / math.log(2.0)
         reg = sum((self.preferences[m][user] ** 2).mean() for m in self.modalities)
         if n_mod > 1:
             reg = reg + (self.user_fusion[1:] ** 2).mean()  # real rows: padding row 0 would shift the mean

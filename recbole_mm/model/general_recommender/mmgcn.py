@@ -27,7 +27,6 @@ from torch import nn
 from recbole_mm.config_check import Bool, Choice, Float, Int, MappingOf
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency
-from recbole_mm.model.losses import bpr_loss
 
 
 def _xavier_normal_padded(rows: list[int], dim: int) -> torch.Tensor:
@@ -138,9 +137,7 @@ class MMGCN(MultiModalRecommender):
     def calculate_loss(self, interaction) -> torch.Tensor:
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        user_vectors, item_vectors = self.forward()
-        u = user_vectors[users]
-        loss = bpr_loss((u * item_vectors[pos]).sum(dim=1), (u * item_vectors[neg]).sum(dim=1))
+        loss = self.batch_bpr(interaction, *self.forward())[0]
         if not self.reg_weight:
             return loss
         # The references' mean over their [2B, d] (user, item) pairs: each user row twice, each item once.

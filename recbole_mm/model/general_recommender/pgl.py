@@ -25,7 +25,7 @@ from recbole_mm.config_check import Choice, Float, Int
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep, principal_graph, user_item_block
-from recbole_mm.model.losses import bpr_loss, info_nce
+from recbole_mm.model.losses import info_nce
 
 
 class PGL(MultiModalRecommender):
@@ -105,10 +105,7 @@ class PGL(MultiModalRecommender):
         return out[: self.n_users], out[self.n_users:] + h
 
     def calculate_loss(self, interaction) -> torch.Tensor:
-        user_vectors, item_vectors = self.forward()
-        u = user_vectors[interaction[self.USER_ID]]
-        pos, neg = item_vectors[interaction[self.ITEM_ID]], item_vectors[interaction[self.NEG_ITEM_ID]]
-        loss = bpr_loss((u * pos).sum(dim=1), (u * neg).sum(dim=1))
+        loss, u, pos, _ = self.batch_bpr(interaction, *self.forward())
         if self.reg_weight:
             # Two independent dropout views of the same rows, users' masks drawn before the positives'.
             views = [F.dropout(x, self.dropout, self.training) for x in (u, u, pos, pos)]
