@@ -17,46 +17,23 @@ RecBole id (our rule; the script's ``torch.topk`` leaves their order open). The 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "tests" / "data" / "damrs_reference.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_common import DATA, FakeDataset, as_lists, feature_folder, mmrec_config  # noqa: E402
+from run_mmrec_reference import install_shims  # noqa: E402
+
+OUT = DATA / "damrs_reference.json"
 N_USERS, N_ITEMS, DIM = 12, 24, 8
 FEATURE_DIMS = {"text": 4, "image": 5}  # MMRec's t_feat and v_feat
 SETTINGS = {"knn_k": 4, "n_mm_layers": 1, "n_ui_layers": 2, "kl_weight": 0.5, "neighbor_weight": 0.3}
 ITEM_GRAPH_K, ITEM_GRAPH_MIN_COUNT = 2, 2
-
-
-def load_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-class FakeDataset:
-    """What MMRec's GeneralRecommender and DAMRS read from their ``dataloader`` argument."""
-
-    def __init__(self, users, items):
-        import scipy.sparse as sp
-        self.matrix = sp.coo_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(N_USERS, N_ITEMS))
-        self.dataset = self
-
-    def get_user_num(self):
-        return N_USERS
-
-    def get_item_num(self):
-        return N_ITEMS
-
-    def inter_matrix(self, form="coo"):
-        return self.matrix.copy()
 
 
 def tiny_data(seed: int = 0):
@@ -121,35 +98,23 @@ def pick_batch(model, batch_users, users, items) -> tuple[torch.Tensor, torch.Te
     raise SystemExit("no batch with a reverse BPR pair in 200 draws")
 
 
-def as_lists(tensors: dict) -> dict:
-    return {k: v.detach().double().tolist() for k, v in tensors.items()}
-
-
 def main(src: str) -> None:
     sys.path.insert(0, str(Path(src).resolve()))
-    load_module("run_mmrec_reference", ROOT / "scripts" / "run_mmrec_reference.py").install_shims()
+    install_shims()
     import models.damrs as damrs
 
     train, held, features = tiny_data()
     users = np.array([u for u, _ in train])
     items = np.array([i for _, i in train])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "tiny"
-        folder.mkdir()
-        np.save(folder / "text_feat.npy", features["text"])
-        np.save(folder / "image_feat.npy", features["image"])
-        np.save(folder / "item_graph_dict_2.npy", item_graph_dict(train, held, ITEM_GRAPH_K, ITEM_GRAPH_MIN_COUNT),
-                allow_pickle=True)
-        config = {
-            "USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "NEG_PREFIX": "neg_", "device": "cpu",
-            "end2end": False, "is_multimodal_model": True, "data_path": tmp + "/", "dataset": "tiny",
-            "vision_feature_file": "image_feat.npy", "text_feature_file": "text_feat.npy",
-            "item_graph_dict_file": "item_graph_dict_2.npy", "train_batch_size": 6,
-            "embedding_size": DIM, "lambda_coeff": None, "cf_model": None, "reg_weight": 0.0, **SETTINGS,
-        }
+    behaviour = item_graph_dict(train, held, ITEM_GRAPH_K, ITEM_GRAPH_MIN_COUNT)
+    with feature_folder(features, extra={"item_graph_dict_2.npy": behaviour}) as tmp:
+        config = mmrec_config(tmp, neg_prefix="neg_", item_graph_dict_file="item_graph_dict_2.npy",
+                              train_batch_size=6, embedding_size=DIM, lambda_coeff=None, cf_model=None,
+                              reg_weight=0.0, **SETTINGS)
         batch_users = torch.tensor([0, 1, 4, 5, 7, 10])
         torch.manual_seed(0)
-        model = damrs.DAMRS(config, FakeDataset(users, items))
+        dataset = FakeDataset(pd.DataFrame({"userID": users, "itemID": items}), N_USERS, N_ITEMS)
+        model = damrs.DAMRS(config, dataset)
         batch_pos, batch_neg = pick_batch(model, batch_users, users, items)
         weights = as_lists({k: v for k, v in model.state_dict().items() if not k.startswith(("image_", "text_"))})
         graphs = {"image": model.image_adj.to_dense(), "text": model.text_adj.to_dense(),

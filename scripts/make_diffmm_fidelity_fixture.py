@@ -19,7 +19,6 @@ and the full score matrix. Shims (scripts/run_diffmm_reference.py): ``.cuda()`` 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -28,24 +27,16 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "tests" / "data" / "diffmm_reference.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_common import DATA, ROOT, as_lists, load_module  # noqa: E402
+from run_diffmm_reference import install_shims  # noqa: E402
+
+OUT = DATA / "diffmm_reference.json"
 DIM, TIME_DIM, HIDDEN = 6, 4, [5]
 COMMON = {"gnn_layer": 2, "reg": 1e-3, "ssl_reg": 0.1, "temp": 0.5, "ris_lambda": 0.5, "ris_adj_lambda": 0.2,
           "e_loss": 0.1, "steps": 5, "noise_scale": 0.1, "noise_min": 0.0001, "noise_max": 0.02, "keepRate": 1.0,
           "batch": 4}
 CASES = {"defaults": {"trans": 0, "cl_method": 0}, "tiktok": {"trans": 1, "cl_method": 1}}
-
-
-def load_module(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def as_lists(tensors: dict) -> dict:
-    return {k: v.detach().double().tolist() for k, v in tensors.items()}
 
 
 def ui_matrix(users, items, n_users, n_items) -> torch.Tensor:
@@ -128,7 +119,7 @@ def run_case(settings: dict, tiny, train, features) -> dict:
 
 
 def main(src: str) -> None:
-    load_module("run_diffmm_reference", ROOT / "scripts" / "run_diffmm_reference.py").install_shims()
+    install_shims()
     sys.argv = sys.argv[:1]  # the authors' Params.py parses the command line on import
     sys.path.insert(0, str(Path(src).resolve()))
     tiny = load_module("mmrec_reference", ROOT / "tests" / "data" / "mmrec_reference.py")

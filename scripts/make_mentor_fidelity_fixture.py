@@ -15,7 +15,6 @@ small. Not run in CI; tests/test_mentor.py loads the fixture into recbole_mm's M
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_mmrec_fidelity_fixture import OUT, Config, FakeDataset  # noqa: E402
+from fixture_common import FakeDataset, draw_batches, feature_folder, gradients, mmrec_config  # noqa: E402
+from make_mmrec_fidelity_fixture import OUT  # noqa: E402
 from run_mmrec_reference import install_shims, user_graph_dict  # noqa: E402
 
 DIM = 8
@@ -63,28 +63,16 @@ def main(mentor_root: str) -> None:
     inter = pd.read_csv(OUT / "mmrec_fidelity.inter", sep="\t")
     train = inter[inter["x_label"] == 0]
     n_users, n_items = inter["userID"].nunique(), inter["itemID"].nunique()
-    batch_rng = np.random.default_rng(11)
-    batches = []
-    for _ in range(2):
-        picked = train.iloc[batch_rng.choice(len(train), size=CONFIG["train_batch_size"], replace=False)]
-        negatives = [int(batch_rng.choice(np.setdiff1d(np.arange(n_items), train.itemID[train.userID == u])))
-                     for u in picked.userID]
-        batches.append(torch.tensor(np.stack([picked.userID.values, picked.itemID.values, negatives])))
+    batches = draw_batches(train, n_items, CONFIG["train_batch_size"], seed=11)
 
-    with tempfile.TemporaryDirectory() as tmp:  # the reference caches its item graph next to the data
-        folder = Path(tmp) / "tiny"
-        folder.mkdir()
-        for m, file in (("image", "image_feat.npy"), ("text", "text_feat.npy")):
-            np.save(folder / file, np.load(OUT / f"{m}_feat.npy"))
-        # Read in its __init__ and never used by its forward pass (docs/mentor.md §2).
-        np.save(folder / "user_graph_dict.npy", user_graph_dict(OUT / "mmrec_fidelity.inter"), allow_pickle=True)
-        config = Config({"USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "NEG_PREFIX": "neg__", "device": "cpu",
-                         "end2end": False, "is_multimodal_model": True, "data_path": tmp + "/", "dataset": "tiny",
-                         "vision_feature_file": "image_feat.npy", "text_feature_file": "text_feat.npy",
-                         "user_graph_dict_file": "user_graph_dict.npy", **CONFIG})
+    features = {m: np.load(OUT / f"{m}_feat.npy") for m in ("image", "text")}
+    # The user graph is read in its __init__ and never used by its forward pass (docs/mentor.md §2).
+    users = user_graph_dict(OUT / "mmrec_fidelity.inter")
+    with feature_folder(features, extra={"user_graph_dict.npy": users}) as tmp:  # it caches its item graph there
         np.random.seed(0)
         torch.manual_seed(0)
-        model = reference.MENTOR(config, FakeDataset(train))
+        model = reference.MENTOR(mmrec_config(tmp, user_graph_dict_file="user_graph_dict.npy", **CONFIG),
+                                 FakeDataset(train, n_users, n_items))
     assert model.n_users == n_users and model.n_items == n_items
     table = names()
     params = dict(model.named_parameters(remove_duplicate=False))
@@ -115,8 +103,7 @@ def main(mentor_root: str) -> None:
         loss.backward()
         record[f"loss_{b}"] = loss.detach()
         params = dict(model.named_parameters(remove_duplicate=False))
-        record[f"grads_{b}"] = {k: torch.zeros_like(params[k]) if params[k].grad is None else params[k].grad.clone()
-                                for k in table}
+        record[f"grads_{b}"] = gradients({k: params[k] for k in table})
         assert len(noise) == 8 and len(masks) == 2, (len(noise), len(masks))
         record[f"noise_{b}"] = [n.clone() for n in noise]  # v_n1 hop 1, hop 2, t_n1 …, v_n2 …, t_n2 …
         record[f"masks_{b}"] = [m.clone() for m in masks]  # users, items

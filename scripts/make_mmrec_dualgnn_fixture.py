@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_mmrec_fidelity_fixture import OUT, Config, FakeDataset  # noqa: E402
+from fixture_common import FakeDataset, draw_batches, feature_folder, mmrec_config, record_steps  # noqa: E402
+from make_mmrec_fidelity_fixture import OUT  # noqa: E402
 from run_mmrec_reference import install_shims, user_graph_dict  # noqa: E402
 
 # Parameters the references create but never read in the forward pass (MLP_v, MLP_t, MLP_user; DRAGON's
@@ -70,30 +70,17 @@ def main(mmrec_root: str) -> None:
     assert lists == user_graph_dict(OUT / "mmrec_fidelity.inter"), "run_mmrec_reference.user_graph_dict differs"
     train = inter[inter["x_label"] == 0]
     n_users, n_items = inter["userID"].nunique(), inter["itemID"].nunique()
-    batch_rng = np.random.default_rng(11)
-    batches = []
-    for _ in range(2):
-        picked = train.iloc[batch_rng.choice(len(train), size=CONFIG["train_batch_size"], replace=False)]
-        negatives = [int(batch_rng.choice(np.setdiff1d(np.arange(n_items), train.itemID[train.userID == u])))
-                     for u in picked.userID]
-        batches.append(torch.tensor(np.stack([picked.userID.values, picked.itemID.values, negatives])))
+    batches = draw_batches(train, n_items, CONFIG["train_batch_size"], seed=11)
+    features = {m: np.load(OUT / f"{m}_feat.npy") for m in ("image", "text")}
 
     for name, cls in (("DualGNN", DualGNN), ("DRAGON", DRAGON)):
         settings = {**CONFIG, **MODELS[name]}
-        with tempfile.TemporaryDirectory() as tmp:  # DRAGON caches its item graph next to the data
-            folder = Path(tmp) / "tiny"
-            folder.mkdir()
-            for m, file in (("image", "image_feat.npy"), ("text", "text_feat.npy")):
-                np.save(folder / file, np.load(OUT / f"{m}_feat.npy"))
-            np.save(folder / "user_graph_dict.npy", lists, allow_pickle=True)
-            config = Config({"USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "NEG_PREFIX": "neg__",
-                             "device": "cpu", "end2end": False, "is_multimodal_model": True, "data_path": tmp + "/",
-                             "dataset": "tiny", "vision_feature_file": "image_feat.npy",
-                             "text_feature_file": "text_feat.npy", "user_graph_dict_file": "user_graph_dict.npy",
-                             **settings})
+        # DRAGON caches its item graph next to the data.
+        with feature_folder(features, extra={"user_graph_dict.npy": lists}) as tmp:
             np.random.seed(0)
             torch.manual_seed(0)
-            model = cls(config, FakeDataset(train))
+            model = cls(mmrec_config(tmp, user_graph_dict_file="user_graph_dict.npy", **settings),
+                        FakeDataset(train, n_users, n_items))
         assert model.n_users == n_users and model.n_items == n_items and model.k == OURS["user_graph_k"]
         record = {"config": {**settings, **OURS}, "state": parameters(model, lambda p: p.detach().clone()),
                   "user_graph_dict": lists, "batches": batches}
@@ -105,13 +92,8 @@ def main(mmrec_root: str) -> None:
         record["epoch_user_graph"] = model.epoch_user_graph.clone()
         record["user_weight_matrix"] = model.user_weight_matrix.clone()
         model.train()
-        for b, batch in enumerate(batches):
-            model.zero_grad()
-            loss = model.calculate_loss(batch.clone())  # its forward shifts the item rows in place
-            loss.backward()
-            record[f"loss_{b}"] = loss.detach()
-            record[f"grads_{b}"] = parameters(
-                model, lambda p: torch.zeros_like(p) if p.grad is None else p.grad.clone())
+        record_steps(model, batches, record, clone_batch=True,  # its forward shifts the item rows in place
+                     tensors=lambda: parameters(model, lambda p: p))
         model.eval()
         with torch.no_grad():
             record["scores"] = model.full_sort_predict(torch.arange(n_users).unsqueeze(0))

@@ -12,7 +12,6 @@ tests/test_freedom.py, tests/test_lattice.py and tests/test_grcn.py load the fix
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,11 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 
-OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "mmrec_fidelity"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_common import (DATA, FakeDataset, draw_batches, feature_folder, generated_dataset,  # noqa: E402
+                            mmrec_config, record_steps, write_dataset)
+
+OUT = DATA / "mmrec_fidelity"
 N_USERS, N_ITEMS, DIMS = 10, 9, {"image": 6, "text": 5}
 COMMON = {"embedding_size": 8, "feat_embed_dim": 8, "knn_k": 3, "train_batch_size": 8}
 MODELS = {
@@ -33,46 +36,13 @@ MODELS = {
 
 
 def tiny_dataset(rng: np.random.Generator) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Users 0.. in file order; items numbered by first appearance in the train, then valid, then test rows
-    (the order recbole_mm hands MMRec-layout rows to RecBole), so RecBole's ids are these + 1."""
-    rows = []
-    for user in range(N_USERS):
-        picked = rng.choice(N_ITEMS, size=int(rng.integers(4, 7)), replace=False)
-        labels = [0] * (len(picked) - 2) + [1, 2]
-        rows += [(user, int(item), label) for item, label in zip(picked, labels)]
-    inter = pd.DataFrame(rows, columns=["userID", "itemID", "x_label"])
-    by_split = inter.sort_values("x_label", kind="stable")["itemID"]
-    order = {item: new for new, item in enumerate(pd.unique(by_split))}
-    assert len(order) == N_ITEMS
-    inter["itemID"] = inter["itemID"].map(order)
-    features = {m: rng.normal(size=(N_ITEMS, d)).astype(np.float32) for m, d in DIMS.items()}
-    return inter, features
+    """The fixture's dataset (:func:`fixture_common.generated_dataset`): 10 users of 4-6 items each, 9 items."""
+    return generated_dataset(rng, N_USERS, N_ITEMS, (4, 7), DIMS)
 
 
-class Config(dict):
-    """MMRec's Config answers None for keys it does not hold (FREEDOM reads an unused ``degree_ratio``)."""
-
-    def __missing__(self, key):
-        return None
-
-
-class FakeDataset:
-    """What MMRec's GeneralRecommender and the two models read from their dataset/dataloader."""
-
-    def __init__(self, train: pd.DataFrame):
-        self.dataset = self
-        self.train = train.sort_values(["userID", "itemID"])
-
-    def get_user_num(self):
-        return N_USERS
-
-    def get_item_num(self):
-        return N_ITEMS
-
-    def inter_matrix(self, form="coo"):
-        data = np.ones(len(self.train), dtype=np.float32)
-        return sp.coo_matrix((data, (self.train["userID"].values, self.train["itemID"].values)),
-                             shape=(N_USERS, N_ITEMS))
+def tiny_batches(train: pd.DataFrame) -> list[torch.Tensor]:
+    """The two training batches of this fixture and of its siblings on the same data (NumPy seed 7)."""
+    return draw_batches(train, N_ITEMS, COMMON["train_batch_size"], seed=7)
 
 
 def main(mmrec_src: str, *names: str) -> None:
@@ -84,48 +54,24 @@ def main(mmrec_src: str, *names: str) -> None:
     from models.lattice import LATTICE
     from models.grcn import GRCN  # needs torch_geometric (its message passing)
 
-    rng = np.random.default_rng(13)
-    inter, features = tiny_dataset(rng)
-    OUT.mkdir(parents=True, exist_ok=True)
-    inter.to_csv(OUT / "mmrec_fidelity.inter", sep="\t", index=False)
-    for m, x in features.items():
-        np.save(OUT / f"{m}_feat.npy", x)
+    inter, features = tiny_dataset(np.random.default_rng(13))
+    write_dataset(OUT, "mmrec_fidelity", inter, features)
     train = inter[inter["x_label"] == 0]
-    batch_rng = np.random.default_rng(7)
-    batches = []
-    for _ in range(2):
-        picked = train.iloc[batch_rng.choice(len(train), size=COMMON["train_batch_size"], replace=False)]
-        negatives = [int(batch_rng.choice(np.setdiff1d(np.arange(N_ITEMS), train.itemID[train.userID == u])))
-                     for u in picked.userID]
-        batches.append(torch.tensor(np.stack([picked.userID.values, picked.itemID.values, negatives])))
+    batches = tiny_batches(train)
 
     for name, cls in (("FREEDOM", FREEDOM), ("LATTICE", LATTICE), ("GRCN", GRCN)):
         if names and name not in names:
             continue
-        with tempfile.TemporaryDirectory() as tmp:  # MMRec caches its item graphs next to the data
-            folder = Path(tmp) / "tiny"
-            folder.mkdir()
-            np.save(folder / "image_feat.npy", features["image"])
-            np.save(folder / "text_feat.npy", features["text"])
-            config = Config({"USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "NEG_PREFIX": "neg__",
-                      "device": "cpu", "end2end": False, "is_multimodal_model": True, "data_path": tmp + "/",
-                      "dataset": "tiny", "vision_feature_file": "image_feat.npy", "text_feature_file": "text_feat.npy",
-                      **COMMON, **MODELS[name]})
+        with feature_folder(features) as tmp:  # MMRec caches its item graphs next to the data
             torch.manual_seed(0)
-            model = cls(config, FakeDataset(train))
+            model = cls(mmrec_config(tmp, **COMMON, **MODELS[name]), FakeDataset(train, N_USERS, N_ITEMS))
         record = {"config": {**COMMON, **MODELS[name]},
                   "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
                   "batches": batches}
         torch.manual_seed(1)
         model.pre_epoch_processing()  # FREEDOM: draws the pruned graph; LATTICE: rebuild on the next batch; GRCN: none
         model.train()
-        for b, batch in enumerate(batches):
-            model.zero_grad()
-            loss = model.calculate_loss(batch)
-            loss.backward()
-            record[f"loss_{b}"] = loss.detach()
-            record[f"grads_{b}"] = {k: (torch.zeros_like(p) if p.grad is None else p.grad.clone())
-                                    for k, p in model.named_parameters()}
+        record_steps(model, batches, record)
         if name == "FREEDOM":
             record["pruned_adj"] = model.masked_adj.coalesce().to_dense()
         model.eval()

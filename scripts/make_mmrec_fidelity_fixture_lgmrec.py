@@ -4,7 +4,7 @@ the tiny dataset of scripts/make_mmrec_fidelity_fixture.py (weights, batches, lo
     /work/refvenv/bin/python scripts/make_mmrec_fidelity_fixture_lgmrec.py /path/to/MMRec/src
 
 A sibling of make_mmrec_fidelity_fixture.py (same dataset, rebuilt from the same seed and checked against the
-files there; same fake MMRec config and dataset). MMRec (GPL) is imported from the path given, never copied:
+files there; the fake MMRec config and dataset of scripts/fixture_common.py). MMRec (GPL) is imported from the path given, never copied:
 the fixture holds only numbers. Not run in CI; tests/test_layergcn.py and tests/test_lgmrec.py compare.
 
 Both models draw random numbers while training (LayerGCN its pruned graph, LGMRec its Gumbel noise and
@@ -15,7 +15,6 @@ before each step; recbole_mm's models draw the same numbers in the same order fr
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_mmrec_fidelity_fixture import COMMON, N_USERS, OUT, Config, FakeDataset, tiny_dataset  # noqa: E402
+from fixture_common import FakeDataset, feature_folder, mmrec_config, record_steps  # noqa: E402
+from make_mmrec_fidelity_fixture import COMMON, N_ITEMS, N_USERS, OUT, tiny_batches, tiny_dataset  # noqa: E402
 from run_mmrec_reference import alias_models_common, install_shims  # noqa: E402
 
 MODELS = {
@@ -47,40 +47,19 @@ def main(mmrec_src: str) -> None:
     for m, x in features.items():
         assert np.array_equal(x, np.load(OUT / f"{m}_feat.npy")), m
     train = inter[inter["x_label"] == 0]
-    batch_rng = np.random.default_rng(7)
-    batches = []
-    for _ in range(2):
-        picked = train.iloc[batch_rng.choice(len(train), size=COMMON["train_batch_size"], replace=False)]
-        negatives = [int(batch_rng.choice(np.setdiff1d(np.arange(features["image"].shape[0]),
-                                                       train.itemID[train.userID == u])))
-                     for u in picked.userID]
-        batches.append(torch.tensor(np.stack([picked.userID.values, picked.itemID.values, negatives])))
+    batches = tiny_batches(train)
 
     for name, cls in (("LayerGCN", LayerGCN), ("LGMRec", LGMRec)):
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "tiny"
-            folder.mkdir()
-            np.save(folder / "image_feat.npy", features["image"])
-            np.save(folder / "text_feat.npy", features["text"])
-            config = Config({"USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "NEG_PREFIX": "neg__",
-                             "device": "cpu", "end2end": False, "is_multimodal_model": True, "data_path": tmp + "/",
-                             "dataset": "tiny", "vision_feature_file": "image_feat.npy",
-                             "text_feature_file": "text_feat.npy", **COMMON, **MODELS[name]})
+        with feature_folder(features) as tmp:
             torch.manual_seed(SEEDS["init"])
-            model = cls(config, FakeDataset(train))
+            model = cls(mmrec_config(tmp, **COMMON, **MODELS[name]), FakeDataset(train, N_USERS, N_ITEMS))
         record = {"config": {**COMMON, **MODELS[name]}, "seeds": SEEDS,
                   "state": {k: v.detach().clone() for k, v in model.named_parameters()},
                   "batches": batches}
         torch.manual_seed(SEEDS["train"])
         model.pre_epoch_processing()  # LayerGCN: draws the (degree-sensitively) pruned graph
         model.train()
-        for b, batch in enumerate(batches):
-            model.zero_grad()
-            loss = model.calculate_loss(batch)
-            loss.backward()
-            record[f"loss_{b}"] = loss.detach().reshape(())
-            record[f"grads_{b}"] = {k: (torch.zeros_like(p) if p.grad is None else p.grad.clone())
-                                    for k, p in model.named_parameters()}
+        record_steps(model, batches, record, scalar=True)
         if name == "LayerGCN":
             record["pruned_adj"] = model.masked_adj.coalesce().to_dense()
         model.eval()

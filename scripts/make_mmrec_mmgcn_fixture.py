@@ -13,7 +13,6 @@ needs torch_geometric (MessagePassing). Not run in CI; tests/test_mmgcn.py loads
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from make_mmrec_fidelity_fixture import OUT, Config, FakeDataset  # noqa: E402
+from fixture_common import FakeDataset, draw_batches, feature_folder, mmrec_config, record_steps  # noqa: E402
+from make_mmrec_fidelity_fixture import OUT  # noqa: E402
 
 CONFIG = {"embedding_size": 8, "n_layers": 3, "reg_weight": 0.1, "train_batch_size": 8}
 # MMRec hard-codes the visual branch's latent width (256); a narrower one keeps the fixture small. Passed
@@ -45,26 +45,12 @@ def main(mmrec_src: str) -> None:
 
     inter = pd.read_csv(OUT / "mmrec_fidelity.inter", sep="\t")
     train = inter[inter["x_label"] == 0]
-    batch_rng = np.random.default_rng(11)
-    batches = []
-    items = inter["itemID"].nunique()
-    for _ in range(2):
-        picked = train.iloc[batch_rng.choice(len(train), size=CONFIG["train_batch_size"], replace=False)]
-        negatives = [int(batch_rng.choice(np.setdiff1d(np.arange(items), train.itemID[train.userID == u])))
-                     for u in picked.userID]
-        batches.append(torch.tensor(np.stack([picked.userID.values, picked.itemID.values, negatives])))
+    n_users, n_items = inter["userID"].nunique(), inter["itemID"].nunique()
+    batches = draw_batches(train, n_items, CONFIG["train_batch_size"], seed=11)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "tiny"
-        folder.mkdir()
-        for m in ("image", "text"):
-            np.save(folder / f"{m}_feat.npy", np.load(OUT / f"{m}_feat.npy"))
-        config = Config({"USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "NEG_PREFIX": "neg__",
-                         "device": "cpu", "end2end": False, "is_multimodal_model": True, "data_path": tmp + "/",
-                         "dataset": "tiny", "vision_feature_file": "image_feat.npy",
-                         "text_feature_file": "text_feat.npy", **CONFIG})
+    with feature_folder({m: np.load(OUT / f"{m}_feat.npy") for m in ("image", "text")}) as tmp:
         torch.manual_seed(0)
-        model = MMGCN(config, FakeDataset(train))
+        model = MMGCN(mmrec_config(tmp, **CONFIG), FakeDataset(train, n_users, n_items))
     # The tensors MMRec's MMGCN differentiates: its parameters and three plain tensors it never registers.
     free = {"id_embedding": model.id_embedding, "v_gcn.preference": model.v_gcn.preference,
             "t_gcn.preference": model.t_gcn.preference}
@@ -72,14 +58,7 @@ def main(mmrec_src: str) -> None:
     record = {"config": {**CONFIG, "latent_dims": {"image": LATENT}}, "n_users": model.n_users, "n_items": model.n_items,
               "state": {k: v.detach().clone() for k, v in tensors.items()}, "batches": batches}
     model.train()
-    for b, batch in enumerate(batches):
-        for t in tensors.values():
-            t.grad = None
-        loss = model.calculate_loss(batch)
-        loss.backward()
-        record[f"loss_{b}"] = loss.detach()
-        record[f"grads_{b}"] = {k: (torch.zeros_like(t) if t.grad is None else t.grad.clone())
-                                for k, t in tensors.items()}
+    record_steps(model, batches, record, tensors=lambda: tensors)
     model.eval()
     with torch.no_grad():
         model.forward()  # MMRec scores with the representation of the last forward pass

@@ -19,45 +19,19 @@ nn.Dropout kept, in call order) and FM's two masked views (``np.random.randint``
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "mmrec_fidelity"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_common import FakeDataset, draw_batches, feature_folder, mmrec_config, record_steps  # noqa: E402
+from make_mmrec_fidelity_fixture import OUT  # noqa: E402
+
 COMMON = {"embedding_size": 8, "n_layers": 2, "ssl_alpha": 0.5, "ssl_temp": 0.5, "temp": 0.2,
           "dropout_rate": 0.3, "mm_fusion_mode": "concat", "train_batch_size": 8}
 CASES = {"FAC": 2, "FAC_1": 1, "FD": 1, "FM": 1, "FD+FM": 1}  # case: number of modalities
-
-
-class Config(dict):
-    """MMRec's Config answers None for keys it does not hold."""
-
-    def __missing__(self, key):
-        return None
-
-
-class FakeDataset:
-    """What MMRec's GeneralRecommender and SLMRec read from their dataloader."""
-
-    def __init__(self, train: pd.DataFrame, n_users: int, n_items: int):
-        self.dataset = self
-        self.train, self.n_users, self.n_items = train, n_users, n_items
-
-    def get_user_num(self):
-        return self.n_users
-
-    def get_item_num(self):
-        return self.n_items
-
-    def inter_matrix(self, form="coo"):
-        data = np.ones(len(self.train), dtype=np.float32)
-        matrix = sp.coo_matrix((data, (self.train["userID"].values, self.train["itemID"].values)),
-                               shape=(self.n_users, self.n_items))
-        return matrix.asformat(form)
 
 
 class RecordingDropout(torch.nn.Dropout):
@@ -79,33 +53,26 @@ def main(mmrec_src: str) -> None:
     sys.modules["torch_scatter"].scatter = None
     from models.slmrec import SLMRec
 
-    inter = pd.read_csv(DATA / "mmrec_fidelity.inter", sep="\t")
+    inter = pd.read_csv(OUT / "mmrec_fidelity.inter", sep="\t")
     n_users, n_items = inter.userID.max() + 1, inter.itemID.max() + 1
     train = inter[inter["x_label"] == 0].sort_values(["userID", "itemID"])
-    batch_rng = np.random.default_rng(11)
-    batches = [torch.tensor(np.stack([picked.userID.values, picked.itemID.values]))
-               for picked in (train.iloc[batch_rng.choice(len(train), size=COMMON["train_batch_size"], replace=False)]
-                              for _ in range(2))]
+    batches = draw_batches(train, n_items, COMMON["train_batch_size"], seed=11, negatives=False)
+    features = {m: np.load(OUT / f"{m}_feat.npy") for m in ("image", "text")}
     records = {}
     for case, n_modalities in CASES.items():
         task = case.split("_")[0]
         ours = {**COMMON, "ssl_task": task}
         if n_modalities == 1:
             ours["modalities"] = {"image": "image_feat.npy"}
-        with tempfile.TemporaryDirectory() as tmp:
-            folder = "tiny" if n_modalities == 2 else "kwai"  # MMRec's one-modality branch is named kwai
-            (Path(tmp) / folder).mkdir()
-            np.save(Path(tmp) / folder / "image_feat.npy", np.load(DATA / "image_feat.npy"))
-            np.save(Path(tmp) / folder / "text_feat.npy", np.load(DATA / "text_feat.npy"))
-            config = Config({
-                "USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "NEG_PREFIX": "neg__", "device": "cpu",
-                "end2end": False, "is_multimodal_model": True, "data_path": tmp + "/", "dataset": folder,
-                "data.input.dataset": folder, "vision_feature_file": "image_feat.npy",
-                "text_feature_file": "text_feat.npy" if n_modalities == 2 else "absent.npy",
-                "recdim": COMMON["embedding_size"], "layer_num": COMMON["n_layers"], "ssl_task": task,
-                "ssl_alpha": COMMON["ssl_alpha"], "ssl_temp": COMMON["ssl_temp"], "temp": COMMON["temp"],
-                "dropout_rate": COMMON["dropout_rate"], "mm_fusion_mode": "concat", "init": "xavier",
-                "adj_type": "pre", "train_batch_size": COMMON["train_batch_size"]})
+        folder = "tiny" if n_modalities == 2 else "kwai"  # MMRec's one-modality branch is named kwai
+        with feature_folder(features, dataset=folder) as tmp:
+            config = mmrec_config(
+                tmp, dataset=folder, **{"data.input.dataset": folder},
+                text_feature_file="text_feat.npy" if n_modalities == 2 else "absent.npy",
+                recdim=COMMON["embedding_size"], layer_num=COMMON["n_layers"], ssl_task=task,
+                ssl_alpha=COMMON["ssl_alpha"], ssl_temp=COMMON["ssl_temp"], temp=COMMON["temp"],
+                dropout_rate=COMMON["dropout_rate"], mm_fusion_mode="concat", init="xavier", adj_type="pre",
+                train_batch_size=COMMON["train_batch_size"])
             torch.manual_seed(0)
             model = SLMRec(config, FakeDataset(train, n_users, n_items))
         if task in ("FD", "FD+FM"):
@@ -123,13 +90,7 @@ def main(mmrec_src: str) -> None:
         np.random.seed(3)
         torch.manual_seed(1)
         model.train()
-        for b, batch in enumerate(batches):
-            model.zero_grad()
-            loss = model.calculate_loss(batch)
-            loss.backward()
-            record[f"loss_{b}"] = loss.detach()
-            record[f"grads_{b}"] = {k: (torch.zeros_like(p) if p.grad is None else p.grad.clone())
-                                    for k, p in model.named_parameters()}
+        record_steps(model, batches, record)
         np.random.randint = randint
         record["draws"] = torch.tensor(draws, dtype=torch.long)
         if task in ("FD", "FD+FM"):
@@ -140,7 +101,7 @@ def main(mmrec_src: str) -> None:
             record["scores"] = model.full_sort_predict(torch.arange(n_users).unsqueeze(0))
         records[case] = record
         print(case, {k: round(float(v), 6) for k, v in record.items() if k.startswith("loss")}, "draws", draws)
-    torch.save(records, DATA / "slmrec.pt")
+    torch.save(records, OUT / "slmrec.pt")
 
 
 if __name__ == "__main__":

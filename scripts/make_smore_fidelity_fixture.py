@@ -15,55 +15,34 @@ scripts/run_mmrec_reference.py (``install_shims``: ``.cuda()`` is the identity, 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "tests" / "data" / "smore_reference.json"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixture_common import DATA, ROOT, as_lists, feature_folder, load_module, mmrec_config  # noqa: E402
+from run_mmrec_reference import install_shims  # noqa: E402
+
+OUT = DATA / "smore_reference.json"
 DIM = 6
 SETTINGS = {"n_ui_layers": 2, "n_layers": 1, "image_knn_k": 3, "text_knn_k": 2, "reg_weight": 1e-3,
             "cl_loss": 0.1, "dropout_rate": 0.0, "train_batch_size": 4}
 
 
-def load_module(name: str, path: Path):
-    """A sibling script as a module (tests/data/mmrec_reference.py: the tiny dataset and the stand-in for
-    MMRec's dataloader; scripts/run_mmrec_reference.py: the shims)."""
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def as_lists(tensors: dict) -> dict:
-    return {k: v.detach().double().tolist() for k, v in tensors.items()}
-
-
 def main(src: str) -> None:
     sys.path.insert(0, str(Path(src).resolve()))
-    load_module("run_mmrec_reference", ROOT / "scripts" / "run_mmrec_reference.py").install_shims()
+    install_shims()
     import models.smore as smore
 
     tiny = load_module("mmrec_reference", ROOT / "tests" / "data" / "mmrec_reference.py")
     train, held, features = tiny.tiny_data()
     users = np.array([u for u, _ in train])
     items = np.array([i for _, i in train])
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "tiny"
-        folder.mkdir()
-        np.save(folder / "text_feat.npy", features["text"])
-        np.save(folder / "image_feat.npy", features["image"])
-        config = {
-            "USER_ID_FIELD": "userID", "ITEM_ID_FIELD": "itemID", "NEG_PREFIX": "neg_", "device": "cpu",
-            "end2end": False, "is_multimodal_model": True, "data_path": tmp + "/", "dataset": "tiny",
-            "vision_feature_file": "image_feat.npy", "text_feature_file": "text_feat.npy",
-            "embedding_size": DIM, **SETTINGS,
-        }
+    with feature_folder(features) as tmp:
+        config = mmrec_config(tmp, neg_prefix="neg_", embedding_size=DIM, **SETTINGS)
         batch_users = torch.tensor([0, 2, 3, 5])
         batch_pos = torch.tensor([int(items[users == u][0]) for u in batch_users])
         batch_neg = torch.tensor([7, 0, 1, 4])
