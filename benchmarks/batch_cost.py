@@ -3,6 +3,10 @@
     python benchmarks/make_shaped.py /tmp/sports --shape sports          # GENERATED Sports-shaped features
     python benchmarks/batch_cost.py /tmp/base /work/wt-speed --model FREEDOM --dataset amazon-sports \\
         --data-path /tmp/sports --batches 20 --repeats 3
+    python benchmarks/make_shaped.py /tmp/elec --shape electronics     # GENERATED Electronics shape
+    python benchmarks/batch_cost.py /tmp/base /work/wt-speed --model GUME --dataset electronics-shaped \\
+        --data-path /tmp/elec --batches 5 --repeats 2 \\
+        --config '{"n_layers": 1, "bm_temp": 0.2, "um_loss": 0.1, "um_temp": 0.2, "vt_loss": 0.1}'
 
 Each checkout (a folder holding a recbole_mm checkout, e.g. ``git archive REV | tar -x -C DIR``) runs
 ``benchmarks/electronics.py``'s cell (load, build, one first batch, then ``--batches`` timed training
@@ -55,9 +59,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="{}", help="extra model settings, as JSON")
     parser.add_argument("--json", type=Path, help="where to keep every cell")
     args = parser.parse_args(argv)
+    # A data set without a shipped config (the generated Electronics shape) runs under the shipped Amazon
+    # protocol, as benchmarks/electronics.py runs it.
+    shipped = (electronics.REPO / "dataset_configs" / f"{args.dataset}.yaml").is_file()
+    base = ({"data_path": str(args.data_path), "show_progress": False, "state": "WARNING"} if shipped
+            else electronics.dataset_config(args.data_path.resolve(), args.dataset))
     request = {"model": args.model, "dataset": args.dataset, "threads": 1, "batches": args.batches, "evaluate": False,
-               "config": {"data_path": str(args.data_path), "show_progress": False, "state": "WARNING",
-                          **json.loads(args.config)}}
+               "config": {**base, **json.loads(args.config)}}
     cells: dict[str, list[dict]] = {str(c): [] for c in args.checkouts}
     for round_ in range(args.repeats):
         for checkout in args.checkouts:
