@@ -115,3 +115,41 @@ class RowGradients:
         for buffer, rows in self._rows.values():
             buffer.index_fill_(0, rows, 0)
         self._rows.clear()
+
+
+_UNIFORM_DRAWS_BERNOULLI: bool | None = None
+
+
+def _uniform_draws_bernoulli() -> bool:
+    """Whether this torch draws ``bernoulli_(q)`` on the CPU as ``uniform_() < q`` over float64 uniforms (the
+    same values from the same generator state, leaving it in the same state); checked once per process on a
+    private generator, so a torch whose kernel differs keeps the plain draw."""
+    global _UNIFORM_DRAWS_BERNOULLI
+    if _UNIFORM_DRAWS_BERNOULLI is None:
+        plain, fast = torch.Generator().manual_seed(20231), torch.Generator().manual_seed(20231)
+        expected = torch.empty(1031).bernoulli_(0.7, generator=plain)
+        drawn = torch.empty(1031, dtype=torch.float64).uniform_(generator=fast) < 0.7
+        _UNIFORM_DRAWS_BERNOULLI = bool(torch.equal(expected, drawn.float())
+                                        and torch.equal(plain.get_state(), fast.get_state()))
+    return _UNIFORM_DRAWS_BERNOULLI
+
+
+def dropout_mask(shape: tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The keep-mask (bool) that ``F.dropout(x, p, training=True)`` draws for an ``x`` of ``shape`` on
+    ``device``, from the same random stream, which it leaves in the same state: ``dropout_rows(x[r], mask[r], p)``
+    equals ``F.dropout(x, p)[r]`` (bit for bit on the CPU), so a model that needs a few rows of a dropped-out
+    table pays for the draw only, not for the table's scaling and product.
+
+    On the CPU torch's dropout draws ``bernoulli_(1 - p)`` one element at a time from float64 uniforms;
+    drawing those uniforms directly and comparing them (:func:`_uniform_draws_bernoulli` checks that this
+    torch does exactly that) takes about half the time. Elsewhere the mask comes from ``F.dropout`` itself."""
+    device = torch.device(device)
+    if device.type == "cpu" and _uniform_draws_bernoulli():
+        return torch.empty(shape, dtype=torch.float64).uniform_() < 1 - p
+    return torch.nn.functional.dropout(torch.ones(shape, device=device), p, training=True) != 0
+
+
+def dropout_rows(rows: torch.Tensor, mask: torch.Tensor, p: float) -> torch.Tensor:
+    """``rows`` under the keep-``mask`` of :func:`dropout_mask` (the same rows of it), scaled by 1/(1 - p) as
+    torch's dropout does (its factor mask / (1 - p) first, then the product: the same floats)."""
+    return rows * mask.to(rows.dtype).div_(1 - p)

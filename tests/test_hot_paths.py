@@ -188,3 +188,35 @@ def test_vbpr_loss_and_gradients_match_the_two_call_computation(planted):
     torch.testing.assert_close(new, old, rtol=1e-6, atol=0)
     for a, b in zip(new_grads, old_grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("p", [0.5, 0.3, 0.8])
+def test_dropout_mask_rows_equal_torch_dropout_bit_for_bit(p):
+    """dropout_mask draws F.dropout's mask (same random stream, generator left in the same state), and
+    dropout_rows on some rows equals those rows of F.dropout's result bit for bit."""
+    from recbole_mm.speedups import _uniform_draws_bernoulli, dropout_mask, dropout_rows
+
+    assert _uniform_draws_bernoulli()  # this torch: the fast path is the one under test
+    x = torch.randn(257, 33, generator=torch.Generator().manual_seed(0))
+    rows = torch.tensor([5, 0, 256, 5, 17])
+    torch.manual_seed(11)
+    expected = torch.nn.functional.dropout(x, p, training=True)
+    after_expected = torch.rand(4)
+    torch.manual_seed(11)
+    mask = dropout_mask(x.shape, p)
+    after = torch.rand(4)
+    assert mask.dtype == torch.bool and mask.shape == x.shape
+    assert torch.equal(dropout_rows(x[rows], mask[rows], p), expected[rows])
+    assert torch.equal(after, after_expected)
+    assert 0.0 < mask.float().mean().item() < 1.0
+
+
+def test_dropout_mask_falls_back_to_torch_dropout(monkeypatch):
+    """Where uniforms do not reproduce bernoulli_ (another torch), the mask comes from F.dropout itself."""
+    from recbole_mm import speedups
+
+    monkeypatch.setattr(speedups, "_UNIFORM_DRAWS_BERNOULLI", False)
+    torch.manual_seed(3)
+    expected = torch.nn.functional.dropout(torch.ones(40, 7), 0.3, training=True) != 0
+    torch.manual_seed(3)
+    assert torch.equal(speedups.dropout_mask((40, 7), 0.3), expected)
