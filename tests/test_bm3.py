@@ -13,6 +13,7 @@ from builders import (assert_gradients_reach, assert_scores_match, build_from_fi
 import recbole_mm
 from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.losses import cosine_alignment, frobenius_norms
+from recbole_mm.model.general_recommender import bm3 as bm3_module
 from recbole_mm.quick_start import make_config
 
 
@@ -110,12 +111,12 @@ def test_matches_mmrec_reference(tmp_path, monkeypatch):
     tables = [user_map, item_map, item_map, item_map]
     calls = []
 
-    def replay(x, p=0.5, training=True, inplace=False):
+    def replay(shape, p, device="cpu"):
         j = len(calls)
         calls.append(j)
-        return x * permuted_rows(masks[j], tables[j], torch.ones_like(x)) / (1 - p)
+        return permuted_rows(masks[j], tables[j], torch.ones(shape)) != 0
 
-    monkeypatch.setattr(torch.nn.functional, "dropout", replay)
+    monkeypatch.setattr(bm3_module, "dropout_mask", replay)
     batch = fixture["batch"]
     interaction = Interaction({"userID": user_map[batch["users"]], "itemID": item_map[batch["pos"]]})
     model.train()

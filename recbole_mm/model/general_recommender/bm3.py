@@ -13,7 +13,6 @@ modalities ≥ 1. Scores: p(h_u) · p(h_i).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from recbole.utils import InputType
 from torch import nn
 
@@ -22,6 +21,7 @@ from recbole_mm.errors import RecBoleMMError
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency
 from recbole_mm.model.losses import cosine_alignment, frobenius_norms
+from recbole_mm.speedups import dropout_mask, dropout_rows
 
 
 class BM3(MultiModalRecommender):
@@ -51,7 +51,8 @@ class BM3(MultiModalRecommender):
         self.user_embedding, self.item_embedding = self.id_embeddings(d, xavier=False)
         self.predictor = nn.Linear(d, d)
         # Raw features are trainable tables initialised from the files (as the original).
-        self.raw_features = self.trainable_feature_tables()
+        # Read by the batch's rows only (calculate_loss): row-sparse gradients in recbole_mm's trainer.
+        self.raw_features = self.trainable_feature_tables(rows_only=True)
         self.projections = self.feature_projections(d)
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
@@ -69,19 +70,27 @@ class BM3(MultiModalRecommender):
     def calculate_loss(self, interaction) -> torch.Tensor:
         users, items = interaction[self.USER_ID], interaction[self.ITEM_ID]
         u_online, i_online = self.forward()
-        features = {m: self.projections[m](self.raw_features[m].weight) for m in self.modalities}
+        u_rows, i_rows = u_online[users], i_online[items]
+        # Only the batch's rows of the projected features enter the loss (the targets are stop-gradient
+        # dropout copies of the same rows), so only those rows are projected: the reference projects every
+        # item, and its raw tables would get a dense gradient that is zero outside the batch.
+        features = {m: self.projections[m](self.raw_features[m](items)) for m in self.modalities}
         with torch.no_grad():  # target views: dropout copies, no gradient
-            u_target = F.dropout(u_online, self.dropout, training=True)
-            i_target = F.dropout(i_online, self.dropout, training=True)
-            f_target = {m: F.dropout(f, self.dropout, training=True) for m, f in features.items()}
-        loss = (cosine_alignment(self.predictor(u_online[users]), i_target[items])
-                + cosine_alignment(self.predictor(i_online[items]), u_target[users]))
+            # The masks are drawn over the whole tables, users, items, then the modalities (the same random
+            # draws as F.dropout on each table), and applied to the batch's rows only.
+            masks = [dropout_mask(t.shape, self.dropout, t.device) for t in (u_online, i_online)]
+            masks += [dropout_mask((self.n_items, f.shape[1]), self.dropout, f.device) for f in features.values()]
+            u_target = dropout_rows(u_rows.detach(), masks[0][users], self.dropout)
+            i_target = dropout_rows(i_rows.detach(), masks[1][items], self.dropout)
+            f_target = {m: dropout_rows(f.detach(), mask[items], self.dropout)
+                        for (m, f), mask in zip(features.items(), masks[2:])}
+        loss = (cosine_alignment(self.predictor(u_rows), i_target) + cosine_alignment(self.predictor(i_rows), u_target))
         # Over real users and items only (the original has no padding rows), divided by its item count.
         loss = loss + self.reg_weight * frobenius_norms(u_online[1:], i_online[1:], denominator=self.n_items - 1)
         for m, f in features.items():
-            f_online = self.predictor(f[items])
-            loss = loss + self.cl_weight * (cosine_alignment(f_online, i_target[items])
-                                            + cosine_alignment(f_online, f_target[m][items]))
+            f_online = self.predictor(f)
+            loss = loss + self.cl_weight * (cosine_alignment(f_online, i_target)
+                                            + cosine_alignment(f_online, f_target[m]))
         return loss
 
     def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
