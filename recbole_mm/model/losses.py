@@ -206,14 +206,19 @@ def neighbour_discrimination(views: list[torch.Tensor], items: torch.Tensor, n_p
     anchors = [F.normalize(v[items], dim=1) for v in views]
     candidates = [F.normalize(v[1:], dim=1) for v in views]
     cosines = [a @ b.T for a, b in zip(anchors, candidates)]
+    # Every anchors × items temporary is a fresh allocation of tens of MB (page faults on every batch): the
+    # sums below reuse their buffers in place, in the same order of operations (the same floats).
     with torch.no_grad():
         probs = [torch.softmax(c, dim=1) for c in cosines]
-        total = sum(probs)
+        total = probs[0] + probs[1] if len(probs) > 1 else probs[0].clone()
+        for p in probs[2:]:
+            total += p
+        ranking = torch.empty_like(total)
     losses = []
     for a, b, c, p in zip(anchors, candidates, cosines, probs):
-        agreed = torch.topk(total + p, n_positives, dim=1).indices
+        agreed = torch.topk(torch.add(total, p, out=ranking), n_positives, dim=1).indices
         single = torch.topk(p.scatter_(1, agreed, 0.0), n_positives, dim=1).indices  # p is not needed after this
-        everything = torch.exp(c / temperature).sum(dim=1)
+        everything = _RowSumExp.apply(c, temperature)
         # The positives' similarities from their rows ([anchors, n_positives, d]), as the reference scores them:
         # gathering them from the anchors × items matrix would give that matrix a second, scattered gradient.
         on_agreed = torch.exp((a.unsqueeze(1) * b[agreed]).sum(dim=2) / temperature).sum(dim=1)
@@ -221,3 +226,25 @@ def neighbour_discrimination(views: list[torch.Tensor], items: torch.Tensor, n_p
         losses.append((-torch.log(on_agreed / everything + 1e-9)
                        - torch.log(on_single / (everything - on_agreed) + 1e-9)).mean())
     return sum(losses) / len(losses)
+
+
+class _RowSumExp(torch.autograd.Function):
+    """Σ_j exp(c_ij / τ) per row, as ``torch.exp(c / τ).sum(dim=1)`` computes it and with its gradient
+    (g_i · exp(c_ij / τ)) / τ, but with one anchors × items buffer instead of four: the exponentials are
+    taken in place and become the gradient in place."""
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, temperature: float) -> torch.Tensor:
+        e = torch.div(c, temperature).exp_()
+        ctx.save_for_backward(e)
+        ctx.temperature = temperature
+        return e.sum(dim=1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        if getattr(ctx, "used", False):
+            raise RuntimeError("_RowSumExp's backward ran twice (retain_graph): its saved exponentials are spent")
+        ctx.used = True
+        (e,) = ctx.saved_tensors
+        # Training backpropagates each graph once, so e is free to become the gradient.
+        return e.mul_(grad.unsqueeze(1)).div_(ctx.temperature), None
