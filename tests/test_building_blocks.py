@@ -227,3 +227,56 @@ def test_draw_epoch_graph_once_per_training_epoch_and_kept_for_evaluation(mgcn):
     model.eval()
     model.draw_epoch_graph("g", draw)
     assert draws == [False, True, True]
+
+
+# ---- feature_pca: features projected once onto their leading principal components (opt-in) ---------------
+def _low_rank_table(n_items: int, width: int, rank: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(11)
+    scale = torch.linspace(10.0, 5.0, rank)
+    table = (torch.randn(n_items, rank, generator=generator) * scale) @ torch.randn(rank, width, generator=generator)
+    table = table + 0.01 * torch.randn(n_items, width, generator=generator)
+    table[0] = 0  # padding
+    table[5] = 0  # an item without this modality
+    return table
+
+
+def _reference_scores(table: torch.Tensor, n: int) -> torch.Tensor:
+    """Principal-component scores by a plain SVD of the centred rows with content, up to each column's sign."""
+    rows = table[table.abs().sum(dim=1) > 0].double()
+    centred = rows - rows.mean(dim=0)
+    _, _, vt = torch.linalg.svd(centred, full_matrices=False)
+    return centred @ vt[:n].T
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_pca_features_are_the_leading_principal_component_scores(monkeypatch, exact):
+    from recbole_mm.model import abstract_recommender
+
+    table = _low_rank_table(200, 40, 4)
+    monkeypatch.setattr(abstract_recommender, "EXACT_PCA_MAX_WIDTH", 64 if exact else 8)
+    state = torch.get_rng_state()
+    out = abstract_recommender.pca_features(table, 3)
+    assert torch.equal(state, torch.get_rng_state())  # the randomized path leaves the global stream alone
+    assert out.shape == (200, 3) and out.dtype == torch.float32
+    assert torch.equal(out[0], torch.zeros(3)) and torch.equal(out[5], torch.zeros(3))
+    content = table.abs().sum(dim=1) > 0
+    reference = _reference_scores(table, 3)
+    signs = torch.sign((out[content].double() * reference).sum(dim=0))
+    assert torch.allclose(out[content].double(), reference * signs, rtol=1e-4, atol=1e-3)
+    assert torch.equal(out, abstract_recommender.pca_features(table, 3))  # repeatable, signs included
+    assert abstract_recommender.pca_features(table, 40) is table  # not wider than asked: as loaded
+
+
+def test_feature_pca_must_be_a_positive_integer(planted):
+    with pytest.raises(ConfigError, match="feature_pca: 0 .* an integer >= 1 or None"):
+        build_planted("GUME", planted, feature_pca=0)
+
+
+def test_a_model_with_feature_pca_reads_the_projected_features(planted):
+    _, model, train_data = build_planted("GUME", planted, knn_k=5, feature_pca=3)
+    dataset = train_data._dataset
+    for m in model.modalities:
+        assert model.item_features(m).shape == (model.n_items, 3)
+        from recbole_mm.model.abstract_recommender import pca_features
+        assert torch.equal(model.item_features(m), pca_features(dataset.item_features[m], 3))
+        assert model.raw_features[m].weight.shape == (model.n_items, 3)  # GUME's trainable table is the projected one

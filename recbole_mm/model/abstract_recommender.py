@@ -10,7 +10,7 @@ import torch
 from recbole.model.abstract_recommender import GeneralRecommender
 from torch import nn
 
-from recbole_mm.config_check import Choice, check_model_values
+from recbole_mm.config_check import Choice, Int, check_model_values
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.errors import DataError
 from recbole_mm.model.graphs import KNN_BACKENDS, graph_from_neighbours, knn_neighbours, sparse_matmul
@@ -58,6 +58,41 @@ def release_free_heap() -> None:
 
 
 _LIBC = None
+
+# Widths up to this take exact principal components (an eigendecomposition of the covariance); wider
+# tables (e.g. 4096-d CNN features) a randomized SVD, whose covariance would cost width² · items.
+EXACT_PCA_MAX_WIDTH = 1024
+
+
+def pca_features(features: torch.Tensor, n: int) -> torch.Tensor:
+    """``feature_pca``: the items' features projected once onto their ``n`` leading principal components
+    (centred over the items with content), float32 ``[n_items, n]``. Rows without content (all zero: the
+    padding row 0, items a modality lacks) stay zero. A table no wider than ``n`` is returned as it is.
+
+    Exact up to ``EXACT_PCA_MAX_WIDTH`` columns; wider tables use torch's randomized SVD (4 power
+    iterations, drawn from a fixed seed without touching the global random stream, so a model's own
+    random draws are the same with or without it). Each component's sign is fixed (its largest entry
+    positive), so the result does not depend on the solver's sign choice.
+    """
+    if n >= features.shape[1]:
+        return features
+    content = features.abs().sum(dim=1) > 0
+    content[0] = False
+    rows = features[content].double()
+    centred = rows - rows.mean(dim=0)
+    if features.shape[1] <= EXACT_PCA_MAX_WIDTH:
+        _, vectors = torch.linalg.eigh(centred.T @ centred)
+        components = vectors.flip(1)[:, :n]  # eigh orders eigenvalues ascending
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            _, _, components = torch.svd_lowrank(centred, q=min(n + 10, *centred.shape), niter=4)
+        components = components[:, :n]
+    largest = components.abs().argmax(dim=0)
+    components = components * torch.sign(components[largest, torch.arange(n)])
+    out = features.new_zeros(features.shape[0], n)
+    out[content] = (centred @ components).to(features.dtype)
+    return out
 
 
 class _CsrCache(dict):
@@ -289,6 +324,9 @@ class MultiModalRecommender(GraphRecommender):
     # validated here, in its schema, and nowhere else: the models read the values as they are.
     config_schema = {
         "feature_norm": Choice(*FEATURE_NORMS, none_ok=True),
+        # Project every modality's features to this many principal components once, at model build
+        # (pca_features; changes the model: an opt-in for wide features). Unset: the features as loaded.
+        "feature_pca": Int(min=1, none_ok=True),
         # How the kNN item graphs are searched (graphs.knn_neighbours); unset: auto.
         "knn_backend": Choice(*KNN_BACKENDS, none_ok=True),
     }
@@ -304,7 +342,10 @@ class MultiModalRecommender(GraphRecommender):
         self.knn_backend: str = config["knn_backend"] or "auto"
         how = config["feature_norm"] or "none"
         for name, features in dataset.item_features.items():
-            self.register_buffer(f"features_{name}", normalize_features(features, how), persistent=False)
+            features = normalize_features(features, how)
+            if config["feature_pca"]:
+                features = pca_features(features, config["feature_pca"])
+            self.register_buffer(f"features_{name}", features, persistent=False)
 
     def item_features(self, name: str) -> torch.Tensor:
         """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""
