@@ -280,3 +280,26 @@ def test_a_model_with_feature_pca_reads_the_projected_features(planted):
         from recbole_mm.model.abstract_recommender import pca_features
         assert torch.equal(model.item_features(m), pca_features(dataset.item_features[m], 3))
         assert model.raw_features[m].weight.shape == (model.n_items, 3)  # GUME's trainable table is the projected one
+
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_mean_propagation_of_some_rows_equals_those_rows_of_the_whole(mgcn, n_layers):
+    """A training step that reads a few nodes' rows propagates the last layer for those rows only: the
+    same numbers as the whole propagation's rows, and the gradient to float rounding."""
+    model, _ = mgcn
+    torch.manual_seed(5)
+    n = model.n_users + model.n_items
+    embeddings = torch.randn(n, 4, requires_grad=True)
+    rows = torch.unique(torch.randint(0, n, (9,)))
+    part = model.mean_propagation("norm_adj", embeddings, n_layers, rows)
+    whole = model.mean_propagation("norm_adj", embeddings, n_layers)
+    assert torch.equal(part, whole[rows])
+    weights = torch.randn(len(rows), 4)
+    (grad_part,) = torch.autograd.grad((part * weights).sum(), embeddings)
+    (grad_whole,) = torch.autograd.grad((whole[rows] * weights).sum(), embeddings)
+    assert torch.allclose(grad_part, grad_whole, atol=1e-6)
+    # A re-registered graph (e.g. a pruned graph drawn again) drops the rows kept from the old one.
+    before = model.propagate("norm_adj", embeddings, rows)
+    model.register_graph("norm_adj", model.norm_adj * 2)
+    after = model.propagate("norm_adj", embeddings, rows)
+    assert torch.equal(after, model.propagate("norm_adj", embeddings)[rows])
+    assert torch.allclose(after, 2 * before, atol=1e-6) and not torch.equal(after, before)

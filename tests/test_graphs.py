@@ -232,7 +232,7 @@ def test_weighted_propagate_matches_edge_propagate_with_gradients():
 
 
 # ---- edge dropout, agreed kNN neighbours, behaviour graph (DiffMM, DA-MRS) ------------------------------
-def testdrop_edges():
+def test_drop_edges():
     graph = torch.sparse_coo_tensor(torch.tensor([[0, 1, 2, 3] * 50, list(range(200))]), torch.full((200,), 2.0),
                                     (4, 200), check_invariants=True).coalesce()
     assert drop_edges(graph, 1.0) is graph
@@ -312,3 +312,23 @@ def test_principal_graph_uses_arpack_path_and_drops_small_entries():
     expected = dense_principal(adjacency.to_dense().double().numpy(), 16, 0.25, 1e-2)
     assert np.allclose(ours.to_dense().numpy(), expected, atol=1e-5)
     assert ours.coalesce().values().abs().min() >= 1e-2 and ours._nnz() < 2 * n_users * n_items
+
+
+# ---- a graph's rows (the last propagation layer of a training batch) ---------------------------------------
+def test_csr_rows_is_the_rows_of_the_product_with_its_gradient():
+    torch.manual_seed(2)
+    n = 60
+    dense_graph = torch.rand(n, n) * (torch.rand(n, n) < 0.1)
+    dense_graph[7] = 0  # a row without entries
+    graph = dense_graph.to_sparse_coo().coalesce()
+    csr, csr_t = graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr()
+    rows = torch.tensor([41, 3, 7, 59, 0, 3])  # any order, repeats and an empty row allowed
+    block, block_t = graphs.csr_rows(csr, rows)
+    assert torch.equal(block.to_dense(), dense_graph[rows])
+    assert torch.equal(block_t.to_dense(), dense_graph[rows].t())
+    x = torch.randn(n, 5, requires_grad=True)
+    out = graphs.sparse_matmul(block, block_t, x)
+    assert torch.equal(out, graphs.sparse_matmul(csr, csr_t, x)[rows])
+    weights = torch.randn(len(rows), 5)
+    (grad,) = torch.autograd.grad((out * weights).sum(), x)
+    assert torch.allclose(grad, dense_graph[rows].t() @ weights, atol=1e-6)

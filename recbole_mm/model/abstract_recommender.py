@@ -13,7 +13,7 @@ from torch import nn
 from recbole_mm.config_check import Choice, Int, check_model_values
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.errors import DataError
-from recbole_mm.model.graphs import KNN_BACKENDS, graph_from_neighbours, knn_neighbours, sparse_matmul
+from recbole_mm.model.graphs import KNN_BACKENDS, csr_rows, graph_from_neighbours, knn_neighbours, sparse_matmul
 from recbole_mm.model.losses import dot_bpr_loss
 
 
@@ -126,6 +126,7 @@ class GraphRecommender(GeneralRecommender):
         check_model_values(config, config["model"], type(self), config.final_config_dict)
         self._cache: dict[str, object] = {}
         self._csr = _CsrCache()
+        self._row_blocks: dict = {}  # (graph, device) → the last row block of it (propagate's rows)
         self._epoch_graphs: set[str] = set()  # learned graphs kept for the rest of this training epoch
         # Rows a training step of this process sees: the original models divide their L2 terms by the
         # configured batch size; under DDP each process draws train_batch_size // world_size rows and the
@@ -163,6 +164,8 @@ class GraphRecommender(GeneralRecommender):
         # Re-registering a name (e.g. FREEDOM's graph re-sampled every epoch) drops its CSR copies.
         for key in [key for key in self._csr if key[0] == name]:
             del self._csr[key]
+        for key in [key for key in self._row_blocks if key[0] == name]:
+            del self._row_blocks[key]
 
     # ---- learned graphs, rebuilt once per training epoch (LATTICE's schedule) ---------------------
     def epoch_graph_ready(self, name: str) -> bool:
@@ -235,11 +238,13 @@ class GraphRecommender(GeneralRecommender):
             graph = torch.sparse_coo_tensor(indices, values, buffer.shape, is_coalesced=True, check_invariants=False)
             self.register_buffer(name, graph, persistent=False)
         self._csr.clear()
+        self._row_blocks.clear()
         self._cache.clear()
 
-    def propagate(self, name: str, dense: torch.Tensor) -> torch.Tensor:
+    def propagate(self, name: str, dense: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
         """``graph @ dense`` for a graph registered with :meth:`register_graph`, through CSR copies of
-        the graph and its transpose made once per device (much faster than COO on CPU)."""
+        the graph and its transpose made once per device (much faster than COO on CPU). ``rows``: only
+        those rows of the product, ``(graph @ dense)[rows]``, at the cost of their entries only."""
         graph = getattr(self, name)
         key = (name, graph.device)
         if key not in self._csr:
@@ -249,19 +254,36 @@ class GraphRecommender(GeneralRecommender):
                 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state",
                                         category=UserWarning)
                 self._csr[key] = (graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr())
-        return sparse_matmul(*self._csr[key], dense)
+        if rows is None:
+            return sparse_matmul(*self._csr[key], dense)
+        # One batch usually asks for the same rows of a graph more than once (GUME: two propagations).
+        last = self._row_blocks.get(key)
+        if last is None or last[0] is not rows:
+            last = self._row_blocks[key] = (rows, *csr_rows(self._csr[key][0], rows))
+        return sparse_matmul(last[1], last[2], dense)
 
-    def mean_propagation(self, name: str, embeddings: torch.Tensor, n_layers: int) -> torch.Tensor:
-        """LightGCN's layer combination (1/(L+1)) Σ_{l=0..L} A^l E over the registered graph ``name``."""
+    def mean_propagation(self, name: str, embeddings: torch.Tensor, n_layers: int,
+                         rows: torch.Tensor | None = None) -> torch.Tensor:
+        """LightGCN's layer combination (1/(L+1)) Σ_{l=0..L} A^l E over the registered graph ``name``.
+
+        ``rows``: only those rows of the result (a training batch's nodes), the same numbers as
+        ``mean_propagation(...)[rows]``: the last layer is then propagated for those rows only.
+        """
         # A running sum: stacking the L+1 layers would hold them all for the mean.
         total, layer = embeddings, embeddings
-        for _ in range(n_layers):
-            layer = self.propagate(name, layer)
+        for step in range(n_layers):
+            if rows is not None and step == n_layers - 1:
+                total, layer = total[rows], self.propagate(name, layer, rows)
+            else:
+                layer = self.propagate(name, layer)
             total = total + layer
+        if rows is not None and n_layers == 0:
+            total = total[rows]
         return total / (n_layers + 1)
 
     def _apply(self, fn, recurse=True):
         self._csr.clear()  # device or dtype changes: rebuild the CSR copies from the moved buffers
+        self._row_blocks.clear()
         return super()._apply(fn, recurse)
 
     def cached(self, key: str, compute):

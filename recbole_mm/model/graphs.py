@@ -377,6 +377,27 @@ def sparse_matmul(matrix: torch.Tensor, matrix_t: torch.Tensor, dense: torch.Ten
     return _SparseMatmul.apply(matrix, matrix_t, dense)
 
 
+def csr_rows(matrix: torch.Tensor, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows ``rows`` of CSR ``matrix`` (``[len(rows), n_cols]``, in the order given) and that block's CSR
+    transpose, for :func:`sparse_matmul`: ``csr_rows(A, r)[0] @ X`` equals ``(A @ X)[r]`` row by row (each
+    row's sum runs over the same entries in the same order), at the cost of the chosen rows' entries only."""
+    crow, cols, values = matrix.crow_indices(), matrix.col_indices(), matrix.values()
+    starts = crow[rows]
+    counts = crow[rows + 1] - starts
+    sub_crow = torch.zeros(len(rows) + 1, dtype=crow.dtype, device=crow.device)
+    torch.cumsum(counts, 0, out=sub_crow[1:])
+    # Position of every kept entry in the full matrix: its row's start plus its rank within the row.
+    within = torch.arange(int(sub_crow[-1]), device=crow.device) - torch.repeat_interleave(sub_crow[:-1], counts)
+    take = torch.repeat_interleave(starts, counts) + within
+    sub_cols, sub_values = cols[take], values[take]
+    shape = (len(rows), matrix.shape[1])
+    block = torch.sparse_csr_tensor(sub_crow, sub_cols, sub_values, shape, check_invariants=False)
+    positions = torch.repeat_interleave(torch.arange(len(rows), device=crow.device), counts)
+    block_t = torch.sparse_coo_tensor(torch.stack([sub_cols, positions]), sub_values, shape[::-1],
+                                      check_invariants=False).coalesce()
+    return block, block_t.to_sparse_csr()
+
+
 def degree_sensitive_keep(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users: int, n_items: int,
                           dropout: float) -> torch.Tensor:
     """FREEDOM's degree-sensitive edge pruning: positions of the ``int(E · (1 - dropout))`` user-item

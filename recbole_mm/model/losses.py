@@ -139,15 +139,28 @@ def squared_l2(*tensors: torch.Tensor, denominator: float) -> torch.Tensor:
     return 0.5 * sum(t.pow(2).sum() for t in tensors) / denominator
 
 
-def gaussian_alignment(features: list[torch.Tensor]) -> torch.Tensor:
+def gaussian_alignment(features: list[torch.Tensor | tuple[torch.Tensor, ...]]) -> torch.Tensor:
     """GUME's internal alignment L_VT: |Var(X^a) − Var(X^b)| + |Mean(X^a) − Mean(X^b)| over all entries
     (unbiased variance), averaged over all modality pairs; zero for a single modality.
+
+    A modality's X may be given as a tuple of blocks (its rows in pieces, e.g. GUME's user and item
+    blocks): the statistics are those of the blocks' concatenation, without building it.
     """
-    pairs = list(itertools.combinations(features, 2))
+    stats = [_mean_var(x if isinstance(x, (tuple, list)) else (x,)) for x in features]
+    pairs = list(itertools.combinations(stats, 2))
     if not pairs:
-        return features[0].new_zeros(())
-    terms = [(a.var() - b.var()).abs() + (a.mean() - b.mean()).abs() for a, b in pairs]
+        return stats[0][0].new_zeros(())
+    terms = [(var_a - var_b).abs() + (mean_a - mean_b).abs() for (mean_a, var_a), (mean_b, var_b) in pairs]
     return torch.stack(terms).mean()
+
+
+def _mean_var(blocks: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased variance over every entry of the blocks (two passes, as torch.var)."""
+    if len(blocks) == 1:
+        return blocks[0].mean(), blocks[0].var()
+    count = sum(block.numel() for block in blocks)
+    mean = sum(block.sum() for block in blocks) / count
+    return mean, sum(((block - mean) ** 2).sum() for block in blocks) / (count - 1)
 
 
 def cosine_alignment(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -90,32 +90,34 @@ class GUME(MultiModalRecommender):
         self.register_graph("user_item_graph", user_item_block(adjacency, self.n_users, self.n_items))
         self.n_semantic_edges = 0 if item_edges is None else item_edges.shape[1]
 
-    def lightgcn(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """(1/(L+1)) Σ_l Ã^l Z on the augmented graph."""
-        return self.mean_propagation("norm_adj", embeddings, self.n_ui_layers)
+    def lightgcn(self, embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(1/(L+1)) Σ_l Ã^l Z on the augmented graph (only its ``rows``, when given)."""
+        return self.mean_propagation("norm_adj", embeddings, self.n_ui_layers, rows)
 
     # ---- forward --------------------------------------------------------------------------------
     def _explicit(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per modality the explicit features X^m = [R̃ X_I^m; X_I^m] ([N, d]) and X_I^m ([n_items, d])."""
+        """Per modality the two blocks of the explicit features X^m = [R̃ X_I^m; X_I^m]: R̃ X_I^m
+        ([n_users, d]) and X_I^m ([n_items, d]). Kept apart: a training step reads X^m's rows of its batch
+        and L_VT's statistics, neither of which needs the [N, d] concatenation."""
         items = self.item_embedding.weight
-        explicit, item_parts = [], []
+        user_parts, item_parts = [], []
         for m in self.modalities:
             x_item = items * self.purifiers[m](self.raw_table(m))
             for _ in range(self.n_layers):
                 x_item = self.propagate(f"item_graph_{m}", x_item)
-            explicit.append(torch.cat([self.propagate("user_item_graph", x_item), x_item]))
+            user_parts.append(self.propagate("user_item_graph", x_item))
             item_parts.append(x_item)
-        return explicit, item_parts
+        return user_parts, item_parts
 
     def raw_table(self, m: str) -> torch.Tensor:
         """f^m for every item: the trainable table, or the fixed features with ``freeze_features``."""
         return self.item_features(m) if self.freeze_features else self.raw_features[m].weight
 
-    def _extended(self, item_parts: list[torch.Tensor]) -> torch.Tensor:
+    def _extended(self, item_parts: list[torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
         """H^ext = mean_m LG([P^m; X_I^m]), computed as LG(mean_m [P^m; X_I^m]): LightGCN is linear, so
-        one propagation serves every modality."""
+        one propagation serves every modality (only its ``rows``, when given)."""
         users = sum(self.extended_users[m] for m in self.modalities) / len(self.modalities)
-        return self.lightgcn(torch.cat([users, sum(item_parts) / len(item_parts)]))
+        return self.lightgcn(torch.cat([users, sum(item_parts) / len(item_parts)]), rows)
 
     def _integrate(self, explicit: list[torch.Tensor], h_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attribute separation and integration, row by row: (z, attention weights) for the given rows
@@ -126,7 +128,8 @@ class GUME(MultiModalRecommender):
         """All node representations: ``o`` (final), ``z`` (integrated modality), ``h_id``, ``h_ext``
         (None without user-modality enhancement) and ``explicit`` (one [N, d] X^m per modality)."""
         h_id = self.lightgcn(torch.cat([self.user_embedding.weight, self.item_embedding.weight]))
-        explicit, item_parts = self._explicit()
+        user_parts, item_parts = self._explicit()
+        explicit = [torch.cat(parts) for parts in zip(user_parts, item_parts)]
         z, weights = self._integrate(explicit, h_id)
         h_ext = self._extended(item_parts) if self.use_um else None
         return {"o": h_id + z, "z": z, "h_id": h_id, "h_ext": h_ext, "explicit": explicit, "attention": weights}
@@ -136,20 +139,23 @@ class GUME(MultiModalRecommender):
         pos = interaction[self.ITEM_ID] + self.n_users
         neg = interaction[self.NEG_ITEM_ID] + self.n_users
         n = len(users)
-        # The full-graph part (propagations, and X^m for L_VT) is computed for every node; the
-        # row-wise part (attention, gates, z, o) only for the distinct nodes of the batch.
-        h_id = self.lightgcn(torch.cat([self.user_embedding.weight, self.item_embedding.weight]))
-        explicit, item_parts = self._explicit()
+        # The full-graph part (propagations, and X^m for L_VT) is computed for every node, but the
+        # last LightGCN layer only for the batch's distinct nodes; the row-wise part (attention, gates,
+        # z, o) only for those nodes too.
         nodes, where = torch.unique(torch.cat([users, pos, neg]), return_inverse=True)
-        h_nodes = h_id[nodes]
-        z_nodes, _ = self._integrate([x[nodes] for x in explicit], h_nodes)
+        h_nodes = self.lightgcn(torch.cat([self.user_embedding.weight, self.item_embedding.weight]), nodes)
+        user_parts, item_parts = self._explicit()
+        n_user_nodes = int(torch.searchsorted(nodes, self.n_users))
+        user_nodes, item_nodes = nodes[:n_user_nodes], nodes[n_user_nodes:] - self.n_users
+        explicit_nodes = [torch.cat([u[user_nodes], i[item_nodes]]) for u, i in zip(user_parts, item_parts)]
+        z_nodes, _ = self._integrate(explicit_nodes, h_nodes)
         o = (h_nodes + z_nodes)[where]
         o_users, o_pos, o_neg = o[:n], o[n:2 * n], o[2 * n:]
         loss = dot_bpr_loss(o_users, o_pos, o_neg)
         loss = loss + self.reg_weight_1 * squared_l2(o_users, o_pos, o_neg, denominator=self.batch_size)
         if self.vt_loss:
             # Over real users and items only: RecBole's padding user 0 and item 0 are not in the original.
-            real = [torch.cat([x[1:self.n_users], x[self.n_users + 1:]]) for x in explicit]
+            real = [(u[1:], i[1:]) for u, i in zip(user_parts, item_parts)]
             loss = loss + self.vt_loss * gaussian_alignment(real)
         if not (self.bm_loss or self.use_um):
             return loss
@@ -166,8 +172,8 @@ class GUME(MultiModalRecommender):
                 info_nce(z_users, h_nodes[user_rows], self.bm_temp, counts=user_counts)
                 + info_nce(z_nodes[pos_rows], h_nodes[pos_rows], self.bm_temp, counts=pos_counts))
         if self.use_um:
-            h_ext = self._extended(item_parts)
-            ext_users = h_ext[user_ids]
+            h_ext = self._extended(item_parts, nodes)  # the rows of the batch's nodes
+            ext_users = h_ext[user_rows]
             eps, tau = self.noise_eps, self.um_temp
             # perturb(x)[users]: noise for the batch's distinct users only (same distribution).
             um = (info_nce(ext_users, z_users, tau, counts=user_counts)
@@ -176,7 +182,7 @@ class GUME(MultiModalRecommender):
                   + info_nce(perturb_rows(ext_users, user_ids, eps), perturb_rows(ext_users, user_ids, eps), tau,
                              counts=user_counts))
             loss = loss + self.um_loss * um
-            loss = loss + self.reg_weight_2 * squared_l2(h_ext[pos], denominator=self.batch_size)
+            loss = loss + self.reg_weight_2 * squared_l2(h_ext[where[n:2 * n]], denominator=self.batch_size)
         return loss
 
     def user_item_vectors(self) -> tuple[torch.Tensor, torch.Tensor]:
