@@ -281,6 +281,7 @@ def test_a_model_with_feature_pca_reads_the_projected_features(planted):
         assert torch.equal(model.item_features(m), pca_features(dataset.item_features[m], 3))
         assert model.raw_features[m].weight.shape == (model.n_items, 3)  # GUME's trainable table is the projected one
 
+
 @pytest.mark.parametrize("n_layers", [0, 1, 3])
 def test_mean_propagation_of_some_rows_equals_those_rows_of_the_whole(mgcn, n_layers):
     """A training step that reads a few nodes' rows propagates the last layer for those rows only: the
