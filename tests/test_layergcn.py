@@ -42,6 +42,29 @@ def test_forward_is_the_layer_refined_sum_without_the_ego_layer(planted):
     assert torch.all(users[0] == 0) and torch.all(items[0] == 0)
 
 
+def test_refinement_gradients_equal_autograd_of_cosine_similarity():
+    """The hand-written backward of the layer refinement against autograd through F.cosine_similarity, with
+    a zero row (a node the pruned graph isolates) and in float64 (so the two agree to rounding)."""
+    from recbole_mm.model.general_recommender.layergcn import _EPS, _Refine
+
+    torch.manual_seed(0)
+    x = torch.randn(30, 5, dtype=torch.float64)
+    x[4] = 0
+    ego = torch.randn(30, 5, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(30, 5, dtype=torch.float64)
+    x_ref, x_new = x.clone().requires_grad_(), x.clone().requires_grad_()
+    reference = F.cosine_similarity(x_ref, ego, dim=-1).unsqueeze(1) * x_ref
+    expected = torch.autograd.grad(reference, (x_ref, ego), grad)
+    refined = _Refine.apply(x_new, ego, torch.linalg.vector_norm(ego.detach(), dim=1).clamp_min(_EPS))
+    torch.testing.assert_close(refined, reference, rtol=1e-12, atol=1e-12)
+    for got, want in zip(torch.autograd.grad(refined, (x_new, ego), grad), expected):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(
+        lambda a, b: _Refine.apply(a, b, torch.linalg.vector_norm(b, dim=1).clamp_min(_EPS)),
+        (torch.randn(6, 4, dtype=torch.float64, requires_grad=True),
+         torch.randn(6, 4, dtype=torch.float64, requires_grad=True)))
+
+
 def test_loss_is_summed_bpr_plus_half_squared_l2_of_the_ego_rows(planted):
     model, train_data = build(planted, reg_weight=0.05, dropout=0.0)
     batch = next(iter(train_data))
