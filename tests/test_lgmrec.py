@@ -31,6 +31,21 @@ def test_candidate_nce_by_hand():
     assert candidate_nce(anchors, positives, candidates, tau).item() == pytest.approx(expected, rel=1e-6)
 
 
+@pytest.mark.parametrize("tau", [0.2, 0.01])  # 0.01: logits past 40, the max-shifted path
+def test_candidate_nce_with_counts_equals_the_expanded_rows(tau):
+    torch.manual_seed(0)
+    ids = torch.randint(0, 40, (200,))
+    anchors, candidates = torch.randn(40, 6, requires_grad=True), torch.randn(40, 6, requires_grad=True)
+    expanded = candidate_nce(anchors[ids], candidates[ids], candidates, tau)
+    grads = torch.autograd.grad(expanded, (anchors, candidates))
+    distinct, counts = torch.unique(ids, return_counts=True)
+    assert len(distinct) < len(ids)
+    once = candidate_nce(anchors[distinct], candidates[distinct], candidates, tau, counts=counts)
+    assert once.item() == pytest.approx(expanded.item(), rel=1e-6)
+    for got, want in zip(torch.autograd.grad(once, (anchors, candidates)), grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
 # ---- the model on the planted set ----------------------------------------------------------------
 def build(planted, **overrides):
     _, model, train_data = build_planted("LGMRec", planted, **{"feat_embed_dim": 16, "hyper_num": 3, **overrides})

@@ -35,13 +35,17 @@ class _MeanLogSumExp(torch.autograd.Function):
     ``bound`` ≥ max |logit| (1/τ for unit rows): up to 40 the exponentials can neither overflow nor
     underflow in float32 (the counts sum to the batch size, so a row's sum is bounded as in the expanded
     batch), so the usual max-shift pass is skipped.
+
+    ``row_weights`` (optional) replaces w: Σ_n w_n log Σ_m c_m exp(·) with the given w (e.g. anchor counts,
+    for a sum over a batch's anchors against a fixed candidate set: :func:`candidate_nce`).
     """
 
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor, bound: float, counts: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, bound: float, counts: torch.Tensor | None,
+                row_weights: torch.Tensor | None = None) -> torch.Tensor:
         want_a, want_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         n = len(a)
-        weights = None if counts is None else counts / counts.sum()
+        weights = row_weights if row_weights is not None else None if counts is None else counts / counts.sum()
         values = a.new_empty(n)
         grad_a = torch.empty_like(a) if want_a else None
         grad_b = torch.zeros_like(b) if want_b else None
@@ -74,7 +78,7 @@ class _MeanLogSumExp(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         grad_a, grad_b = ctx.saved_tensors
         return (None if grad_a is None else grad_a * grad,
-                None if grad_b is None else grad_b * grad, None, None)
+                None if grad_b is None else grad_b * grad, None, None, None)
 
 
 _BLOCK = 128  # anchor rows per block: 128×2048 float32 logits = 1 MiB, cache-sized (64-512 were timed)
@@ -110,16 +114,25 @@ def dot_info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: fl
 
 
 def candidate_nce(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor,
-                  temperature: float) -> torch.Tensor:
+                  temperature: float, counts: torch.Tensor | None = None) -> torch.Tensor:
     """Σ_n -log [exp(cos(a_n, p_n)/τ) / Σ_j exp(cos(a_n, c_j)/τ)]: InfoNCE against a fixed candidate set
     (all users or all items, the positive among them), summed over the anchors (LGMRec's hypergraph contrast).
 
     Computed as Σ_n [logsumexp_j(â_n·ĉ_j) − â_n·p̂_n] with â = a/(‖a‖τ): the same function as the ratio of
     exponentials, without overflow for any τ.
+
+    ``counts``: row n of ``anchors`` and ``positives`` stands for counts[n] identical rows (a batch's
+    distinct ids once each, as from ``torch.unique(..., return_counts=True)``); the value and gradients are
+    those of the expanded rows, at distinct/n of the cost, and the log-sum-exp runs through
+    :class:`_MeanLogSumExp` (gradients formed in forward, no n×|candidates| matrix kept for backward): the
+    same function up to float rounding, so a model's numbers move in their last digits when it passes them.
     """
     a = F.normalize(anchors, dim=1) / temperature
     positive = (a * F.normalize(positives, dim=1)).sum(dim=1)
-    return (torch.logsumexp(a @ F.normalize(candidates, dim=1).T, dim=1) - positive).sum()
+    if counts is None:
+        return (torch.logsumexp(a @ F.normalize(candidates, dim=1).T, dim=1) - positive).sum()
+    weights = counts.to(a.dtype)
+    return _MeanLogSumExp.apply(a, F.normalize(candidates, dim=1), 1.0 / temperature, None, weights) - positive @ weights
 
 
 def bpr_side_contrast(o: torch.Tensor, side: torch.Tensor, h_id: torch.Tensor, users: torch.Tensor,

@@ -126,11 +126,17 @@ class LGMRec(MultiModalRecommender):
         user_vectors, item_vectors, hyper = self.embeddings()
         loss, u, p, n = self.batch_bpr(interaction, user_vectors, item_vectors)
         if self.cl_weight:
+            # A batch's repeated users (and positives) have identical rows: each distinct one contrasts once,
+            # weighted by its count (the same sum over the batch's rows, at a fraction of the cost).
+            user_ids, user_counts = torch.unique(users - 1, return_counts=True)
+            item_ids, item_counts = torch.unique(pos - 1, return_counts=True)
             contrast = 0
             for a, b in itertools.combinations(self.modalities, 2):
                 (users_a, items_a), (users_b, items_b) = hyper[a], hyper[b]
-                contrast = contrast + candidate_nce(users_a[users - 1], users_b[users - 1], users_b, self.temperature)
-                contrast = contrast + candidate_nce(items_a[pos - 1], items_b[pos - 1], items_b, self.temperature)
+                contrast = contrast + candidate_nce(users_a[user_ids], users_b[user_ids], users_b, self.temperature,
+                                                    counts=user_counts)
+                contrast = contrast + candidate_nce(items_a[item_ids], items_b[item_ids], items_b, self.temperature,
+                                                    counts=item_counts)
             loss = loss + self.cl_weight * contrast
         # Norms, not squared, divided by the batch's rows (the original's reg_loss).
         return loss + self.reg_weight * frobenius_norms(u, p, n, denominator=len(users))
