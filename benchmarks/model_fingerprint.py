@@ -7,8 +7,9 @@ scores and final ``state_dict``, to show that a refactoring of the model layer c
 Run it at two commits and compare the lines: equal hashes mean bit-identical losses and weights. Each
 model goes through recbole_mm's own path (checked config, dataset, protocol, seeding, model, trainer, as
 ``run_recbole``), trains ``--epochs`` epochs with a validation pass after each (as a real run does: the
-passes switch the models between train and eval mode), and nothing is written to disk. Losses are also
-printed in full (``repr``) so that a difference can be read, not only detected.
+passes switch the models between train and eval mode), and nothing is written to disk. Losses, validation
+scores and the best epoch are also printed in full (``repr``) so that a difference can be read, not only
+detected.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def fingerprint(model_name: str, dataset: str, seed: int, epochs: int) -> dict:
     losses = [record["train_loss"] for record in trainer.history]
     valid = [record.get("valid_score") for record in trainer.history]
     return {"model": model_name, "losses": losses, "loss_hash": text_hash(losses), "valid_hash": text_hash(valid),
-            "state_hash": state_hash(model.state_dict())}
+            "state_hash": state_hash(model.state_dict()), "valid": valid, "best_epoch": trainer.best_epoch}
 
 
 def main() -> None:
@@ -76,7 +77,8 @@ def main() -> None:
     for name in args.models:
         result = fingerprint(name, args.dataset, args.seed, args.epochs)
         print(f"{result['model']:8} losses {result['loss_hash']} valid {result['valid_hash']} "
-              f"state {result['state_hash']}  {result['losses']!r}", flush=True)
+              f"state {result['state_hash']}  {result['losses']!r} valid {result['valid']!r} "
+              f"best epoch {result['best_epoch']}", flush=True)
 
 
 if __name__ == "__main__":

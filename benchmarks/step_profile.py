@@ -1,0 +1,81 @@
+"""Where a training step goes: ``torch.profiler``'s operator table over a few training batches of one model
+on TikTok (one thread, seed 999), and the CPU seconds per batch (``time.process_time``, profiler included).
+
+    OMP_NUM_THREADS=1 python benchmarks/step_profile.py LGMRec --batches 4
+    OMP_NUM_THREADS=1 python benchmarks/step_profile.py PGL --batches 6 reg_weight=0.05
+
+Each step is what recbole_mm's trainer does per batch (zero_grad, ``calculate_loss``, backward, the trainer's
+optimizer step) on the first ``--batches`` + 1 batches of the training loader; the first batch is a warm-up and
+is not profiled. The profiler's times are wall-clock per operator, so on a loaded machine read the table's shares,
+not its absolute times. ``key=value`` settings override the model's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import torch  # noqa: E402
+
+
+def _value(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("model")
+    parser.add_argument("settings", nargs="*", help="key=value")
+    parser.add_argument("--batches", type=int, default=4)
+    parser.add_argument("--rows", type=int, default=30, help="operators in the table")
+    args = parser.parse_args()
+    sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line: give it none
+    torch.set_num_threads(1)
+    from recbole.utils import init_seed
+    from torch.profiler import ProfilerActivity, profile
+
+    from recbole_mm import quick_start
+
+    config_dict = {"seed": 999, "epochs": 1, "state": "WARNING", "show_progress": False, "save_dataset": False,
+                   "save_dataloaders": False}
+    config_dict.update({key: _value(value) for key, value in (kv.split("=", 1) for kv in args.settings)})
+    config = quick_start.make_config(args.model, "tiktok", config_dict=config_dict)
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = quick_start._load_checked_dataset(config)
+    train_data, _, _ = quick_start.prepare_data(config, dataset)
+    model = quick_start._build_model(config, train_data)
+    optimizer = quick_start.make_trainer(config, model).optimizer
+    model.train()
+    batches = []
+    for interaction in train_data:
+        batches.append(interaction)
+        if len(batches) > args.batches:
+            break
+
+    def step(interaction) -> None:
+        optimizer.zero_grad()
+        loss = model.calculate_loss(interaction)
+        (sum(loss) if isinstance(loss, tuple) else loss).backward()
+        optimizer.step()
+
+    step(batches[0])
+    start = time.process_time()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for interaction in batches[1:]:
+            step(interaction)
+    seconds = (time.process_time() - start) / (len(batches) - 1)
+    print(f"{args.model}: {seconds:.3f} CPU s per batch (profiler included), {len(batches) - 1} batches")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+
+
+if __name__ == "__main__":
+    main()
