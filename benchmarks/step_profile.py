@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("settings", nargs="*", help="key=value")
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--rows", type=int, default=30, help="operators in the table")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line: give it none
     torch.set_num_threads(1)
     from recbole.utils import init_seed
