@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--ours-python", default=sys.executable)
     parser.add_argument("--mmrec-python", default=sys.executable)
     parser.add_argument("--child", choices=("ours", "mmrec"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()  # key=value settings before or after the options
     if args.child:
         run = child_ours if args.child == "ours" else (lambda *a: child_mmrec(args.mmrec_src, *a))
         print(MARK + json.dumps(run(args.model, args.epochs, args.settings)), flush=True)

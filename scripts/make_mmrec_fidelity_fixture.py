@@ -1,4 +1,4 @@
-"""Write tests/data/mmrec_fidelity/: a tiny MMRec-layout dataset and, for FREEDOM, LATTICE and GRCN, the outputs
+"""Write tests/data/mmrec_fidelity/: a tiny MMRec-layout dataset and, for FREEDOM, LATTICE, GRCN and VBPR, the outputs
 of MMRec's own model classes on it (weights, a batch, full-ranking scores, losses and gradients).
 
     python scripts/make_mmrec_fidelity_fixture.py /path/to/MMRec/src [MODEL ...]
@@ -6,7 +6,7 @@ of MMRec's own model classes on it (weights, a batch, full-ranking scores, losse
 (all models when none is named; the dataset files are rewritten identically each time).
 
 MMRec (GPL) is imported from the path given, never copied: the fixture holds only numbers. Not run in CI;
-tests/test_freedom.py, tests/test_lattice.py and tests/test_grcn.py load the fixture into recbole_mm's models and compare.
+tests/test_freedom.py, tests/test_lattice.py, tests/test_grcn.py and tests/test_vbpr.py load the fixture into recbole_mm's models and compare.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ MODELS = {
     "LATTICE": {"weight_size": [8, 8], "lambda_coeff": 0.9, "cf_model": "lightgcn", "n_layers": 1,
                 "reg_weight": 0.01, "mess_dropout": [0.1, 0.1]},
     "GRCN": {"latent_embedding": 4, "n_layers": 2, "reg_weight": 0.1},
+    "VBPR": {"reg_weight": 0.1},
 }
 
 
@@ -53,13 +54,14 @@ def main(mmrec_src: str, *names: str) -> None:
     from models.freedom import FREEDOM
     from models.lattice import LATTICE
     from models.grcn import GRCN  # needs torch_geometric (its message passing)
+    from models.vbpr import VBPR
 
     inter, features = tiny_dataset(np.random.default_rng(13))
     write_dataset(OUT, "mmrec_fidelity", inter, features)
     train = inter[inter["x_label"] == 0]
     batches = tiny_batches(train)
 
-    for name, cls in (("FREEDOM", FREEDOM), ("LATTICE", LATTICE), ("GRCN", GRCN)):
+    for name, cls in (("FREEDOM", FREEDOM), ("LATTICE", LATTICE), ("GRCN", GRCN), ("VBPR", VBPR)):
         if names and name not in names:
             continue
         with feature_folder(features) as tmp:  # MMRec caches its item graphs next to the data

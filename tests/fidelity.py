@@ -20,13 +20,13 @@ NAMES = {"user_embedding.weight": "user_embedding.weight", "item_id_embedding.we
          "image_embedding.weight": "raw_features.image.weight", "text_embedding.weight": "raw_features.text.weight"}
 
 
-def load(model_name: str, tmp_path: Path, names: dict[str, str] | None = None):
+def load(model_name: str, tmp_path: Path, names: dict[str, str] | None = None, **overrides):
     """(record, model, names): the reference record, our model holding the reference's weights, and the map
     from the reference's parameter names to ours (``names``, default :data:`NAMES`). A table with one row more
     than the reference's is a user or item table (RecBole's id = the reference's + 1, padding at 0): its rows
     1.. get the reference's; other parameters are copied whole. ``image_trs``/``text_trs`` go into our
-    ``projections`` when the record has them."""
-    record, model = build(model_name, tmp_path)
+    ``projections`` when the record has them. ``overrides``: our config keys on top of the record's."""
+    record, model = build(model_name, tmp_path, **overrides)
     state = record["state"]
     names = NAMES if names is None else names
     with torch.no_grad():
@@ -44,14 +44,14 @@ def load(model_name: str, tmp_path: Path, names: dict[str, str] | None = None):
     return record, model, names
 
 
-def build(model_name: str, tmp_path: Path):
-    """(record, model): the reference record and our model built on the fixture's data with its config
-    (our own initial weights; the caller loads the reference's)."""
+def build(model_name: str, tmp_path: Path, **overrides):
+    """(record, model): the reference record and our model built on the fixture's data with its config and
+    ``overrides`` (our own initial weights; the caller loads the reference's)."""
     from recbole.data import data_preparation
     from recbole.utils import get_model
 
     record = torch.load(DATA / NAME / f"{model_name.lower()}.pt", weights_only=True)
-    config_dict = planted_config(DATA, NAME, checkpoint_dir=str(tmp_path / "saved"), **record["config"])
+    config_dict = planted_config(DATA, NAME, checkpoint_dir=str(tmp_path / "saved"), **{**record["config"], **overrides})
     config = make_config(model_name, NAME, config_dict=config_dict)
     train_data, _, _ = data_preparation(config, create_dataset(config))
     dataset = train_data._dataset

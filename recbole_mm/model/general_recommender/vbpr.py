@@ -26,10 +26,14 @@ class VBPR(MultiModalRecommender):
         self.reg_weight = config["reg_weight"]
         self.user_embedding = nn.Embedding(self.n_users, dim * 2)  # [γ_u; θ_u]
         self.item_embedding = nn.Embedding(self.n_items, dim)  # γ_i
+        # MMRec's port draws its ID tables xavier-uniform (plain Parameters, which its xavier-normal pass over
+        # modules never reaches) and only the projection xavier-normal: the same distributions here.
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
         self.feature_projection = nn.Linear(self.fused_features().shape[1], dim)  # E
+        xavier_normal_initialization(self.feature_projection)
         self.bpr_loss = BPRLoss()
         self.emb_loss = EmbLoss()
-        self.apply(xavier_normal_initialization)
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """[γ_i; E f_i] for the given item ids (all items when None)."""
