@@ -158,3 +158,15 @@ def test_a_bf16_model_still_learns_planted_clusters(planted, model_name):
                                    config_dict={**config, "feature_dtype": "bfloat16"})
     pop_recall, recall = pop["test_result"]["recall@10"], model["test_result"]["recall@10"]
     assert recall > 0.6 and recall > pop_recall + 0.3, (recall, pop_recall)
+
+
+def test_the_micro_benchmark_times_both_dtypes_at_a_small_size(monkeypatch):
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # the script sets it when unset; keep this process's env
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import feature_dtype
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    result = feature_dtype.main(["--items", "300", "--width", "64", "--dim", "8", "--repeats", "1"])
+    assert set(result) == {"forward, fixed table", "forward+backward only", "step, trainable table"}
+    assert all(f32 > 0 and bf16 > 0 for f32, bf16 in result.values())
