@@ -46,6 +46,7 @@ def test_a_model_without_a_bf16_path_refuses_bfloat16_instead_of_ignoring_it(pla
     build_planted("MMGCN", planted, feature_dtype="float32")  # float32 is every model's
 
 
+@pytest.mark.slow
 def test_a_bad_feature_dtype_on_the_command_line_is_one_line_and_exit_2(tmp_path):
     out = subprocess.run([sys.executable, str(REPO / "run_recbole_mm.py"), "--model=GUME", "--dataset=planted",
                           f"--data_path={tmp_path}", "--feature_dtype=half"],
@@ -148,6 +149,7 @@ def test_gume_frozen_features_read_the_bf16_copy_once(planted):
         assert model.raw_table(m) is model.raw_table(m)  # cast once, not per step
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["VBPR", "GUME"])
 def test_a_bf16_model_still_learns_planted_clusters(planted, model_name):
     """Users only like items of their cluster: the bf16 model must still beat popularity by a wide margin."""
