@@ -56,6 +56,22 @@ def test_a_bad_feature_dtype_on_the_command_line_is_one_line_and_exit_2(tmp_path
     assert len(lines) == 1 and lines[0].startswith("recbole_mm: error: feature_dtype: 'half'"), out.stderr
 
 
+def test_the_bf16_models_are_the_ones_the_docs_list():
+    """The models whose schema declares the bf16 path are this file's BF16_MODELS and the command-line
+    page's list (the other models refuse bfloat16)."""
+    import re
+
+    from recbole_mm.model import general_recommender
+    from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES
+
+    declared = {name for name, cls in general_recommender.MODELS.items()
+                if getattr(cls, "config_schema", {}).get("feature_dtype") is BFLOAT16_FEATURES}
+    assert declared == set(BF16_MODELS)
+    page = (REPO / "docs" / "command-line.md").read_text()
+    listed = re.search(r"Models with\s+the bf16 path: ([^;]+);", page).group(1)
+    assert set(re.split(r",\s+", listed)) == declared
+
+
 # ---- float32: the model as before -------------------------------------------------------------------------
 def test_feature_linear_draws_and_computes_as_nn_linear():
     torch.manual_seed(1)
