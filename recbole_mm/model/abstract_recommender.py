@@ -126,8 +126,9 @@ class FeatureLinear(nn.Linear):
 
 
 class _CsrCache(dict):
-    """CSR copies of registered graphs; copies of the model (RecBole deep-copies it to count FLOPs)
-    start empty, since CSR tensors cannot be deep-copied and are rebuilt on demand anyway."""
+    """Tensors derived from buffers on demand (CSR copies of registered graphs, projection_input's bf16
+    casts); copies of the model (RecBole deep-copies it to count FLOPs) start empty, since CSR tensors
+    cannot be deep-copied and everything here is rebuilt on demand anyway."""
 
     def __deepcopy__(self, memo):
         return _CsrCache()
