@@ -19,6 +19,16 @@ from recbole_mm.model.losses import dot_bpr_loss
 
 FEATURE_NORMS = ("none", "l2", "standard")
 
+# ``feature_dtype``: the dtype the feature projections multiply in (FeatureLinear).
+FEATURE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# The schema entry of a model whose feature layers all go through FeatureLinear and projection_input
+# (it declares it in its own config_schema); MultiModalRecommender's own entry allows float32 only, so a
+# model that reads its features some other way refuses bfloat16 instead of silently ignoring it.
+BFLOAT16_FEATURES = Choice(*FEATURE_DTYPES, none_ok=True)
+FLOAT32_FEATURES_ONLY = Choice("float32", none_ok=True)
+FLOAT32_FEATURES_ONLY.allowed = ("float32 (or unset): this model's feature layers have no bfloat16 path "
+                                 "(docs/command-line.md lists the models that have one)")
+
 
 def normalize_features(features: torch.Tensor, how: str) -> torch.Tensor:
     """Per-modality feature scaling (``feature_norm``): ``none``; ``l2`` (each item's row to unit length);
@@ -95,9 +105,30 @@ def pca_features(features: torch.Tensor, n: int) -> torch.Tensor:
     return out
 
 
+class FeatureLinear(nn.Linear):
+    """``nn.Linear`` applied to item features, whose product runs in ``compute_dtype`` (``feature_dtype``).
+
+    ``compute_dtype`` None (float32, the default): exactly ``nn.Linear``. bfloat16: the input and the
+    weight are cast to bfloat16 for the matrix product (fp32 accumulation in the CPU's bf16 kernels, the
+    result rounded to bf16) and the result is handed on as float32 with the float32 bias added, so the rest
+    of the model, its weights and Adam's state stay float32 (the weight is a float32 master cast per call;
+    an input already in bf16, :meth:`MultiModalRecommender.projection_input`, is not copied). Same
+    parameters, names and random draws as ``nn.Linear``, so checkpoints and seeds carry over.
+    """
+
+    compute_dtype: torch.dtype | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compute_dtype is None:
+            return super().forward(x)
+        out = nn.functional.linear(x.to(self.compute_dtype), self.weight.to(self.compute_dtype)).float()
+        return out if self.bias is None else out + self.bias
+
+
 class _CsrCache(dict):
-    """CSR copies of registered graphs; copies of the model (RecBole deep-copies it to count FLOPs)
-    start empty, since CSR tensors cannot be deep-copied and are rebuilt on demand anyway."""
+    """Tensors derived from buffers on demand (CSR copies of registered graphs, projection_input's bf16
+    casts); copies of the model (RecBole deep-copies it to count FLOPs) start empty, since CSR tensors
+    cannot be deep-copied and everything here is rebuilt on demand anyway."""
 
     def __deepcopy__(self, memo):
         return _CsrCache()
@@ -351,6 +382,9 @@ class MultiModalRecommender(GraphRecommender):
         "feature_pca": Int(min=1, none_ok=True),
         # How the kNN item graphs are searched (graphs.knn_neighbours); unset: auto.
         "knn_backend": Choice(*KNN_BACKENDS, none_ok=True),
+        # The dtype the feature projections multiply in (FeatureLinear; changes the model: an opt-in for
+        # speed). A model with a bfloat16 path declares BFLOAT16_FEATURES in its own schema.
+        "feature_dtype": FLOAT32_FEATURES_ONLY,
     }
 
     def __init__(self, config, dataset):
@@ -362,6 +396,8 @@ class MultiModalRecommender(GraphRecommender):
             )
         self.modalities: list[str] = list(dataset.item_features)
         self.knn_backend: str = config["knn_backend"] or "auto"
+        self.feature_dtype: torch.dtype = FEATURE_DTYPES[config["feature_dtype"] or "float32"]
+        self._feature_casts = _CsrCache()  # (modality, device) → projection_input's bf16 copy
         how = config["feature_norm"] or "none"
         for name, features in dataset.item_features.items():
             features = normalize_features(features, how)
@@ -370,13 +406,34 @@ class MultiModalRecommender(GraphRecommender):
             self.register_buffer(f"features_{name}", features, persistent=False)
 
     def item_features(self, name: str) -> torch.Tensor:
-        """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding)."""
+        """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding), whatever ``feature_dtype``
+        says: the kNN graphs and every other reader see the features as loaded."""
         return getattr(self, f"features_{name}")
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__.get("_feature_casts", {}).clear()  # cast again from the moved float32 buffers
+        return super()._apply(fn, recurse)
+
+    def projection_input(self, name: str) -> torch.Tensor:
+        """One modality's fixed features as a :class:`FeatureLinear` reads them: :meth:`item_features`, or
+        under ``feature_dtype: bfloat16`` a bf16 copy of it, cast once (per device, on first use) instead of
+        on every call. Not a buffer: not in checkpoints, rebuilt after ``.to(device)``."""
+        features = self.item_features(name)
+        if self.feature_dtype == torch.float32:
+            return features
+        key = (name, features.device)
+        if key not in self._feature_casts:
+            self._feature_casts[key] = features.to(self.feature_dtype)
+        return self._feature_casts[key]
 
     def trainable_feature_tables(self, rows_only: bool = False) -> torch.nn.ModuleDict:
         """Per modality, a trainable ``nn.Embedding`` initialised from the features (a copy: the buffer
         stays as loaded, for building graphs), for models that fine-tune their raw features (the MMRec
         models' ``from_pretrained(feat, freeze=False)``: FREEDOM, LATTICE, BM3, MGCN).
+
+        The tables stay float32 under ``feature_dtype: bfloat16``: they are the master copy Adam updates
+        (its steps, ~lr per entry, are mostly below bf16's resolution of feature values, 2^-8 relative,
+        so a bf16 table would barely move); the :class:`FeatureLinear` reading them casts per call.
 
         ``rows_only=True``: the model reads the tables only by calling them on the batch's item ids (never
         ``.weight`` as a whole); the trainer then gives them row-sparse gradients and the same optimizer
@@ -390,10 +447,19 @@ class MultiModalRecommender(GraphRecommender):
         return tables
 
     # ---- feature building blocks of a model's __init__ (same fixed order as the base's) ------------
+    def feature_linear(self, in_features: int, out_features: int, bias: bool = True) -> FeatureLinear:
+        """An ``nn.Linear`` for item features (same init and random draws) that multiplies in the
+        configured ``feature_dtype`` (:class:`FeatureLinear`)."""
+        layer = FeatureLinear(in_features, out_features, bias=bias)
+        if self.feature_dtype != torch.float32:
+            layer.compute_dtype = self.feature_dtype
+        return layer
+
     def feature_projections(self, dim: int) -> nn.ModuleDict:
         """Per modality an ``nn.Linear(feature width, dim)`` with torch's default init (the MMRec models'
-        ``image_trs``/``text_trs``), created in modality order."""
-        return nn.ModuleDict({m: nn.Linear(self.item_features(m).shape[1], dim) for m in self.modalities})
+        ``image_trs``/``text_trs``), created in modality order, multiplying in ``feature_dtype``
+        (:meth:`feature_linear`)."""
+        return nn.ModuleDict({m: self.feature_linear(self.item_features(m).shape[1], dim) for m in self.modalities})
 
     def modality_weights(self, image_weight: float) -> dict[str, float]:
         """Fixed weights that mix per-modality item graphs (FREEDOM's ``mm_image_weight``): ``image_weight``
@@ -428,9 +494,11 @@ class MultiModalRecommender(GraphRecommender):
         return {name: graph_from_neighbours(indices, sims, weighted=weighted, normalization=normalization, offset=1)
                 for name, (indices, sims) in neighbours.items()}
 
-    def fused_features(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """The modalities concatenated along the feature axis (declaration order), for ``items`` or all."""
-        parts = [self.item_features(name) for name in self.modalities]
+    def fused_features(self, items: torch.Tensor | None = None, projection: bool = False) -> torch.Tensor:
+        """The modalities concatenated along the feature axis (declaration order), for ``items`` or all;
+        ``projection``: of :meth:`projection_input` (the input of a :class:`FeatureLinear`)."""
+        read = self.projection_input if projection else self.item_features
+        parts = [read(name) for name in self.modalities]
         if items is not None:
             # index_select copies whole rows; advanced indexing (part[items]) is slower on CPU.
             parts = [part.index_select(0, items) for part in parts]

@@ -18,7 +18,7 @@ from torch import nn
 
 from recbole_mm.config_check import Float, Int
 from recbole_mm.errors import RecBoleMMError
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES, MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency
 from recbole_mm.model.losses import cosine_alignment, frobenius_norms
 from recbole_mm.speedups import dropout_mask, dropout_rows
@@ -29,6 +29,7 @@ class BM3(MultiModalRecommender):
     # None (properties/model/BM3.yaml), as for its own non-sampling models.
     input_type = InputType.POINTWISE
     config_schema = {
+        "feature_dtype": BFLOAT16_FEATURES,  # its feature layers all have the bf16 path
         "n_layers": Int(min=0), "dropout": Float(min=0, max=1, max_open=True), "reg_weight": Float(min=0),
         "cl_weight": Float(min=0),
     }

@@ -15,7 +15,7 @@ from recbole.utils import InputType
 
 from recbole_mm.config_check import Float, Int
 from recbole_mm.errors import RecBoleMMError
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES, MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep
 from recbole_mm.model.losses import dot_bpr_loss
 
@@ -23,6 +23,7 @@ from recbole_mm.model.losses import dot_bpr_loss
 class FREEDOM(MultiModalRecommender):
     input_type = InputType.PAIRWISE
     config_schema = {
+        "feature_dtype": BFLOAT16_FEATURES,  # its feature layers all have the bf16 path
         "knn_k": Int(min=1), "n_mm_layers": Int(min=0), "n_ui_layers": Int(min=0), "feat_embed_dim": Int(min=1),
         "mm_image_weight": Float(min=0, max=1), "dropout": Float(min=0, max=1, max_open=True),
         "reg_weight": Float(min=0),

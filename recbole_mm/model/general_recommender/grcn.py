@@ -20,13 +20,14 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config_check import Choice, Float, Int
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES, MultiModalRecommender
 from recbole_mm.model.graphs import edge_propagate, edge_structure, segment_softmax, weighted_propagate
 
 
 class GRCN(MultiModalRecommender):
     input_type = InputType.PAIRWISE
     config_schema = {
+        "feature_dtype": BFLOAT16_FEATURES,  # its feature layers all have the bf16 path
         "latent_embedding": Int(min=1), "n_layers": Int(min=0), "reg_weight": Float(min=0),
         "routing": Choice("reference", "paper"),
     }
@@ -46,7 +47,7 @@ class GRCN(MultiModalRecommender):
         self.projections = nn.ModuleDict()
         for m in self.modalities:
             self.preferences[m] = nn.Parameter(nn.init.xavier_normal_(torch.empty(self.n_users, d_content)))
-            self.projections[m] = nn.Linear(self.item_features(m).shape[1], d_content)
+            self.projections[m] = self.feature_linear(self.item_features(m).shape[1], d_content)
             nn.init.xavier_normal_(self.projections[m].weight)
         self.confidence = nn.Parameter(nn.init.xavier_normal_(torch.empty(n_nodes, len(self.modalities))))
 
@@ -83,7 +84,7 @@ class GRCN(MultiModalRecommender):
     def refine(self, m: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Modality ``m``'s node representations ``[n_users + n_items, latent_embedding]`` and its attention
         on every directed edge ``[2E]`` (in ``edge_dst``/``edge_src`` order)."""
-        content = F.normalize(F.leaky_relu(self.projections[m](self.item_features(m))))
+        content = F.normalize(F.leaky_relu(self.projections[m](self.projection_input(m))))
         preference = F.normalize(self.preferences[m])
         if self.routing == "paper":
             preference = self._route(preference, content)

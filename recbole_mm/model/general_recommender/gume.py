@@ -18,7 +18,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config_check import Float, Int
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES, MultiModalRecommender
 from recbole_mm.model.graphs import augmented_adjacency, semantic_neighbours, user_item_block
 from recbole_mm.model.layers import attentive_fusion
 from recbole_mm.model.losses import dot_bpr_loss, gaussian_alignment, info_nce, perturb_rows, squared_l2
@@ -29,6 +29,7 @@ class GUME(MultiModalRecommender):
     # Types and ranges of properties/model/GUME.yaml's keys (checked before anything runs); the
     # switches' bool type comes from their defaults.
     config_schema = {
+        "feature_dtype": BFLOAT16_FEATURES,  # its feature layers all have the bf16 path
         "knn_k": Int(min=1), "n_layers": Int(min=0), "n_ui_layers": Int(min=0),
         "reg_weight_1": Float(min=0), "reg_weight_2": Float(min=0), "vt_loss": Float(min=0),
         "bm_loss": Float(min=0), "um_loss": Float(min=0), "bm_temp": Float(min=0, min_open=True),
@@ -61,7 +62,7 @@ class GUME(MultiModalRecommender):
         self.freeze_features = bool(config["freeze_features"])
         self.raw_features = nn.ModuleDict() if self.freeze_features else self.trainable_feature_tables()
         self.purifiers = nn.ModuleDict({
-            m: nn.Sequential(nn.Linear(self.item_features(m).shape[1], d), nn.Linear(d, d), nn.Sigmoid())
+            m: nn.Sequential(self.feature_linear(self.item_features(m).shape[1], d), nn.Linear(d, d), nn.Sigmoid())
             for m in self.modalities
         })
         # P^m exist only with user-modality enhancement (nothing else reads them).
@@ -110,8 +111,9 @@ class GUME(MultiModalRecommender):
         return user_parts, item_parts
 
     def raw_table(self, m: str) -> torch.Tensor:
-        """f^m for every item: the trainable table, or the fixed features with ``freeze_features``."""
-        return self.item_features(m) if self.freeze_features else self.raw_features[m].weight
+        """f^m for every item: the trainable table, or the fixed features with ``freeze_features`` (as the
+        purifier's first layer reads them: ``projection_input``)."""
+        return self.projection_input(m) if self.freeze_features else self.raw_features[m].weight
 
     def _extended(self, item_parts: list[torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
         """H^ext = mean_m LG([P^m; X_I^m]), computed as LG(mean_m [P^m; X_I^m]): LightGCN is linear, so

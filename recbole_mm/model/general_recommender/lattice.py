@@ -17,7 +17,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config_check import Choice, Float, Int, ListOf
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES, MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, edge_propagate, learned_knn_graph
 from recbole_mm.model.losses import squared_l2
 
@@ -27,6 +27,7 @@ CF_MODELS = ("lightgcn", "mf")  # the original's ngcf backbone is not ported
 class LATTICE(MultiModalRecommender):
     input_type = InputType.PAIRWISE
     config_schema = {
+        "feature_dtype": BFLOAT16_FEATURES,  # its feature layers all have the bf16 path
         "knn_k": Int(min=1), "feat_embed_dim": Int(min=1), "weight_size": ListOf(Int(min=1), min_length=0),
         "lambda_coeff": Float(min=0, max=1), "n_layers": Int(min=0), "cf_model": Choice(*CF_MODELS),
         "reg_weight": Float(min=0),

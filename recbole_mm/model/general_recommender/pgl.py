@@ -23,7 +23,7 @@ from torch import nn
 
 from recbole_mm.config_check import Choice, Float, Int
 from recbole_mm.errors import RecBoleMMError
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES, MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, degree_sensitive_keep, principal_graph, user_item_block
 from recbole_mm.model.losses import info_nce
 
@@ -31,6 +31,7 @@ from recbole_mm.model.losses import info_nce
 class PGL(MultiModalRecommender):
     input_type = InputType.PAIRWISE
     config_schema = {
+        "feature_dtype": BFLOAT16_FEATURES,  # its feature layers all have the bf16 path
         "principal_graph": Choice("local", "global"), "edge_keep_rate": Float(min=0, max=1, min_open=True),
         "knn_k": Int(min=1), "n_mm_layers": Int(min=0), "n_ui_layers": Int(min=0), "feat_embed_dim": Int(min=1),
         "mm_image_weight": Float(min=0, max=1), "dropout": Float(min=0, max=1, max_open=True),

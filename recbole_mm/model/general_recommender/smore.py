@@ -22,7 +22,7 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config_check import ConfigError, Float, Int, MappingOf
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES, MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency, max_pool_graphs, user_item_block
 from recbole_mm.model.losses import bpr_side_contrast
 
@@ -41,6 +41,7 @@ def filtered_signal(spectrum: torch.Tensor, weight: torch.Tensor, d: int) -> tor
 class SMORE(MultiModalRecommender):
     input_type = InputType.PAIRWISE
     config_schema = {
+        "feature_dtype": BFLOAT16_FEATURES,  # its feature layers all have the bf16 path
         "knn_k": Int(min=1), "modality_knn_k": MappingOf(Int(min=1), "{image: 40, text: 15}"),
         "n_layers": Int(min=0), "n_ui_layers": Int(min=0), "reg_weight": Float(min=0),
         "cl_loss": Float(min=0), "cl_temp": Float(min=0, min_open=True),

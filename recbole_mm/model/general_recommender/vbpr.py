@@ -13,12 +13,13 @@ from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config_check import Float
-from recbole_mm.model.abstract_recommender import MultiModalRecommender
+from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES, MultiModalRecommender
 
 
 class VBPR(MultiModalRecommender):
     input_type = InputType.PAIRWISE
-    config_schema = {"reg_weight": Float(min=0)}  # types/ranges of properties/model/VBPR.yaml's keys
+    # types/ranges of properties/model/VBPR.yaml's keys; its feature projection has the bf16 path
+    config_schema = {"reg_weight": Float(min=0), "feature_dtype": BFLOAT16_FEATURES}
 
     def __init__(self, config, dataset):
         super().__init__(config, dataset)
@@ -30,16 +31,16 @@ class VBPR(MultiModalRecommender):
         # modules never reaches) and only the projection xavier-normal: the same distributions here.
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
-        self.feature_projection = nn.Linear(self.fused_features().shape[1], dim)  # E
+        self.feature_projection = self.feature_linear(self.fused_features().shape[1], dim)  # E
         xavier_normal_initialization(self.feature_projection)
         self.bpr_loss = BPRLoss()
         self.emb_loss = EmbLoss()
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """[γ_i; E f_i] for the given item ids (all items when None)."""
-        if items is None:
-            return torch.cat([self.item_embedding.weight, self.feature_projection(self.fused_features())], dim=1)
-        return torch.cat([self.item_embedding(items), self.feature_projection(self.fused_features(items))], dim=1)
+        projected = self.feature_projection(self.fused_features(items, projection=True))
+        ids = self.item_embedding.weight if items is None else self.item_embedding(items)
+        return torch.cat([ids, projected], dim=1)
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_embedding.weight, self.item_vectors()
