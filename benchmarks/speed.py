@@ -75,7 +75,6 @@ BABY_ITEMS = 7050
 BABY_FEATURES = {"image": (4096, "float64"), "text": (384, "float32")}  # MMRec's Baby files
 
 
-
 def _load_reference():
     """scripts/run_mmrec_reference.py as a module (MMRec's shims, temporary layout and settings table); one
     module object per process, whichever way it is imported."""

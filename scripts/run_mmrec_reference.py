@@ -14,11 +14,11 @@
 One grid point, seed 999, on the CPU: MMRec's settings of the function recbole_mm trains on TikTok by default
 (:data:`TIKTOK_SETTINGS`, the one table of them; benchmarks/speed.py ``--mmrec`` reads it too), then each key=value
 (it replaces the list of MMRec's model yaml; a key that is not one of its hyper-parameters, e.g. ``epochs=3``, is
-set as it is). A grid key left with more than one value is an error (MMRec would train every point). At the end it prints each
-training epoch's loss at full precision and the process's CPU seconds in it (one-thread side-by-side
-timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch`` and its model's ``pre_epoch_processing``). MMRec reads
-configs/ from its working directory and MGCN writes its item graphs next to the data, so both live in a
-temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
+set as it is). A grid key left with more than one value is an error (MMRec would train every point).
+At the end it prints each training epoch's loss at full precision and the process's CPU seconds in it
+(one-thread side-by-side timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch`` and its model's
+``pre_epoch_processing``). MMRec reads configs/ from its working directory and MGCN writes its item graphs next
+to the data, so both live in a temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
 ``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's removed
 ``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, ``sparsesvd`` (PGL's import) raises when
 called if it is not installed, ``models.common`` (LayerGCN's import)
