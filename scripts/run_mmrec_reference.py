@@ -18,13 +18,13 @@ set as it is). A grid key left with more than one value is an error (MMRec would
 At the end it prints each training epoch's loss at full precision and the process's CPU seconds in it
 (one-thread side-by-side timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch`` and its model's
 ``pre_epoch_processing``). MMRec reads configs/ from its working directory and MGCN writes its item graphs next
-to the data, so both live in a temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
-``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's removed
-``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, ``sparsesvd`` (PGL's import) raises when
-called if it is not installed, ``models.common`` (LayerGCN's import)
-is MMRec's ``common``, and the image-loading helpers
-(torchvision, lmdb; only used with raw images) and, when absent, matplotlib (the trainer's loss plot) are
-stubbed. MMRec's protocol: test masks training items only.
+to the data, so both live in a temporary folder (dataset files linked, MMRec's configs copied). Shims, none of
+which changes a model: ``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's
+removed ``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, ``sparsesvd`` (PGL's import) raises
+when called if it is not installed, ``models.common`` (LayerGCN's import) is MMRec's ``common``, and the
+image-loading helpers (torchvision, lmdb; only used with raw images) and, when absent, matplotlib (the trainer's
+loss plot) are stubbed. MMRec's protocol: test masks training items only.
+
 DualGNN and DRAGON read a user-user file (``user_graph_dict.npy``) that MMRec's
 ``preprocessing/dualgnn-gen-u-u-matrix.py`` writes: it is written into the temporary data folder with the same
 lists (:func:`user_graph_dict`), and their CPU-only crash (a ``Parameter`` reassigned a tensor) is avoided as a
