@@ -8,7 +8,8 @@ Each run is a fresh process (seed 999, ``OMP_NUM_THREADS=1``, ``torch.set_num_th
 training epoch with ``time.process_time()`` around the trainer's ``_train_epoch`` (RecBole's for ours,
 MMRec's ``common.trainer.Trainer`` for the reference): CPU time, not wall time, because the machine may be
 shared. Evaluation is not timed. ``key=value`` settings go to both (MMRec's as one grid point, through
-scripts/run_mmrec_reference.py, which also supplies its shims). Prints one JSON line per run and a summary:
+scripts/run_mmrec_reference.py, which also supplies its shims and, for what they leave unset, the MMRec settings
+of our TikTok defaults, its ``TIKTOK_SETTINGS``). Prints one JSON line per run and a summary:
 the median epoch's CPU seconds of each side and their ratio (ours / MMRec's).
 """
 

@@ -19,14 +19,23 @@ the checkouts, so a before/after pair is measured back to back; the report then 
 (this checkout / the other) and the largest relative difference of the per-epoch training losses, which
 must be ~0 for a change that keeps the function.
 
-``--mmrec SRC`` adds MMRec's own implementation of each model MMRec has (``MMREC_MODELS``), run from the
-``src`` folder of a copy of MMRec the user names (GPL: never vendored; ``--mmrec-python``, e.g. a venv with
-torch_geometric, runs it), with the shims and temporary layout of ``scripts/run_mmrec_reference.py`` and
-our settings of each model (``MMREC_SETTINGS``). Its cells alternate with ours, cell by cell, and the
-report gains the ratio table ours / MMRec's (CPU seconds per training epoch and per validation pass, peak
-RSS, loss difference, best epochs). MMRec's epoch is its ``_train_epoch`` plus its
-``pre_epoch_processing`` (FREEDOM's graph pruning, which our models do inside the first batch); its
-validation pass is the first of the two ``_valid_epoch`` calls after each epoch (the second is its test).
+``--mmrec SRC`` adds MMRec's own implementation of each model MMRec has (``MMREC_MODELS``: BPR, LightGCN,
+VBPR, FREEDOM, LATTICE, BM3, MGCN, MMGCN, GRCN, DualGNN, SLMRec, DRAGON, SMORE, LayerGCN, LGMRec, PGL, DAMRS;
+``--models mmrec`` names them all), run from the ``src`` folder of a copy of MMRec the user names (GPL: never
+vendored; ``--mmrec-python``, e.g. a venv with torch_geometric, runs it), with the shims, temporary layout and
+graph files (DualGNN's and DRAGON's user graph, DAMRS's item graph) of ``scripts/run_mmrec_reference.py`` and
+the MMRec settings that compute our TikTok default of each model (``MMREC_SETTINGS``: that script's
+``TIKTOK_SETTINGS``, the settings of each docs/<model>.md's loss comparison). TikTok cells only. Its cells
+alternate with ours, cell by cell, and the report gains one table ours / MMRec's, a row per model in
+``MMREC_MODELS`` order: CPU seconds per training epoch and per validation pass and peak RSS (each side and the
+ratio), the first epoch's loss difference, the best epochs. MMRec's epoch is its ``_train_epoch`` plus its
+``pre_epoch_processing`` (FREEDOM's graph pruning, DualGNN's user-graph draw, which our models do inside the
+epoch); its validation pass is the first of the two ``_valid_epoch`` calls after each epoch (the second is its
+test). The full table (hours of one core: MMRec's LATTICE and DAMRS epochs alone take 1-2 minutes each,
+docs/lattice.md, docs/damrs.md):
+
+    OMP_NUM_THREADS=1 python benchmarks/speed.py --models mmrec --datasets tiktok --threads 1 --epochs 3 \
+        --mmrec <MMRec>/src --mmrec-python <reference venv>/bin/python --out results/speed.md
 
 ``--check RTOL``: after the run, one line per model and pair of recbole_mm checkouts: the largest
 relative difference of the per-epoch training losses and the best epochs; exit status 1 when a loss
@@ -44,6 +53,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -64,17 +74,24 @@ DATASETS = ["tiktok", "baby"]
 BABY_ITEMS = 7050
 BABY_FEATURES = {"image": (4096, "float64"), "text": (384, "float32")}  # MMRec's Baby files
 
-# Models MMRec has, and the MMRec settings that make each of its runs ours on TikTok (properties/model/*.yaml,
-# dataset_configs/tiktok.yaml's model_overrides, RecBole's LightGCN defaults); MMRec's grid keys take lists.
-MMREC_MODELS = ["VBPR", "LightGCN", "FREEDOM", "LATTICE", "BM3", "MGCN"]
-MMREC_SETTINGS = {
-    "VBPR": {"reg_weight": [1e-4]},
-    "LightGCN": {"n_layers": [2], "reg_weight": [1e-5]},
-    "FREEDOM": {"dropout": [0.8], "reg_weight": [1e-4]},
-    "LATTICE": {"reg_weight": [1e-5], "learning_rate": [0.001]},
-    "BM3": {"n_layers": [1], "dropout": [0.5], "reg_weight": [0.1]},
-    "MGCN": {"cl_loss": [0.001]},
-}
+
+def _load_reference():
+    """scripts/run_mmrec_reference.py as a module (MMRec's shims, temporary layout and settings table); one
+    module object per process, whichever way it is imported."""
+    if "run_mmrec_reference" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("run_mmrec_reference",
+                                                      REPO / "scripts" / "run_mmrec_reference.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["run_mmrec_reference"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["run_mmrec_reference"]
+
+
+# Models MMRec has, and the MMRec settings that make each of its runs compute ours on TikTok: the table lives
+# with the shims in scripts/run_mmrec_reference.py (TIKTOK_SETTINGS), the one home of those settings; its order
+# is the order of the report's ours / MMRec table.
+MMREC_SETTINGS: dict[str, dict] = _load_reference().TIKTOK_SETTINGS
+MMREC_MODELS = list(MMREC_SETTINGS)
 
 # Settings of every timed cell: validation after each epoch, no early stop, no checkpoint writes.
 CELL_CONFIG = {"eval_step": 1, "stopping_step": 10**6, "seed": 999, "show_progress": False, "state": "WARNING"}
@@ -258,8 +275,7 @@ def mmrec_cell_main(request: dict) -> dict:
     trainer's epochs and validation passes in CPU seconds (as :func:`cell_main` times ours)."""
     import resource
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    import run_mmrec_reference as reference
+    reference = _load_reference()
     import torch
 
     torch.set_num_threads(request["threads"])
@@ -310,8 +326,8 @@ def mmrec_cell_main(request: dict) -> dict:
         return cls
 
     mmrec_quick_start.get_model = get_model
-    config = {**reference.base_config(work), "epochs": request["epochs"], "eval_step": 1, "stopping_step": 10**6,
-              **MMREC_SETTINGS.get(request["model"], {})}
+    config = reference.grid_point(work, request["model"], {"epochs": request["epochs"], "eval_step": 1,
+                                                           "stopping_step": 10**6})
     mmrec_quick_start.quick_start(model=request["model"], dataset="tiktok", config_dict=config, save_model=False)
     shutil.rmtree(work, ignore_errors=True)
     pre = record["pre"] + [0.0] * (len(record["train"]) - len(record["pre"]))
@@ -398,6 +414,74 @@ def ratios(after: list[dict], before: list[dict]) -> list[dict]:
     return rows
 
 
+def mmrec_rows(ours: list[dict], mmrec: list[dict]) -> list[dict]:
+    """One row per cell of MMRec's that ours also ran, in ``MMREC_MODELS`` order (then dataset, threads): each
+    side's CPU seconds per training epoch and per validation pass and peak RSS with their ratio ours / MMRec's,
+    the relative difference of the first epoch's training loss (the two draw different initial weights and
+    batches, so later epochs drift apart even for the same function) and the best epochs; a failed side is
+    named in ``failed``."""
+    mine = {cell_id(cell): cell for cell in ours}
+    order = {model: i for i, model in enumerate(MMREC_MODELS)}
+    rows = []
+    for ref in sorted(mmrec, key=lambda c: (order.get(c["model"], len(order)), c["bench_dataset"], c["threads"])):
+        new = mine.get(cell_id(ref))
+        if new is None:
+            continue
+        row = {"id": cell_id(ref), "ours": new, "mmrec": ref}
+        failed = [f"{side} failed: {cell['failed']}" for side, cell in (("ours", new), ("MMRec", ref))
+                  if "failed" in cell]
+        if failed:
+            rows.append({**row, "failed": "; ".join(failed)})
+            continue
+        for key, field in (("epoch_cpu", "train_cpu_seconds"), ("eval_cpu", "eval_cpu_seconds"),
+                           ("rss", "peak_rss_mib")):
+            row[key] = (new.get(field), ref.get(field), _ratio(new.get(field), ref.get(field)))
+        row["first_loss_diff"] = max_relative_difference(new["train_loss"][:1], ref["train_loss"][:1])
+        row["best_epochs"] = (new.get("best_epoch"), ref.get("best_epoch"))
+        rows.append(row)
+    return rows
+
+
+def mmrec_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
+    """(recbole_mm run, MMRec run) pairs for the ours / MMRec table: every measured (not ``--against``) checkout
+    against every MMRec run it shares cells with."""
+    refs = [run for run in runs if run.get("mmrec")]
+    return [(run, ref) for run in runs if not run.get("against") and not run.get("mmrec") for ref in refs
+            if mmrec_rows(run["cells"], ref["cells"])]
+
+
+def format_mmrec_table(run: dict, ref: dict, on: str = "") -> list[str]:
+    """Markdown lines of the ours / MMRec table of ``run`` against ``ref`` (:func:`mmrec_rows`)."""
+    lines = [f"## Ours ({run['checkout']['commit'][:12]}) / MMRec's own implementation{on}", "",
+             "CPU seconds (one-thread cells: the cost without the machine's other work): ours, MMRec's and the ratio "
+             "ours / MMRec's (below 1 = ours cheaper). MMRec's epoch is its `_train_epoch` plus its "
+             "`pre_epoch_processing`; its validation pass the first `_valid_epoch` after the epoch. Peak RSS: the "
+             "whole cell process (MMRec's includes the user/item graph files scripts/run_mmrec_reference.py writes "
+             "for DualGNN, DRAGON and DAMRS). Loss diff: relative difference of the first epoch's training loss "
+             "(each side draws its own initial weights, batches and negatives, and MMRec draws negatives among "
+             "training items only, docs/mmrec-protocol.md: a few percent does not mean another function; VBPR's "
+             "differs, ours normalises features, `feature_norm: l2`). Best epochs: of the validation score, "
+             "ours / MMRec's "
+             "(0-based). MMRec's settings: `TIKTOK_SETTINGS` in scripts/run_mmrec_reference.py.", "",
+             "| model | threads | CPU s/epoch ours | MMRec | ratio | CPU s/valid ours | MMRec | ratio "
+             "| peak RSS MiB ours | MMRec | ratio | epoch-1 loss diff | best epochs |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in mmrec_rows(run["cells"], ref["cells"]):
+        dataset, model, threads = row["id"]
+        name = model if dataset == "tiktok" else f"{model} ({dataset})"
+        if "failed" in row:
+            lines.append(f"| {name} | {threads} | {row['failed']} | | | | | | | | | | |")
+            continue
+        cells = []
+        for key, digits in (("epoch_cpu", 2), ("eval_cpu", 3), ("rss", 0)):
+            mine, theirs, ratio = row[key]
+            cells += [_num(mine, digits), _num(theirs, digits), _num(ratio)]
+        best = row["best_epochs"]
+        lines.append(f"| {name} | {threads} | {' | '.join(cells)} | {_diff(row['first_loss_diff'])} | "
+                     f"{best[0]} / {best[1]} |")
+    return lines + [""]
+
+
 def _checkout_line(run: dict) -> str:
     state = run["checkout"]
     dirty = " (dirty: uncommitted changes to tracked files)" if state.get("dirty") else ""
@@ -460,6 +544,9 @@ def format_report(runs: list[dict], command: str, note: str = "") -> str:
                          f"{_num(row['epoch_cpu'])} | {_num(row['eval_cpu'])} | {_num(row['rss'])} | "
                          f"{_diff(row['loss_diff'])} | {_diff(row['valid_diff'])} | {best[0]} / {best[1]} |")
         lines.append("")
+    for run, ref in mmrec_pairs(runs):
+        on = f" (on {run.get('machine', {}).get('cpu', '?')})" if len(machines) > 1 else ""
+        lines += format_mmrec_table(run, ref, on)
     return "\n".join(lines)
 
 
@@ -485,6 +572,7 @@ def loss_check(runs: list[dict], rtol: float) -> tuple[list[str], bool]:
 def ratio_pairs(runs: list[dict]) -> list[tuple[dict, dict]]:
     """(measured, baseline) pairs for the ratio tables: every ``--repo`` run against every ``--against``
     run it shares cells with (runs without the mark: the first against the others)."""
+    runs = [run for run in runs if not run.get("mmrec")]  # MMRec's cells have their own table (mmrec_pairs)
     if not any("against" in run for run in runs):
         return [(runs[0], other) for other in runs[1:]]
     bases = [run for run in runs if run.get("against")]
@@ -522,11 +610,13 @@ def machine() -> dict:
 
 # ---- driver -----------------------------------------------------------------------------------------
 def plan_cells(args: argparse.Namespace, generated: Path) -> list[dict]:
+    """The cells to run, in order; ``mmrec`` among ``--models`` stands for every model of ``MMREC_MODELS``."""
+    models = list(dict.fromkeys(m for name in args.models for m in (MMREC_MODELS if name == "mmrec" else [name])))
     cells = []
     for dataset in args.datasets:
         name, extra = dataset_request(dataset, generated)
         for threads in args.threads:  # every model at one thread count before the next count
-            for model in args.models:
+            for model in models:
                 config = {**extra, **MODEL_SETTINGS.get((dataset, model), {})}
                 cells.append({"bench_dataset": dataset, "dataset": name, "model": model,
                               "threads": thread_count(threads), "epochs": args.epochs, "config": config})
@@ -569,7 +659,8 @@ def run_all(args: argparse.Namespace, save=None) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--models", nargs="+", default=MODELS,
+                        help="model names; 'mmrec': every model MMRec has (MMREC_MODELS)")
     parser.add_argument("--datasets", nargs="+", default=["tiktok"], choices=DATASETS)
     parser.add_argument("--threads", nargs="+", default=["1", "all"], help="thread counts, or 'all'")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per cell (each followed by validation)")

@@ -11,18 +11,20 @@
         dropout=0.1 reg_weight=0.001
     OMP_NUM_THREADS=1 python scripts/run_mmrec_reference.py /tmp/MMRec/src DAMRS epochs=3
 
-One grid point (each key=value replaces the list of MMRec's model yaml; a key that is not one of its
-hyper-parameters, e.g. ``epochs=3``, is set as it is), seed 999, on the CPU. At the end it prints each
-training epoch's loss at full precision and the process's CPU seconds in it (one-thread side-by-side
-timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch`` and its model's ``pre_epoch_processing``). MMRec reads
-configs/ from its working directory and MGCN writes its item graphs next to the data, so both live in a
-temporary folder (dataset files linked, MMRec's configs copied). Shims, none of which changes a model:
-``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's removed
-``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, ``sparsesvd`` (PGL's import) raises when
-called if it is not installed, ``models.common`` (LayerGCN's import)
-is MMRec's ``common``, and the image-loading helpers
-(torchvision, lmdb; only used with raw images) and, when absent, matplotlib (the trainer's loss plot) are
-stubbed. MMRec's protocol: test masks training items only.
+One grid point, seed 999, on the CPU: MMRec's settings of the function recbole_mm trains on TikTok by default
+(:data:`TIKTOK_SETTINGS`, the one table of them; benchmarks/speed.py ``--mmrec`` reads it too), then each key=value
+(it replaces the list of MMRec's model yaml; a key that is not one of its hyper-parameters, e.g. ``epochs=3``, is
+set as it is). A grid key left with more than one value is an error (MMRec would train every point).
+At the end it prints each training epoch's loss at full precision and the process's CPU seconds in it
+(one-thread side-by-side timing: ``time.process_time`` around MMRec's ``Trainer._train_epoch`` and its model's
+``pre_epoch_processing``). MMRec reads configs/ from its working directory and MGCN writes its item graphs next
+to the data, so both live in a temporary folder (dataset files linked, MMRec's configs copied). Shims, none of
+which changes a model: ``.cuda()`` is the identity, ``torch_scatter.scatter_add`` an ``index_add_``, SciPy's
+removed ``dok_matrix._update`` and NumPy's removed ``np.float`` are restored, ``sparsesvd`` (PGL's import) raises
+when called if it is not installed, ``models.common`` (LayerGCN's import) is MMRec's ``common``, and the
+image-loading helpers (torchvision, lmdb; only used with raw images) and, when absent, matplotlib (the trainer's
+loss plot) are stubbed. MMRec's protocol: test masks training items only.
+
 DualGNN and DRAGON read a user-user file (``user_graph_dict.npy``) that MMRec's
 ``preprocessing/dualgnn-gen-u-u-matrix.py`` writes: it is written into the temporary data folder with the same
 lists (:func:`user_graph_dict`), and their CPU-only crash (a ``Parameter`` reassigned a tensor) is avoided as a
@@ -157,6 +159,59 @@ def item_graph_dict(inter_file: Path, top_k: int = 2, min_count: int = 2) -> dic
     return lists
 
 
+# MMRec settings under which MMRec's implementation computes what recbole_mm trains on TikTok by default
+# (properties/model/<model>.yaml, dataset_configs/tiktok.yaml and its model_overrides; RecBole's own yaml for BPR and
+# LightGCN): a value for every key of MMRec's model yaml that holds a grid of several, the rest left as MMRec has
+# them. These are the settings of each docs/<model>.md's side-by-side loss comparison. In the order of
+# benchmarks/speed.py's ratio table. Where no setting of MMRec's gives our function, the entry says so.
+TIKTOK_SETTINGS: dict[str, dict] = {
+    "BPR": {"reg_weight": 0.0},  # RecBole's BPR has no L2 term (MMRec's still computes it, times 0)
+    "LightGCN": {"n_layers": 2, "reg_weight": 1e-05},
+    # Ours l2-normalises the features first (feature_norm: l2, docs/vbpr.md); MMRec has no such step: the
+    # same cost, a different function (ours at feature_norm=none is MMRec's).
+    "VBPR": {"reg_weight": 0.0001},
+    "FREEDOM": {"dropout": 0.8, "reg_weight": 0.0001},
+    "LATTICE": {"reg_weight": 1e-05, "learning_rate": 0.001},
+    "BM3": {"n_layers": 1, "dropout": 0.5, "reg_weight": 0.1},
+    "MGCN": {"cl_loss": 0.001},  # dataset_configs/tiktok.yaml's override (the model yaml's is 0.01)
+    "MMGCN": {"reg_weight": 0.0001, "learning_rate": 0.001},
+    "GRCN": {"reg_weight": 1e-05, "learning_rate": 0.001},
+    "DualGNN": {"reg_weight": 0.001, "learning_rate": 0.001},
+    "SLMRec": {"learning_rate": 0.001, "ssl_alpha": 0.1, "ssl_temp": 0.2, "reg": 0.0001},  # reg: read by no code
+    "DRAGON": {"reg_weight": 0.001, "learning_rate": 0.001},
+    "SMORE": {"n_ui_layers": 3, "image_knn_k": 10, "text_knn_k": 10, "reg_weight": 1e-05, "dropout_rate": 0.0},
+    "LayerGCN": {"n_layers": 4, "dropout": 0.1, "reg_weight": 0.001},
+    "LGMRec": {},  # MMRec's yaml holds one value per key, ours
+    "PGL": {},  # MMRec's yaml: local mode, dropout 0.2, reg_weight 0, ours
+    "DAMRS": {},  # MMRec's yaml holds one value per key, ours
+}
+
+
+def open_grid_keys(model_yaml: dict, settings: dict) -> list[str]:
+    """The grid keys (``hyper_parameters`` of MMRec's model yaml) that ``settings`` leaves with more than one
+    value: MMRec's quick start would train once per combination of them."""
+    return [key for key in model_yaml.get("hyper_parameters", [])
+            if key not in settings and isinstance(model_yaml.get(key), list) and len(model_yaml[key]) > 1]
+
+
+def grid_point(work: Path, model: str, settings: dict) -> dict:
+    """MMRec's ``config_dict`` of one run: :func:`base_config`, :data:`TIKTOK_SETTINGS` of ``model``, then
+    ``settings``; a grid key's value becomes a one-value list, as MMRec's quick start expects. Raises SystemExit
+    when a grid key is left with several values."""
+    import yaml
+
+    model_yaml = yaml.safe_load((work / "configs" / "model" / f"{model}.yaml").read_text()) or {}
+    grid = set(model_yaml.get("hyper_parameters", [])) | {"seed"}
+    merged = {**TIKTOK_SETTINGS.get(model, {}), **settings}
+    left = open_grid_keys(model_yaml, merged)
+    if left:
+        raise SystemExit(f"run_mmrec_reference: {model}: MMRec's grid keys {', '.join(left)} hold several values; "
+                         f"give one each (key=value) or add them to TIKTOK_SETTINGS")
+    config = base_config(work)
+    config.update({k: [v] if k in grid and not isinstance(v, list) else v for k, v in merged.items()})
+    return config
+
+
 def parse(value: str):
     """A number when it reads as one, else the string (PGL's ``mode=global``)."""
     for kind in (int, float):
@@ -215,7 +270,6 @@ def base_config(work: Path) -> dict:
 def main(src: str, model: str, *overrides: str) -> None:
     torch.set_num_threads(1)
     work = prepare(src, model)
-    import yaml
     from common.trainer import Trainer
     from utils.quick_start import quick_start
 
@@ -249,10 +303,7 @@ def main(src: str, model: str, *overrides: str) -> None:
 
     Trainer._train_epoch = timed_train_epoch
     Trainer.fit = timed_fit
-    grid = yaml.safe_load((work / "configs" / "model" / f"{model}.yaml").read_text()).get("hyper_parameters", [])
-    config = base_config(work)
-    config.update({k: [parse(v)] if k in grid or k == "seed" else parse(v)
-                   for k, v in (kv.split("=", 1) for kv in overrides)})
+    config = grid_point(work, model, {k: parse(v) for k, v in (kv.split("=", 1) for kv in overrides)})
     quick_start(model=model, dataset="tiktok", config_dict=config, save_model=False)
     for epoch, (loss, cpu) in enumerate(epochs):
         print(f"epoch {epoch}: train loss {loss!r}, {cpu:.2f} CPU s")

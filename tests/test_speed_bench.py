@@ -5,15 +5,22 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from conftest import REPO
 
 spec = importlib.util.spec_from_file_location("speed", REPO / "benchmarks" / "speed.py")
 speed = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(speed)
+
+# A copy of MMRec's src (GPL, never vendored); the checks against its files are skipped where there is none (CI).
+MMREC_SRC = Path(os.environ.get("MMREC_SRC", "/work/MMRec/src"))
+needs_mmrec = pytest.mark.skipif(not (MMREC_SRC / "models").is_dir(), reason=f"no MMRec copy at {MMREC_SRC}")
 
 
 def fake_cell(model: str, seconds: float, evals: float, rss: float, losses: list[float], threads: int = 1) -> dict:
@@ -161,3 +168,103 @@ def test_loss_check_passes_rounding_and_fails_a_moved_loss_or_best_epoch():
     assert verdicts == {"VBPR": "PASS", "GUME": "FAIL", "BM3": "FAIL"}
     lines, ok = speed.loss_check([after, before], 1e-2)
     assert [line.split()[0] for line in lines] == ["PASS", "PASS", "FAIL"]  # BM3's best epoch moved
+
+
+def test_mmrec_models_are_ours_and_their_settings_our_tiktok_defaults():
+    """Every model of the --mmrec table is one our registry runs, and each MMRec setting whose key our model also
+    has holds our resolved TikTok value (model yaml + dataset_configs/tiktok.yaml overrides)."""
+    from recbole.utils import get_model
+
+    from recbole_mm.quick_start import make_config
+
+    assert speed.MMREC_MODELS == list(speed.MMREC_SETTINGS) and len(speed.MMREC_MODELS) == len(
+        set(speed.MMREC_MODELS))
+    compared = 0
+    for model in speed.MMREC_MODELS:
+        assert get_model(model).__name__ == model
+        config = make_config(model, "tiktok", config_dict={"state": "WARNING"})
+        for key, value in speed.MMREC_SETTINGS[model].items():
+            if key in config:
+                assert config[key] == pytest.approx(value), (model, key)
+                compared += 1
+    assert compared >= 25  # every table entry but BPR's reg_weight and MMRec-only keys (SLMRec's reg, SMORE's k)
+
+
+@needs_mmrec
+def test_mmrec_table_covers_every_model_mmrec_has_and_pins_its_grids():
+    """MMREC_MODELS are exactly the models of ours (recbole_mm's and RecBole's general ones) that MMRec's
+    src/models has a file for; each table entry names keys of MMRec's model yaml and leaves no grid key with
+    several values (MMRec would train every grid point); and the grid values MMRec then runs are ours where our
+    model has the key."""
+    import inspect
+
+    import recbole.model.general_recommender as recbole_general
+    from recbole.model.abstract_recommender import GeneralRecommender
+
+    from recbole_mm import registry
+    from recbole_mm.quick_start import make_config
+
+    ours = set(registry.PLUGIN_MODELS) | {name for name, cls in vars(recbole_general).items()
+                                          if inspect.isclass(cls) and issubclass(cls, GeneralRecommender)}
+    files = {path.stem for path in (MMREC_SRC / "models").glob("*.py")}
+    assert set(speed.MMREC_MODELS) == {name for name in ours if name.lower() in files}
+    reference = speed._load_reference()
+    for model in speed.MMREC_MODELS:
+        mmrec_yaml = yaml.safe_load((MMREC_SRC / "configs" / "model" / f"{model}.yaml").read_text())
+        settings = speed.MMREC_SETTINGS[model]
+        assert set(settings) <= set(mmrec_yaml), (model, set(settings) - set(mmrec_yaml))
+        assert reference.open_grid_keys(mmrec_yaml, settings) == [], model
+        config = make_config(model, "tiktok", config_dict={"state": "WARNING"})
+        for key in mmrec_yaml.get("hyper_parameters", []):
+            value = settings.get(key, mmrec_yaml[key])
+            value = value[0] if isinstance(value, list) else value
+            if key in config:
+                assert _same_setting(config[key], value), (model, key, config[key], value)
+
+
+def _same_setting(ours, theirs) -> bool:
+    """Equal settings; MMRec's yaml loader reads ``1e-04`` as a number, PyYAML's as a string."""
+    if isinstance(ours, (int, float)) and isinstance(theirs, str):
+        theirs = float(theirs)
+    return ours == pytest.approx(theirs) if isinstance(ours, (int, float)) else ours == theirs
+
+
+def test_grid_point_pins_grid_keys_and_refuses_an_open_grid(tmp_path):
+    reference = speed._load_reference()
+    (tmp_path / "configs" / "model").mkdir(parents=True)
+    (tmp_path / "configs" / "model" / "M.yaml").write_text(
+        "a: [1, 2]\nb: [3]\nc: 5\nhyper_parameters: [a, b]\n")
+    config = reference.grid_point(tmp_path, "M", {"a": 2, "epochs": 1})
+    assert config["a"] == [2] and config["epochs"] == 1 and config["seed"] == [999] and "b" not in config
+    assert reference.open_grid_keys({"a": [1, 2], "b": [3], "hyper_parameters": ["a", "b"]}, {}) == ["a"]
+    with pytest.raises(SystemExit, match="grid keys a hold several values"):
+        reference.grid_point(tmp_path, "M", {"epochs": 1})
+
+
+def test_models_mmrec_names_every_mmrec_model():
+    args = speed.argparse.Namespace(models=["GUME", "mmrec", "VBPR"], datasets=["tiktok"], threads=["1"], epochs=1)
+    models = [cell["model"] for cell in speed.plan_cells(args, Path("unused"))]
+    assert models == ["GUME", *speed.MMREC_MODELS]
+
+
+def test_report_has_one_ours_over_mmrec_row_per_model_in_mmrec_order():
+    def cell(model, cpu, evals, rss, losses, best):
+        return {**fake_cell(model, 2 * cpu, 2 * evals, rss, losses), "best_epoch": best}
+
+    ours = {**fake_run("a" * 40, [cell("MGCN", 5.0, 0.4, 800.0, [21.0, 20.0], 1), cell("GUME", 1, 1, 1, [1], 0),
+                                  cell("BPR", 1.0, 0.2, 700.0, [20.0], 0), cell("GRCN", 2.0, 0.3, 750.0, [3.0], 0)]),
+            "against": False}
+    mmrec = {**fake_run("MMRec", [cell("GRCN", 4.0, 0.6, 600.0, [3.3], 0), cell("MGCN", 10.0, 1.6, 640.0,
+                                                                               [20.0, 19.0], 0),
+                                  {**fake_cell("BPR", 1, 1, 1, [1]), "failed": "RuntimeError: x"}]),
+             "against": True, "mmrec": True}
+    text = speed.format_report([ours, mmrec], "cmd")
+    assert "## Ratios" not in text  # MMRec's cells are not in the checkout ratio tables
+    assert f"## Ours ({'a' * 12}) / MMRec's own implementation" in text
+    rows = [line for line in text.splitlines() if line.startswith("| BPR") or line.startswith("| MGCN")
+            or line.startswith("| GRCN")]
+    assert rows == [
+        "| BPR | 1 | MMRec failed: RuntimeError: x | | | | | | | | | | |",
+        "| MGCN | 1 | 5.00 | 10.00 | 0.50 | 0.400 | 1.600 | 0.25 | 800 | 640 | 1.25 | 5.0e-02 | 1 / 0 |",
+        "| GRCN | 1 | 2.00 | 4.00 | 0.50 | 0.300 | 0.600 | 0.50 | 750 | 600 | 1.25 | 9.1e-02 | 0 / 0 |",
+    ]
