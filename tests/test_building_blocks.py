@@ -304,3 +304,15 @@ def test_mean_propagation_of_some_rows_equals_those_rows_of_the_whole(mgcn, n_la
     after = model.propagate("norm_adj", embeddings, rows)
     assert torch.equal(after, model.propagate("norm_adj", embeddings)[rows])
     assert torch.allclose(after, 2 * before, atol=1e-6) and not torch.equal(after, before)
+
+
+def test_fused_features_are_the_modalities_side_by_side_gathered_from_one_kept_table(planted):
+    _, model, _ = build_planted("VBPR", planted)
+    items = torch.tensor([3, 1, 3, 7])
+    expected = torch.cat([model.item_features(m).index_select(0, items) for m in model.modalities], dim=1)
+    assert torch.equal(model.fused_features(items), expected)
+    assert model.fused_features() is model.fused_features()  # built once, not per batch
+    assert torch.equal(model.fused_features(), torch.cat([model.item_features(m) for m in model.modalities], 1))
+    kept = model.fused_features()
+    model.to(torch.float64)  # moving the model drops the kept table: rebuilt from the moved buffers
+    assert model.fused_features().dtype == torch.float64 and model.fused_features() is not kept

@@ -78,3 +78,16 @@ def test_neighbour_discrimination_by_hand():
             per_anchor.append(-torch.log(on_agreed / total + 1e-9) - torch.log(e[rest].sum() / (total - on_agreed) + 1e-9))
         losses.append(torch.stack(per_anchor).mean())
     assert got.item() == pytest.approx(((losses[0] + losses[1]) / 2).item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2048, 64), (7, 3), (5,)])
+def test_frobenius_norms_value_and_gradient_are_torchs_bit_for_bit(shape):
+    torch.manual_seed(3)
+    tensors = [torch.randn(*shape, requires_grad=True) for _ in range(3)]
+    tensors.append(torch.zeros(*shape, requires_grad=True))  # a zero tensor: zero gradient, as torch's
+    ours = losses.frobenius_norms(*tensors, denominator=7)
+    plain = sum(torch.linalg.vector_norm(t) for t in tensors) / 7
+    assert torch.equal(ours, plain)
+    weight = torch.tensor(0.37)
+    for got, want in zip(torch.autograd.grad(ours * weight, tensors), torch.autograd.grad(plain * weight, tensors)):
+        assert torch.equal(got, want)

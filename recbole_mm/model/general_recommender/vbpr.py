@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import torch
 from recbole.model.init import xavier_normal_initialization
-from recbole.model.loss import BPRLoss, EmbLoss
+from recbole.model.loss import BPRLoss
 from recbole.utils import InputType
 from torch import nn
 
 from recbole_mm.config_check import Float
 from recbole_mm.model.abstract_recommender import BFLOAT16_FEATURES, MultiModalRecommender
+from recbole_mm.model.losses import frobenius_norms
 
 
 class VBPR(MultiModalRecommender):
@@ -34,7 +35,6 @@ class VBPR(MultiModalRecommender):
         self.feature_projection = self.feature_linear(self.fused_features().shape[1], dim)  # E
         xavier_normal_initialization(self.feature_projection)
         self.bpr_loss = BPRLoss()
-        self.emb_loss = EmbLoss()
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """[γ_i; E f_i] for the given item ids (all items when None)."""
@@ -51,4 +51,4 @@ class VBPR(MultiModalRecommender):
         # Positives and negatives in one call: one feature gather and one projection GEMM, not two.
         pos, neg = self.item_vectors(torch.cat([interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]])).split(len(u))
         loss = self.bpr_loss((u * pos).sum(dim=1), (u * neg).sum(dim=1))
-        return loss + self.reg_weight * self.emb_loss(u, pos, neg)
+        return loss + self.reg_weight * frobenius_norms(u, pos, neg, denominator=len(u))
