@@ -314,5 +314,10 @@ def test_fused_features_are_the_modalities_side_by_side_gathered_from_one_kept_t
     assert model.fused_features() is model.fused_features()  # built once, not per batch
     assert torch.equal(model.fused_features(), torch.cat([model.item_features(m) for m in model.modalities], 1))
     kept = model.fused_features()
+    with torch.no_grad():
+        model.item_features(model.modalities[0]).mul_(2.0)  # changed in place: the kept table follows
+    assert torch.equal(model.fused_features(items)[:, :model.item_features(model.modalities[0]).shape[1]],
+                       model.item_features(model.modalities[0]).index_select(0, items))
+    kept = model.fused_features()
     model.to(torch.float64)  # moving the model drops the kept table: rebuilt from the moved buffers
     assert model.fused_features().dtype == torch.float64 and model.fused_features() is not kept

@@ -421,10 +421,10 @@ class MultiModalRecommender(GraphRecommender):
         features = self.item_features(name)
         if self.feature_dtype == torch.float32:
             return features
-        key = (name, features.device)
-        if key not in self._feature_casts:
-            self._feature_casts[key] = features.to(self.feature_dtype)
-        return self._feature_casts[key]
+        key, stamp = (name, features.device), features._version  # an in-place change of the buffer: cast again
+        if self._feature_casts.get(key, (None,))[0] != stamp:
+            self._feature_casts[key] = (stamp, features.to(self.feature_dtype))
+        return self._feature_casts[key][1]
 
     def trainable_feature_tables(self, rows_only: bool = False) -> torch.nn.ModuleDict:
         """Per modality, a trainable ``nn.Embedding`` initialised from the features (a copy: the buffer
@@ -502,11 +502,12 @@ class MultiModalRecommender(GraphRecommender):
         a batch gathers its rows in one ``index_select`` instead of one per modality and a concatenation
         (VBPR's step: 12 % less CPU on TikTok). It holds one copy of the features, as MMRec's VBPR does
         (``item_raw_features``); with one modality it is the table itself."""
-        key = ("fused", projection, self.item_features(self.modalities[0]).device)
-        if key not in self._feature_casts:
-            read = self.projection_input if projection else self.item_features
-            parts = [read(name) for name in self.modalities]
-            self._feature_casts[key] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        table = self._feature_casts[key]
+        read = self.projection_input if projection else self.item_features
+        parts = [read(name) for name in self.modalities]
+        # Rebuilt when a feature buffer changed in place (its version counter), e.g. a broadcast under DDP.
+        key, stamp = ("fused", projection, parts[0].device), tuple(part._version for part in parts)
+        if self._feature_casts.get(key, (None,))[0] != stamp:
+            self._feature_casts[key] = (stamp, parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
+        table = self._feature_casts[key][1]
         # index_select copies whole rows; advanced indexing (table[items]) is slower on CPU.
         return table if items is None else table.index_select(0, items)
