@@ -4,7 +4,9 @@ scripts/make_mmrec_fidelity_fixture.py) into a recbole_mm model: same data, weig
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
+import pytest
 import torch
 from recbole.data.interaction import Interaction
 
@@ -103,3 +105,17 @@ def scores(model) -> torch.Tensor:
         users = torch.arange(1, model.n_users)
         flat = model.full_sort_predict(Interaction({model.USER_ID: users}))
     return flat.reshape(len(users), model.n_items)[:, 1:]
+
+
+def replay(model, record: dict, our_grads: Callable[[], dict[str, torch.Tensor]], atol: float = 1e-6) -> None:
+    """The reference's batches in train mode, no optimiser step between them: each batch's loss (1e-6) and
+    every gradient the record holds (``our_grads()``: ours under the reference's names) must be the reference's."""
+    model.train()
+    for b, ids in enumerate(record["batches"]):
+        model.zero_grad()
+        loss = model.calculate_loss(batch(model, ids))
+        loss.backward()
+        assert loss.item() == pytest.approx(record[f"loss_{b}"].item(), abs=1e-6), b
+        ours = our_grads()
+        for name, grad in record[f"grads_{b}"].items():
+            assert torch.allclose(ours[name], grad, atol=atol), (b, name)
