@@ -70,16 +70,12 @@ def _lightgcn_forward(self: Any) -> tuple[Any, Any]:
     import torch
 
     from recbole_mm.model.abstract_recommender import _CsrCache
-    from recbole_mm.model.graphs import sparse_matmul
+    from recbole_mm.model.graphs import csr_pair, sparse_matmul
 
     cache = self.__dict__.setdefault("_recbole_mm_csr", _CsrCache())  # emptied in copies: CSR cannot be copied
     graph = self.norm_adj_matrix
     if cache.get("graph") is not graph:
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state", category=UserWarning)
-            cache.update(graph=graph, csr=(graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr()))
+        cache.update(graph=graph, csr=csr_pair(graph))
     embeddings = self.get_ego_embeddings()
     layers = [embeddings]
     for _ in range(self.n_layers):

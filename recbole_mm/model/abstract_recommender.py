@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import warnings
 from typing import Callable
 
 import torch
@@ -13,7 +12,8 @@ from torch import nn
 from recbole_mm.config_check import Choice, Int, check_model_values
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.errors import DataError
-from recbole_mm.model.graphs import KNN_BACKENDS, csr_rows, graph_from_neighbours, knn_neighbours, sparse_matmul
+from recbole_mm.model.graphs import (KNN_BACKENDS, csr_pair, csr_rows, graph_from_neighbours, knn_neighbours,
+                                    sparse_matmul)
 from recbole_mm.model.losses import dot_bpr_loss
 
 
@@ -279,12 +279,7 @@ class GraphRecommender(GeneralRecommender):
         graph = getattr(self, name)
         key = (name, graph.device)
         if key not in self._csr:
-            with warnings.catch_warnings():
-                # torch prints "Sparse CSR tensor support is in beta state" at the first CSR tensor of
-                # a process; the CSR products used here are stable, so the line tells the user nothing.
-                warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state",
-                                        category=UserWarning)
-                self._csr[key] = (graph.to_sparse_csr(), graph.t().coalesce().to_sparse_csr())
+            self._csr[key] = csr_pair(graph)
         if rows is None:
             return sparse_matmul(*self._csr[key], dense)
         # One batch usually asks for the same rows of a graph more than once (GUME: two propagations).
