@@ -188,3 +188,15 @@ def test_the_micro_benchmark_times_both_dtypes_at_a_small_size(monkeypatch):
     result = feature_dtype.main(["--items", "300", "--width", "64", "--dim", "8", "--repeats", "1"])
     assert set(result) == {"forward, fixed table", "forward+backward only", "step, trainable table"}
     assert all(f32 > 0 and bf16 > 0 for f32, bf16 in result.values())
+
+
+def test_the_kept_bf16_fused_table_follows_an_in_place_change_of_the_features(planted):
+    _, model, _ = build_planted("VBPR", planted, feature_dtype="bfloat16")
+    first = model.item_features(model.modalities[0])
+    before = model.fused_features(projection=True).clone()
+    with torch.no_grad():
+        first.mul_(2.0)
+    after = model.fused_features(projection=True)
+    width = first.shape[1]
+    assert torch.equal(after[:, :width], first.to(torch.bfloat16))
+    assert not torch.equal(after[:, :width], before[:, :width])

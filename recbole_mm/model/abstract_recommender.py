@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ctypes
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from recbole.model.abstract_recommender import GeneralRecommender
@@ -409,6 +409,15 @@ class MultiModalRecommender(GraphRecommender):
         self.__dict__.get("_feature_casts", {}).clear()  # cast again from the moved float32 buffers
         return super()._apply(fn, recurse)
 
+    def _kept(self, key: tuple, sources: Sequence[torch.Tensor], build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``build()``'s tensor derived from ``sources``, kept under ``key`` until a source changes in place
+        (its version counter: a broadcast under DDP, a user's edit) or the model moves (:meth:`_apply`)."""
+        stamp = tuple(source._version for source in sources)
+        entry = self._feature_casts.get(key)
+        if entry is None or entry[0] != stamp:
+            entry = self._feature_casts[key] = (stamp, build())
+        return entry[1]
+
     def projection_input(self, name: str) -> torch.Tensor:
         """One modality's fixed features as a :class:`FeatureLinear` reads them: :meth:`item_features`, or
         under ``feature_dtype: bfloat16`` a bf16 copy of it, cast once (per device, on first use) instead of
@@ -416,10 +425,7 @@ class MultiModalRecommender(GraphRecommender):
         features = self.item_features(name)
         if self.feature_dtype == torch.float32:
             return features
-        key, stamp = (name, features.device), features._version  # an in-place change of the buffer: cast again
-        if self._feature_casts.get(key, (None,))[0] != stamp:
-            self._feature_casts[key] = (stamp, features.to(self.feature_dtype))
-        return self._feature_casts[key][1]
+        return self._kept((name, features.device), (features,), lambda: features.to(self.feature_dtype))
 
     def trainable_feature_tables(self, rows_only: bool = False) -> torch.nn.ModuleDict:
         """Per modality, a trainable ``nn.Embedding`` initialised from the features (a copy: the buffer
@@ -495,14 +501,16 @@ class MultiModalRecommender(GraphRecommender):
 
         The concatenated table is built once per device and kept (not a buffer; rebuilt after ``.to()``), so
         a batch gathers its rows in one ``index_select`` instead of one per modality and a concatenation
-        (VBPR's step: 12 % less CPU on TikTok). It holds one copy of the features, as MMRec's VBPR does
+        (docs/vbpr.md measures it). It holds one copy of the features, as MMRec's VBPR does
         (``item_raw_features``); with one modality it is the table itself."""
         read = self.projection_input if projection else self.item_features
-        parts = [read(name) for name in self.modalities]
-        # Rebuilt when a feature buffer changed in place (its version counter), e.g. a broadcast under DDP.
-        key, stamp = ("fused", projection, parts[0].device), tuple(part._version for part in parts)
-        if self._feature_casts.get(key, (None,))[0] != stamp:
-            self._feature_casts[key] = (stamp, parts[0] if len(parts) == 1 else torch.cat(parts, dim=1))
-        table = self._feature_casts[key][1]
+
+        def concatenated() -> torch.Tensor:
+            parts = [read(name) for name in self.modalities]
+            return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+        # Stamped by the feature buffers themselves (a bf16 cast is a new tensor whenever they change).
+        sources = [self.item_features(name) for name in self.modalities]
+        table = self._kept(("fused", projection, sources[0].device), sources, concatenated)
         # index_select copies whole rows; advanced indexing (table[items]) is slower on CPU.
         return table if items is None else table.index_select(0, items)
