@@ -47,13 +47,14 @@ def child_ours(model: str, epochs: int, settings: list[str]) -> list[dict]:
     sys.path.insert(0, str(REPO))
     import recbole_mm
     from recbole_mm import trainer as our_trainer
+    from recbole_mm.config_files import parse_setting
 
     record: list[dict] = []
     our_trainer.Trainer._train_epoch = _timed(our_trainer.Trainer._train_epoch, record)
     config = {"epochs": epochs, "seed": 999, "show_progress": False, "state": "WARNING"}
     for kv in settings:
         key, value = kv.split("=", 1)
-        config[key] = json.loads(value) if value[:1] in "[{" else _number(value)
+        config[key] = parse_setting(value)  # as the command line reads it: a literal, else the text
     recbole_mm.run_recbole(model=model, dataset="tiktok", config_dict=config, saved=False)
     return record
 
@@ -71,16 +72,6 @@ def child_mmrec(src: str, model: str, epochs: int, settings: list[str]) -> list[
     common.trainer.Trainer._train_epoch = _timed(common.trainer.Trainer._train_epoch, record)
     run_mmrec_reference.main(src, model, f"epochs={epochs}", *settings)
     return record
-
-
-def _number(value: str):
-    try:
-        return int(value)
-    except ValueError:
-        try:
-            return float(value)
-        except ValueError:
-            return value
 
 
 def main() -> None:

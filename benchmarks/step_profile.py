@@ -22,15 +22,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 
-def _value(text: str):
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model")
@@ -44,10 +35,11 @@ def main() -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from recbole_mm import quick_start
+    from recbole_mm.config_files import parse_setting
 
     config_dict = {"seed": 999, "epochs": 1, "state": "WARNING", "show_progress": False, "save_dataset": False,
                    "save_dataloaders": False}
-    config_dict.update({key: _value(value) for key, value in (kv.split("=", 1) for kv in args.settings)})
+    config_dict.update({key: parse_setting(value) for key, value in (kv.split("=", 1) for kv in args.settings)})
     config = quick_start.make_config(args.model, "tiktok", config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     dataset = quick_start._load_checked_dataset(config)
