@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import yaml
 
@@ -120,6 +121,18 @@ def test_benchmark_end_to_end_on_a_generated_set(tmp_path):
     assert '"embedding_size": 8' in md and "ran now" in md
     configs = json.loads((tmp_path / "results" / "planted.configs.json").read_text())
     assert configs["VBPR small"]["1"]["embedding_size"] == 8 and configs["BPR"]["2"]["seed"] == 2
+    # The charted cells keep their long-tail groups, so that a committed cache redraws the chart on a machine
+    # without the checkpoints.
+    charted = [c for c in cells.values() if c.get("longtail")]
+    assert sorted(c["config"]["seed"] for c in charted) == [1, 1]
+    for c in charted:
+        Path(c["checkpoint"] if Path(c["checkpoint"]).is_absolute() else tmp_path / c["checkpoint"]).unlink()
+    (tmp_path / "results" / "planted-longtail.png").unlink()
+    again = subprocess.run([sys.executable, "-m", "recbole_mm.benchmark", "--plan", str(tmp_path / "plan.yaml"),
+                            "--out", str(tmp_path / "results"), "--longtail", "--report-only"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert again.returncode == 0 and "left out" not in again.stdout, again.stderr[-3000:]
+    assert (tmp_path / "results" / "planted-longtail.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_parallel_jobs_run_every_cell_once_with_their_share_of_threads(tmp_path, monkeypatch):

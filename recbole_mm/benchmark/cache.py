@@ -3,6 +3,7 @@ file lock, written atomically, and a damaged file is one error line."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 from pathlib import Path
@@ -15,6 +16,16 @@ OUT_FIX = "give --out a folder you can write to"
 
 def update_cache(path: Path, key: str | None = None, value: dict | None = None) -> dict:
     """Read (and optionally add one cell to) a cache that parallel benchmark processes may share."""
+    with _locked(path):
+        cells = read_cache(path)
+        if key is not None:
+            cells[key] = value
+            _write(path, cells)
+        return cells
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
     storage.make_folder(path.parent, "--out", OUT_FIX)
     try:
         lock = open(path.with_suffix(".lock"), "w")
@@ -22,13 +33,23 @@ def update_cache(path: Path, key: str | None = None, value: dict | None = None) 
         raise storage.write_error(exc, "benchmark cache lock", path.with_suffix(".lock"), OUT_FIX) from exc
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _write(path: Path, cells: dict) -> None:
+    # atomic: a full disk leaves the cache as it was; the .tmp of earlier versions is removed
+    with storage.atomic_write(path, "benchmark cache", OUT_FIX, stale=[path.with_suffix(".tmp").name]) as tmp:
+        tmp.file.write((json.dumps(cells, indent=1) + "\n").encode())
+
+
+def annotate_cell(path: Path, key: str, field: str, value) -> None:
+    """Add ``field: value`` to the cached cell ``key`` (a result derived from it later, e.g. its long-tail
+    groups from its checkpoint, so that a report made elsewhere needs no checkpoint)."""
+    with _locked(path):
         cells = read_cache(path)
-        if key is not None:
-            cells[key] = value
-            # atomic: a full disk leaves the cache as it was; the .tmp of earlier versions is removed
-            with storage.atomic_write(path, "benchmark cache", OUT_FIX, stale=[path.with_suffix(".tmp").name]) as tmp:
-                tmp.file.write((json.dumps(cells, indent=1) + "\n").encode())
-        return cells
+        if key in cells:
+            cells[key] = {**cells[key], field: value}
+            _write(path, cells)
 
 
 def read_cache(path: Path) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import recbole_mm.benchmark
 from recbole_mm import storage
-from recbole_mm.benchmark.cache import OUT_FIX
+from recbole_mm.benchmark.cache import OUT_FIX, annotate_cell
 from recbole_mm.benchmark.cells import run_cell
 from recbole_mm.benchmark.plan import check_plans, load_plan
 from recbole_mm.benchmark.report import plot_curves, write_tables
@@ -64,15 +64,33 @@ def main(argv: list[str] | None = None, prog: str = "python -m recbole_mm.benchm
         name = dataset if not report else report if len(plan["datasets"]) == 1 else f"{report}-{dataset}"
         images = [p for p in [plot_curves(name, chosen, out)] if p]
         if args.longtail:
-            from recbole_mm.analysis import longtail, write_report
+            from recbole_mm.analysis import write_report
 
             charted = plan.get("longtail") or list(chosen)  # a plan may chart a subset of its runs
             first = {label: chosen[label]["cells"][0] for label in charted
                      if label in chosen and "failed" not in chosen[label]["cells"][0]}
-            if first:
-                report = [longtail(cell["checkpoint"], label=label, log_dir=str(out)) for label, cell in first.items()]
+            report = [r for r in (_longtail_of(cell, label, out / f"{dataset}.cells.json") for label, cell in first.items())
+                      if r]
+            if report:
                 images.append(write_report(report, str(out / f"{name}-longtail"))[1])
         md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images], command, name,
                              reference=plan.get("reference"), latex=args.format == "latex")
         print(f"wrote {md}" + (f" and {md.with_suffix('.tex')}" if args.format == "latex" else ""))
 
+
+
+def _longtail_of(cell: dict, label: str, cache: Path) -> dict | None:
+    """A charted cell's long-tail groups: stored in its cached cell once computed from its checkpoint, so the
+    chart can be redrawn where the checkpoint is not (a cache committed and read on another machine); None,
+    with a line saying so, when neither is there."""
+    from recbole_mm.analysis import longtail
+
+    if cell.get("longtail"):
+        return {**cell["longtail"], "model": label}
+    if not Path(cell["checkpoint"]).exists():
+        print(f"long-tail chart: {label} left out (its checkpoint {cell['checkpoint']} is gone and its cached cell "
+              "has no long-tail groups; delete the cell from the cache to run it again)", flush=True)
+        return None
+    result = longtail(cell["checkpoint"], label=label, log_dir=str(cache.parent))
+    annotate_cell(cache, cell["key"], "longtail", result)
+    return result

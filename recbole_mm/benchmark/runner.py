@@ -175,7 +175,7 @@ class Runner:
                 matching = self._matching(cells, plan, dataset, label, point, seed)
             if "failed" not in matching:
                 return matching
-        return cell if "failed" in cell else {**cell, "from_cache": key not in self.ran_now}
+        return cell if "failed" in cell else {**cell, "key": key, "from_cache": key not in self.ran_now}
 
     def _ensure_all(self, cache: Path, todo: list, plan: dict, dataset: str, priority: tuple,
                     last: bool = False, need_per_user: bool = False) -> None:
@@ -253,7 +253,8 @@ class Runner:
         from recbole_mm.registry import canonical_model_name
 
         run = plan["runs"][label]
-        want = {k: v for k, v in cell_config(plan, run, point, seed).items() if k != "show_progress"}
+        # Where things are on this machine is no setting of a cell (a cell records none of it).
+        want = {k: v for k, v in cell_config(plan, run, point, seed).items() if k not in MACHINE_KEYS}
         try:
             model = canonical_model_name(run["model"])
         except UnknownModelError:  # an unknown model has no cells; it is reported as not run
@@ -262,13 +263,14 @@ class Runner:
         # since it ran are not held against it), so a plain run never matches its shuffled-features twin.
         resolved = benchmark_cells.resolve_config(model, dataset, want) or {}
         wanted = {**resolved, **want}
-        found = [c for c in cells.values() if "failed" not in c and c["config"].get("model") == model
+        found = [(found_key, c) for found_key, c in cells.items() if "failed" not in c and c["config"].get("model") == model
                  and c["config"].get("dataset") == dataset and all(c["config"].get(k) == v for k, v in want.items())
                  and all(c["config"][k] == wanted[k] if k in wanted else c["config"][k] in (None, False)
                          for k in c["config"] if k not in RUN_DERIVED and k not in MACHINE_KEYS)]
         if not found:
             return {"failed": "not run yet, or run with other settings (report-only)"}
-        return {**max(found, key=lambda c: c.get("finished", 0)), "from_cache": True}
+        key, cell = max(found, key=lambda item: item[1].get("finished", 0))
+        return {**cell, "key": key, "from_cache": True}
 
     def run_plans(self, plans: list[dict]) -> dict:
         """Every (dataset, label) of every plan; returns dataset → label → chosen entry, in plan order."""
