@@ -106,7 +106,9 @@ def table(rows: list[Row], columns: list[Column], marks: dict[tuple[str, str], s
             lines.append(r"\hline")
         for row in group:
             if row.failed:
-                lines.append(f"{escape(row.label)} & \\multicolumn{{{len(columns)}}}{{l}}{{failed}} \\\\")
+                # A cell not run yet (a partial report) is no failure of the model.
+                status = "not run" if row.failed.startswith("not run") else "failed"
+                lines.append(f"{escape(row.label)} & \\multicolumn{{{len(columns)}}}{{l}}{{{status}}} \\\\")
                 continue
             cells = [cell(row.values.get(c.key), c.digits, ranked[c.key].get(row.label), marks.get((row.label, c.key), ""))
                      for c in columns]

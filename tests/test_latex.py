@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
+import pytest
+
 from recbole_mm import latex
 
 
@@ -12,6 +17,7 @@ def fixed_table() -> str:
         latex.Row("MGCN", {"recall@20": (0.1033, 0.0048), "giniindex@20": (0.85, 0.01)}),
         latex.Row("LightGCN", {"recall@20": (0.0910, 0.0039), "giniindex@20": (0.70, 0.03)}),
         latex.Row("Broken", failed="DataError: x"),
+        latex.Row("Later", failed="not run yet"),
         latex.Row("GUME w/o graph_enh & 50%", {"recall@20": 0.1055, "giniindex@20": 0.5}, main=False),
     ]
     columns = [latex.Column("recall@20"), latex.Column("giniindex@20", bigger_is_better=False, digits=2)]
@@ -32,6 +38,7 @@ def test_best_is_bold_and_second_underlined_per_column():
     assert lines["LightGCN"].endswith(r"\shortstack[r]{\textbf{0.70}\\ {\scriptsize $\pm$0.03}} \\")
     assert lines["BPR"].endswith(r"\shortstack[r]{\underline{0.80}\\ {\scriptsize $\pm$0.01}} \\")
     assert r"\multicolumn{2}{l}{failed}" in lines["Broken"]
+    assert r"\multicolumn{2}{l}{not run}" in lines["Later"]
 
 
 def test_header_arrows_command_comment_and_ties():
@@ -43,3 +50,13 @@ def test_header_arrows_command_comment_and_ties():
     # A tie as shown (4 decimals) shares the rank; the next value is second.
     rows = [latex.Row("a", {"m": 0.12341}), latex.Row("b", {"m": 0.12344}), latex.Row("c", {"m": 0.1})]
     assert latex.ranks(rows, latex.Column("m")) == {"a": 1, "b": 1, "c": 2}
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (Debian: texlive-latex-base)")
+def test_the_table_compiles_with_pdflatex(tmp_path):
+    (tmp_path / "table.tex").write_text(fixed_table())
+    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\begin{document}\n\\input{table.tex}\n\\end{document}\n")
+    out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert (tmp_path / "doc.pdf").read_bytes()[:4] == b"%PDF"
