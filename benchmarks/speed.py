@@ -22,7 +22,9 @@ must be ~0 for a change that keeps the function.
 ``--mmrec SRC`` adds MMRec's own implementation of each model MMRec has (``MMREC_MODELS``: BPR, LightGCN,
 VBPR, FREEDOM, LATTICE, BM3, MGCN, MMGCN, GRCN, DualGNN, SLMRec, DRAGON, SMORE, LayerGCN, LGMRec, PGL, DAMRS;
 ``--models mmrec`` names them all), run from the ``src`` folder of a copy of MMRec the user names (GPL: never
-vendored; ``--mmrec-python``, e.g. a venv with torch_geometric, runs it), with the shims, temporary layout and
+vendored; ``--mmrec-python`` runs it: by default this interpreter, which the peak-RSS columns need, since
+resident shared-library pages differ between installations of the same torch, docs/benchmarks.md; MMGCN, GRCN,
+DualGNN and DRAGON need torch_geometric in it), with the shims, temporary layout and
 graph files (DualGNN's and DRAGON's user graph, DAMRS's item graph) of ``scripts/run_mmrec_reference.py`` and
 the MMRec settings that compute our TikTok default of each model (``MMREC_SETTINGS``: that script's
 ``TIKTOK_SETTINGS``, the settings of each docs/<model>.md's loss comparison). TikTok cells only. Its cells
