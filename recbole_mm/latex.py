@@ -108,7 +108,8 @@ def table(rows: list[Row], columns: list[Column], marks: dict[tuple[str, str], s
             if row.failed:
                 # A cell not run yet (a partial report) is no failure of the model.
                 status = "not run" if row.failed.startswith("not run") else "failed"
-                lines.append(f"{escape(row.label)} & \\multicolumn{{{len(columns)}}}{{l}}{{{status}}} \\\\")
+                span = f"\\multicolumn{{{len(columns)}}}{{l}}{{{status}}}"
+                lines.append(f"{escape(row.label)} & {span} \\\\")
                 continue
             cells = [cell(row.values.get(c.key), c.digits, ranked[c.key].get(row.label), marks.get((row.label, c.key), ""))
                      for c in columns]

@@ -55,7 +55,8 @@ def test_header_arrows_command_comment_and_ties():
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (Debian: texlive-latex-base)")
 def test_the_table_compiles_with_pdflatex(tmp_path):
     (tmp_path / "table.tex").write_text(fixed_table())
-    (tmp_path / "doc.tex").write_text("\\documentclass{article}\n\\begin{document}\n\\input{table.tex}\n\\end{document}\n")
+    (tmp_path / "doc.tex").write_text(
+        "\\documentclass{article}\n\\begin{document}\n\\input{table.tex}\n\\end{document}\n")
     out = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout[-2000:]

@@ -69,14 +69,13 @@ def main(argv: list[str] | None = None, prog: str = "python -m recbole_mm.benchm
             charted = plan.get("longtail") or list(chosen)  # a plan may chart a subset of its runs
             first = {label: chosen[label]["cells"][0] for label in charted
                      if label in chosen and "failed" not in chosen[label]["cells"][0]}
-            report = [r for r in (_longtail_of(cell, label, out / f"{dataset}.cells.json") for label, cell in first.items())
-                      if r]
+            cache = out / f"{dataset}.cells.json"
+            report = [r for label, cell in first.items() if (r := _longtail_of(cell, label, cache))]
             if report:
                 images.append(write_report(report, str(out / f"{name}-longtail"))[1])
         md, _ = write_tables(dataset, chosen, plan["seeds"], out, [str(i) for i in images], command, name,
                              reference=plan.get("reference"), latex=args.format == "latex")
         print(f"wrote {md}" + (f" and {md.with_suffix('.tex')}" if args.format == "latex" else ""))
-
 
 
 def _longtail_of(cell: dict, label: str, cache: Path) -> dict | None:

@@ -263,8 +263,9 @@ class Runner:
         # since it ran are not held against it), so a plain run never matches its shuffled-features twin.
         resolved = benchmark_cells.resolve_config(model, dataset, want) or {}
         wanted = {**resolved, **want}
-        found = [(found_key, c) for found_key, c in cells.items() if "failed" not in c and c["config"].get("model") == model
-                 and c["config"].get("dataset") == dataset and all(c["config"].get(k) == v for k, v in want.items())
+        found = [(found_key, c) for found_key, c in cells.items()
+                 if "failed" not in c and c["config"].get("model") == model and c["config"].get("dataset") == dataset
+                 and all(c["config"].get(k) == v for k, v in want.items())
                  and all(c["config"][k] == wanted[k] if k in wanted else c["config"][k] in (None, False)
                          for k in c["config"] if k not in RUN_DERIVED and k not in MACHINE_KEYS)]
         if not found:
