@@ -390,3 +390,14 @@ def test_report_only_runs_nothing_and_matches_cells_by_their_settings(tmp_path, 
     assert "not run yet" in chosen["N"]["cells"][0]["failed"]
     md, _ = bench_report.write_tables("d", chosen, [1], tmp_path, [])
     assert "at commit old" in md.read_text()
+
+
+def test_the_pairs_plan_runs_tiktok_plans_runs_key_for_key():
+    """benchmarks/tiktok-pairs.yaml reports from tiktok.yaml's cached cells: its runs must be the same settings."""
+    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    pairs = yaml.safe_load((root / "tiktok-pairs.yaml").read_text())
+    full = yaml.safe_load((root / "tiktok.yaml").read_text())
+    assert pairs["datasets"] == full["datasets"] and pairs["seeds"] == full["seeds"]
+    for label, run in pairs["runs"].items():
+        assert run == full["runs"][label], label
+    assert pairs["reference"] in pairs["runs"]
