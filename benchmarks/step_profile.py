@@ -3,11 +3,14 @@ on TikTok (one thread, seed 999), and the CPU seconds per batch (``time.process_
 
     OMP_NUM_THREADS=1 python benchmarks/step_profile.py LGMRec --batches 4
     OMP_NUM_THREADS=1 python benchmarks/step_profile.py PGL --batches 6 reg_weight=0.05
+    python benchmarks/make_shaped.py /tmp/elec --shape electronics     # GENERATED Electronics shape
+    OMP_NUM_THREADS=1 python benchmarks/step_profile.py GUME --data-path /tmp/elec --batches 2 knn_backend=faiss
 
 Each step is what recbole_mm's trainer does per batch (zero_grad, ``calculate_loss``, backward, the trainer's
 optimizer step) on the first ``--batches`` + 1 batches of the training loader; the first batch is a warm-up and
 is not profiled. The profiler's times are wall-clock per operator, so on a loaded machine read the table's shares,
-not its absolute times. ``key=value`` settings override the model's defaults.
+not its absolute times. ``key=value`` settings override the model's defaults. ``--data-path`` runs on a data set
+made by ``make_shaped.py --shape electronics`` under the shipped Amazon protocol (as ``electronics.py`` does).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
@@ -28,6 +32,7 @@ def main() -> None:
     parser.add_argument("settings", nargs="*", help="key=value")
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--rows", type=int, default=30, help="operators in the table")
+    parser.add_argument("--data-path", type=Path, help="an Electronics-shaped data root (make_shaped.py)")
     args = parser.parse_intermixed_args()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line: give it none
     torch.set_num_threads(1)
@@ -40,7 +45,14 @@ def main() -> None:
     config_dict = {"seed": 999, "epochs": 1, "state": "WARNING", "show_progress": False, "save_dataset": False,
                    "save_dataloaders": False}
     config_dict.update({key: parse_setting(value) for key, value in (kv.split("=", 1) for kv in args.settings)})
-    config = quick_start.make_config(args.model, "tiktok", config_dict=config_dict)
+    dataset_name = "tiktok"
+    if args.data_path is not None:
+        import electronics
+        import make_shaped
+
+        dataset_name = make_shaped.ELECTRONICS_NAME
+        config_dict = {**electronics.dataset_config(args.data_path), **config_dict}
+    config = quick_start.make_config(args.model, dataset_name, config_dict=config_dict)
     init_seed(config["seed"], config["reproducibility"])
     dataset = quick_start._load_checked_dataset(config)
     train_data, _, _ = quick_start.prepare_data(config, dataset)
