@@ -11,6 +11,7 @@ A design measurement for issue #24 (nothing in the package uses chunked steps ye
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -33,7 +34,7 @@ def main() -> None:
     exp_avg, exp_avg_sq, step = torch.zeros_like(table), torch.zeros_like(table), torch.tensor(0.0)
     adam = dict(amsgrad=False, lr=1e-3, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=1e-8, maximize=False)
 
-    def dense(_rows: int) -> None:
+    def dense() -> None:
         step.add_(1)
         torch._fused_adam_([table], [upstream @ weight], [exp_avg], [exp_avg_sq], [], [step], **adam)
 
@@ -48,16 +49,16 @@ def main() -> None:
                for r in args.rows for s in range(0, args.items, r))
     del full
     print(f"table {args.items} x {args.width}, projection to {args.dim}; chunk gradients bit for bit: {same}")
-    cells = [("dense", 0)] + [("chunked", r) for r in args.rows]
-    seconds: dict = {cell: [] for cell in cells}
+    steps = {"dense gradient + one step": dense,
+             **{f"chunks of {rows} rows": functools.partial(chunked, rows) for rows in args.rows}}
+    seconds: dict[str, list[float]] = {label: [] for label in steps}
     for _ in range(args.repeats):
-        for name, rows in cells:
+        for label, run_step in steps.items():
             start = time.process_time()
-            (dense if name == "dense" else chunked)(rows)
-            seconds[(name, rows)].append(time.process_time() - start)
-    base = statistics.median(seconds[("dense", 0)])
-    for (name, rows), values in seconds.items():
-        label = "dense gradient + one step" if name == "dense" else f"chunks of {rows} rows"
+            run_step()
+            seconds[label].append(time.process_time() - start)
+    base = statistics.median(seconds["dense gradient + one step"])
+    for label, values in seconds.items():
         print(f"{label}: median {statistics.median(values):.3f} CPU s (x{statistics.median(values) / base:.2f}; "
               f"{' '.join(f'{v:.3f}' for v in values)})")
 
