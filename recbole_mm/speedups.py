@@ -117,6 +117,142 @@ class RowGradients:
         self._rows.clear()
 
 
+class TableSteps:
+    """The Adam step of trainable feature tables that a model projects whole (``FeatureLinear`` on the table's
+    ``.weight``: GUME, LATTICE, MGCN, SMORE, PGL), computed inside the projection's backward in row chunks:
+    the table's gradient ``dP @ W`` is never materialised whole.
+
+    Per chunk of :attr:`rows` rows, the gradient rows are computed into one reused buffer and torch's fused
+    Adam/AdamW kernel updates the chunk's views of the table and of its state (the optimizer's own state
+    tensors, in the optimizer's fused format, created on the first step as the optimizer would): the same
+    elementwise update as the optimizer's step over the dense gradient (the chunks' product rows equal the
+    whole product's to float rounding), without a fresh ``[items, width]`` gradient per step (GUME's
+    Electronics image table: 1 GiB, page-faulted and zero-filled each step) or a second pass over it. The
+    weight and bias gradients are computed first, from the table as the forward read it. The table then has
+    no ``.grad`` and the optimizer's ``step()`` skips it; lr, betas, eps, weight decay and maximize come from
+    its param group at backward time (schedulers step per epoch, so they are the step's).
+
+    Used only when each table is projected once per step: a table projected twice (two backward nodes) gets
+    its dense gradient as usual. A table that also receives a gradient another way is refused at the step
+    (its update would have missed that part). Attached by recbole_mm's trainer only for fused Adam/AdamW
+    without amsgrad, and not with ``clip_grad_norm`` or across processes (both need the whole gradient).
+    """
+
+    rows = 256  # chunk rows: a 4096-wide chunk's gradient (4 MiB) stays in cache for the update
+
+    def __init__(self, optimizer: torch.optim.Optimizer, tables: list[torch.nn.Parameter]):
+        self.optimizer = optimizer
+        self.tables = {id(t): t for t in tables}
+        self._uses: dict[int, int] = {}
+        self._stepped: list[torch.nn.Parameter] = []
+        self._buffer: torch.Tensor | None = None
+
+    @classmethod
+    def attach(cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> "TableSteps | None":
+        """Hook ``model``'s whole-table feature projections to ``optimizer``; None (nothing changed) when the
+        model has no such table or the optimizer is not a fused Adam/AdamW without amsgrad."""
+        from recbole_mm.model.abstract_recommender import FeatureLinear
+
+        tables = [m.weight for m in model.modules()
+                  if isinstance(m, torch.nn.Embedding) and getattr(m, "feature_table", False)
+                  and not getattr(m, "rows_only", False) and m.weight.requires_grad]
+        if not tables or not isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            return None
+        helper = cls(optimizer, tables)
+        for table in tables:
+            group = helper._group(table)
+            if group is None or not group.get("fused") or group["amsgrad"] or group.get("differentiable") \
+                    or group.get("capturable") or table.dtype != torch.float32:
+                return None
+        for module in model.modules():
+            if isinstance(module, FeatureLinear):
+                module.table_steps = helper
+        optimizer.register_step_pre_hook(helper._check)
+        optimizer.register_step_post_hook(helper._reset)
+        return helper
+
+    def reads(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` is one of the hooked tables, read with gradients (a training step)."""
+        return id(x) in self.tables and x is self.tables[id(x)] and torch.is_grad_enabled()
+
+    def project(self, table: torch.nn.Parameter, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``table @ weight.T + bias`` whose backward steps ``table`` in place (when it is its only reader)."""
+        self._uses[id(table)] = self._uses.get(id(table), 0) + 1
+        return _TableProjection.apply(table, weight, bias, self)
+
+    def step_rows(self, table: torch.nn.Parameter, grad_out: torch.Tensor, weight: torch.Tensor) -> bool:
+        """The optimizer's update of ``table`` for the gradient ``grad_out @ weight``, chunk by chunk; False
+        (nothing done) when the table has more than one reader this step."""
+        if self._uses.get(id(table)) != 1:
+            return False
+        group = self._group(table)
+        state = self.optimizer.state[table]
+        if not state:  # as Adam's _init_group creates it for a fused group
+            from torch.optim.optimizer import _get_scalar_dtype
+
+            state["step"] = torch.zeros((), dtype=_get_scalar_dtype(is_fused=True), device=table.device)
+            state["exp_avg"] = torch.zeros_like(table, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(table, memory_format=torch.preserve_format)
+        decoupled = group.get("decoupled_weight_decay", isinstance(self.optimizer, torch.optim.AdamW))
+        kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+        beta1, beta2 = group["betas"]
+        options = dict(amsgrad=False, lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"],
+                       eps=group["eps"], maximize=group["maximize"])
+        step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        rows = self.rows
+        shape = (rows, table.shape[1])
+        if self._buffer is None or self._buffer.shape != shape or self._buffer.dtype != table.dtype \
+                or self._buffer.device != table.device:
+            self._buffer = torch.empty(shape, dtype=table.dtype, device=table.device)
+        step.add_(1)
+        with torch.no_grad():
+            for start in range(0, table.shape[0], rows):
+                end = min(start + rows, table.shape[0])
+                grad = torch.mm(grad_out[start:end], weight, out=self._buffer[: end - start])
+                kernel([table[start:end]], [grad], [exp_avg[start:end]], [exp_avg_sq[start:end]], [], [step],
+                       **options)
+        self._stepped.append(table)
+        return True
+
+    def _group(self, table: torch.nn.Parameter) -> dict | None:
+        # Looked up per step: load_state_dict (resume) replaces the group dicts the lr scheduler then updates.
+        return next((g for g in self.optimizer.param_groups if any(p is table for p in g["params"])), None)
+
+    def _check(self, optimizer, args, kwargs) -> None:
+        for table in self._stepped:
+            if table.grad is not None:
+                raise RuntimeError("a feature table stepped in its projection's backward (recbole_mm.speedups."
+                                   "TableSteps) also received a gradient another way; read it only through "
+                                   "its FeatureLinear, or build the model outside recbole_mm's trainer")
+
+    def _reset(self, optimizer, args, kwargs) -> None:
+        self._uses.clear()
+        self._stepped.clear()
+
+
+class _TableProjection(torch.autograd.Function):
+    """``table @ weight.T + bias`` whose backward hands the table's gradient to :class:`TableSteps`."""
+
+    @staticmethod
+    def forward(ctx, table, weight, bias, steps):
+        ctx.save_for_backward(table, weight)
+        ctx.steps = steps
+        ctx.has_bias = bias is not None
+        return torch.addmm(bias, table, weight.t()) if bias is not None else torch.mm(table, weight.t())
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        table, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()
+        # Weight and bias first: they read the table as the forward did, before the in-place step.
+        grad_weight = grad_out.t().mm(table) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_out.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        grad_table = None
+        if ctx.needs_input_grad[0] and not ctx.steps.step_rows(table, grad_out, weight):
+            grad_table = grad_out.mm(weight)
+        return grad_table, grad_weight, grad_bias, None
+
+
 _UNIFORM_DRAWS_BERNOULLI: bool | None = None
 
 

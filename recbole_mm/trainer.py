@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_mm import checkpoint as ckpt
 from recbole_mm.errors import CheckpointError, RecBoleMMError
-from recbole_mm.speedups import Collector, RowGradients, multi_tensor
+from recbole_mm.speedups import Collector, RowGradients, TableSteps, multi_tensor
 
 LAST_SUFFIX = ".last.pth"
 
@@ -148,13 +148,17 @@ class Trainer(RecBoleTrainer):
           ``fused_adam = False``; RecBole's own models (LightGCN, BPR) trained here get it too;
         - embedding tables a model marks ``rows_only`` get row-sparse gradients, densified into a
           persistent buffer just before the step (:class:`~recbole_mm.speedups.RowGradients`); not with
-          ``clip_grad_norm`` (which would see the sparse gradient) nor across processes (DDP).
+          ``clip_grad_norm`` (which would see the sparse gradient) nor across processes (DDP);
+        - feature tables a model projects whole are stepped inside the projection's backward, in row chunks,
+          with the optimizer's own fused update and state (:class:`~recbole_mm.speedups.TableSteps`): no dense
+          table gradient; same conditions, and only for fused Adam/AdamW.
         """
         fused = getattr(self.model, "fused_adam", True)
         optimizer = multi_tensor(super()._build_optimizer(**kwargs), fused=fused)
-        self.row_gradients = None
+        self.row_gradients = self.table_steps = None
         if self.config["clip_grad_norm"] is None and self.config["single_spec"] is not False:
             self.row_gradients = RowGradients.attach(self.model, optimizer)
+            self.table_steps = TableSteps.attach(self.model, optimizer)
         return optimizer
 
     def _train_epoch(self, train_data, epoch_idx, loss_func=None, show_progress=False):

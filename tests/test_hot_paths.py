@@ -222,3 +222,103 @@ def test_dropout_mask_falls_back_to_torch_dropout(monkeypatch):
     expected = torch.nn.functional.dropout(torch.ones(40, 7), 0.3, training=True) != 0
     torch.manual_seed(3)
     assert torch.equal(speedups.dropout_mask((40, 7), 0.3), expected)
+
+
+@pytest.mark.parametrize("model_name,extra", [("GUME", {}), ("MGCN", {}), ("LATTICE", {}), ("SMORE", {}),
+                                              ("PGL", {"feat_embed_dim": 16}), ("GUME", {"weight_decay": 1e-3})])
+def test_whole_table_steps_give_the_dense_step(planted, model_name, extra):
+    """Feature tables a model projects whole are stepped inside the projection's backward (TableSteps): no
+    table gradient is left for the optimizer, and four steps leave every parameter and the tables' Adam state
+    where a copy of the model with dense table gradients and its own fused optimizer leaves them."""
+    import copy
+
+    root, config_dict = planted
+    config = make_config(model_name, "planted", config_dict={**config_dict, "train_batch_size": 64, **extra})
+    dataset = create_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    model = _build_model(config, train)
+    reference = copy.deepcopy(model)
+    trainer = make_trainer(config, model)
+    assert trainer.table_steps is not None
+    tables = [t.weight for t in model.raw_features.values()]
+    ref_opt = torch.optim.Adam(reference.parameters(), lr=trainer.optimizer.defaults["lr"],
+                        weight_decay=trainer.optimizer.defaults["weight_decay"], fused=True)
+    model.train(), reference.train()
+    batches = iter(train)
+    for step in range(4):
+        batch = next(batches)
+        for m, opt in ((model, trainer.optimizer), (reference, ref_opt)):
+            opt.zero_grad(set_to_none=True)
+            torch.manual_seed(step)
+            m.calculate_loss(batch).backward()
+        assert all(t.grad is None for t in tables)
+        trainer.optimizer.step()
+        ref_opt.step()
+        for (name, p), q in zip(model.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
+    for table, ref_table in zip(tables, (t.weight for t in reference.raw_features.values())):
+        state, ref_state = trainer.optimizer.state[table], ref_opt.state[ref_table]
+        # LATTICE projects its tables on an epoch's first batch only: one step, in both.
+        assert float(state["step"]) == float(ref_state["step"]) == (1 if model_name == "LATTICE" else 4)
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(state[key], ref_state[key], rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 256])
+def test_whole_table_steps_with_adamw(chunk_rows, monkeypatch):
+    """AdamW (decoupled weight decay; not a RecBole learner, but a script's own optimizer) through
+    TableSteps.attach: the same parameters and state as AdamW over the dense table gradient, chunks that
+    split the table unevenly included."""
+    import copy
+
+    from recbole_mm.model.abstract_recommender import FeatureLinear
+    from recbole_mm.speedups import TableSteps
+
+    monkeypatch.setattr(TableSteps, "rows", chunk_rows)
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.table = torch.nn.Embedding.from_pretrained(torch.randn(10, 6), freeze=False)
+    model.table.feature_table = True
+    model.linear = FeatureLinear(6, 4)
+    reference = copy.deepcopy(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.1, fused=True)
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.01, weight_decay=0.1, fused=True)
+    assert TableSteps.attach(model, opt) is not None
+    target = torch.randn(10, 4)
+    for _ in range(3):
+        for m, o in ((model, opt), (reference, ref_opt)):
+            o.zero_grad(set_to_none=True)
+            ((m.linear(m.table.weight) - target) ** 2).sum().backward()
+            o.step()
+    assert model.table.weight.grad is None and reference.table.weight.grad is not None
+    for p, q in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(opt.state[model.table.weight]["exp_avg_sq"],
+                               ref_opt.state[reference.table.weight]["exp_avg_sq"])
+
+
+def test_whole_table_steps_refuse_a_table_read_another_way(planted):
+    """A table stepped in its projection's backward that also gets a gradient elsewhere is refused at the step
+    (the chunked update would have missed that gradient), never silently stepped twice."""
+    root, config_dict = planted
+    config = make_config("MGCN", "planted", config_dict={**config_dict, "train_batch_size": 64})
+    dataset = create_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    trainer = make_trainer(config, _build_model(config, train))
+    model = trainer.model
+    table = model.raw_features["image"].weight
+    trainer.optimizer.zero_grad(set_to_none=True)
+    loss = model.calculate_loss(next(iter(train)))
+    (loss + table[1:3].sum() * 0).backward()
+    with pytest.raises(RuntimeError, match="another way"):
+        trainer.optimizer.step()
+
+
+def test_whole_table_steps_not_with_gradient_clipping(planted):
+    """clip_grad_norm needs every gradient: the tables then keep their dense gradients."""
+    root, config_dict = planted
+    config = make_config("GUME", "planted", config_dict={**config_dict, "clip_grad_norm": {"max_norm": 5}})
+    dataset = create_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    trainer = make_trainer(config, _build_model(config, train))
+    assert trainer.table_steps is None

@@ -117,9 +117,14 @@ class FeatureLinear(nn.Linear):
     """
 
     compute_dtype: torch.dtype | None = None
+    # Set by recbole_mm's trainer (speedups.TableSteps): a trainable feature table read whole is then stepped
+    # by the optimizer inside this layer's backward, in row chunks, instead of getting a dense gradient.
+    table_steps = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.compute_dtype is None:
+            if self.table_steps is not None and self.table_steps.reads(x):
+                return self.table_steps.project(x, self.weight, self.bias)
             return super().forward(x)
         out = nn.functional.linear(x.to(self.compute_dtype), self.weight.to(self.compute_dtype)).float()
         return out if self.bias is None else out + self.bias
@@ -445,6 +450,7 @@ class MultiModalRecommender(GraphRecommender):
         })
         for table in tables.values():
             table.rows_only = rows_only
+            table.feature_table = True  # read whole otherwise: speedups.TableSteps
         return tables
 
     # ---- feature building blocks of a model's __init__ (same fixed order as the base's) ------------

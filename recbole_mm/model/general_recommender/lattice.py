@@ -59,7 +59,7 @@ class LATTICE(MultiModalRecommender):
         """``(rows, cols, values, w)``: the normalised learned graph sym(Σ_m w_m topk(cos(W_m f^m))) as
         COO triplets, differentiable in its values, and the modality weights w = softmax(modal_weight)."""
         weights = torch.softmax(self.modal_weight, dim=0)
-        projected = [self.projections[m](self.raw_features[m].weight[1:]) for m in self.modalities]
+        projected = [self.projections[m](self.raw_features[m].weight)[1:] for m in self.modalities]
         rows, cols, values = learned_knn_graph(projected, weights, self.knn_k, self.n_items, offset=1,
                                                backend=self.knn_backend)
         return rows, cols, values, weights
