@@ -139,7 +139,7 @@ def test_without_cold_start_negatives_may_be_any_item(root):
 def test_validation_on_warm_items_when_asked_and_bad_values_refused(root):
     _, dataset, (_, valid, _) = loaders(root, **{**COLD, "cold_start_valid_items": 0})
     assert len(dataset.cold_start_item_ids["valid"]) == 0
-    assert type(valid).__name__ == "FullSortEvalDataLoader"  # warm validation: RecBole's own loader
+    assert type(valid).__name__ == "CompactFullSortEvalDataLoader"  # warm validation: the plain full-sort loader
     with pytest.raises(RecBoleMMError, match="cold_start_candidates"):
         loaders(root, **COLD, cold_start_candidates="warm")
     with pytest.raises(RecBoleMMError, match="cold_start_valid_items: 0.9"):

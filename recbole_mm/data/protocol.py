@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
-from recbole.sampler import Sampler
+
+from recbole_mm.data.compact import CompactFullSortEvalDataLoader, CompactSampler, UserItems, user_items_of
 
 from recbole_mm.data.files import SPLIT_LABEL  # 0/1/2 = train/valid/test
 from recbole_mm.errors import DataError, RecBoleMMError, config_choice
@@ -75,7 +76,7 @@ def cold_start_split(table: pd.DataFrame, item_field: str, test_fraction: float,
     return out.reset_index(drop=True), {"valid": np.sort(valid), "test": np.sort(test)}
 
 
-class CandidateEvalDataLoader(FullSortEvalDataLoader):
+class CandidateEvalDataLoader(CompactFullSortEvalDataLoader):
     """RecBole's full-sort loader whose rankings are restricted to ``candidates`` (internal item ids).
 
     Every other item is masked through the loader's history index, which RecBole's trainer sets to
@@ -125,13 +126,13 @@ def _cold_start(config, train_data, valid_data, test_data):
     return train_data, valid_data, test_data
 
 
-class TrainItemsSampler(Sampler):
+class TrainItemsSampler(CompactSampler):
     """RecBole's ``Sampler`` whose uniform negatives come only from ``candidate_items``."""
 
     candidate_items: np.ndarray
 
     @classmethod
-    def from_sampler(cls, sampler: Sampler, candidate_items: np.ndarray) -> "TrainItemsSampler":
+    def from_sampler(cls, sampler: CompactSampler, candidate_items: np.ndarray) -> "TrainItemsSampler":
         restricted = copy.copy(sampler)
         restricted.__class__ = cls
         restricted.candidate_items = candidate_items
@@ -141,14 +142,9 @@ class TrainItemsSampler(Sampler):
         return self.candidate_items[np.random.randint(0, len(self.candidate_items), sample_num)]
 
 
-def training_items_per_user(train_dataset) -> np.ndarray:
-    """Array (indexed by user id) of the sets of items each user has in training."""
-    used = np.array([set() for _ in range(train_dataset.user_num)])
-    users = train_dataset.inter_feat[train_dataset.uid_field].numpy()
-    items = train_dataset.inter_feat[train_dataset.iid_field].numpy()
-    for user, item in zip(users, items):
-        used[user].add(item)
-    return used
+def training_items_per_user(train_dataset) -> UserItems:
+    """The items each user has in training (a sampler's ``used_ids``)."""
+    return user_items_of(train_dataset)
 
 
 def apply_protocol(config, train_data, valid_data, test_data):
@@ -163,7 +159,7 @@ def apply_protocol(config, train_data, valid_data, test_data):
         # sampler uses train+valid+test; a copy that uses the training items only masks exactly those.
         sampler = copy.copy(test_data._sampler)
         sampler.used_ids = training_items_per_user(train_data._dataset)
-        test_data = FullSortEvalDataLoader(config, test_data._dataset, sampler, shuffle=False)
+        test_data = CompactFullSortEvalDataLoader(config, test_data._dataset, sampler, shuffle=False)
     # Models that train without negatives (BM3: train_neg_sample_args None) have nothing to restrict.
     if negatives == "train" and config["train_neg_sample_args"]["distribution"] != "none":
         sampler = train_data._sampler
