@@ -322,3 +322,35 @@ def test_whole_table_steps_not_with_gradient_clipping(planted):
     train, _, _ = prepare_data(config, dataset)
     trainer = make_trainer(config, _build_model(config, train))
     assert trainer.table_steps is None
+
+
+@pytest.mark.parametrize("model_name", ["GUME", "FREEDOM", "BM3", "LATTICE", "MGCN", "SMORE", "PGL"])
+def test_models_that_train_feature_copies_release_the_fixed_ones(planted, model_name):
+    """After building, a model that trains copies of its features holds no fixed feature buffer and the dataset
+    no loaded copy (one table per modality for the run, not two or three); reading them from the model says
+    so in one line, and the dataset loads the same values again when asked."""
+    from recbole_mm.errors import RecBoleMMError
+
+    root, config_dict = planted
+    extra = {"feat_embed_dim": 16} if model_name in ("PGL", "FREEDOM") else {}
+    config = make_config(model_name, "planted", config_dict={**config_dict, **extra})
+    dataset = create_dataset(config)
+    before = {m: t.clone() for m, t in dataset.item_features.items()}
+    train, _, _ = prepare_data(config, dataset)
+    model = _build_model(config, train)
+    assert not any(name.startswith("features_") for name, _ in model.named_buffers())
+    assert not dataset._feature_store
+    with pytest.raises(RecBoleMMError, match="released its fixed 'image' features"):
+        model.item_features("image")
+    for m, table in model.raw_features.items():
+        assert torch.equal(table.weight, before[m])  # the trainable copies start from the loaded values
+    assert all(torch.equal(dataset.item_features[m], before[m]) for m in before)
+
+
+def test_frozen_gume_keeps_its_fixed_features(planted):
+    root, config_dict = planted
+    config = make_config("GUME", "planted", config_dict={**config_dict, "freeze_features": True})
+    dataset = create_dataset(config)
+    train, _, _ = prepare_data(config, dataset)
+    model = _build_model(config, train)
+    assert torch.equal(model.item_features("image"), dataset.item_features["image"])

@@ -201,6 +201,12 @@ class MultiModalDataset(Dataset):
             features = {name: torch.cat([t[:1], t[perm]]) for name, t in features.items()}
         return features
 
+    def release_item_features(self) -> None:
+        """Forget the loaded features, in every view of this dataset (a model that trains its own copies
+        calls this once it has built from them: :meth:`MultiModalRecommender.release_fixed_features`); the next
+        read of :attr:`item_features` loads the files again (the same values, shuffle included)."""
+        self._feature_store.clear()
+
     def feature_dims(self) -> dict[str, int]:
         """Width of each modality's features."""
         return {name: int(t.shape[1]) for name, t in self.item_features.items()}

@@ -11,7 +11,7 @@ from torch import nn
 
 from recbole_mm.config_check import Choice, Int, check_model_values
 from recbole_mm.data.dataset import MultiModalDataset
-from recbole_mm.errors import DataError
+from recbole_mm.errors import DataError, RecBoleMMError
 from recbole_mm.model.graphs import (KNN_BACKENDS, csr_pair, csr_rows, graph_from_neighbours, knn_neighbours,
                                     sparse_matmul)
 from recbole_mm.model.losses import dot_bpr_loss
@@ -408,7 +408,22 @@ class MultiModalRecommender(GraphRecommender):
     def item_features(self, name: str) -> torch.Tensor:
         """Float32 ``[n_items, dim]`` features of one modality (row 0 = padding), whatever ``feature_dtype``
         says: the kNN graphs and every other reader see the features as loaded."""
+        if f"features_{name}" not in self._buffers and getattr(self, "_features_released", False):
+            raise RecBoleMMError(f"{type(self).__name__} released its fixed '{name}' features after building "
+                                 "(release_fixed_features): read its trainable tables, or do not release them")
         return getattr(self, f"features_{name}")
+
+    def release_fixed_features(self, dataset) -> None:
+        """Drop the fixed feature buffers and the dataset's loaded copy, for a model that trains copies of its
+        features (:meth:`trainable_feature_tables`) and reads the fixed ones only while it builds (kNN
+        graphs): the last line of such a model's ``__init__``. Saves a copy of every feature table for the
+        whole run (GUME at the Electronics shape: 1 GiB); the dataset loads the files again if anything
+        reads its features later (:meth:`MultiModalDataset.release_item_features`)."""
+        for name in self.modalities:
+            delattr(self, f"features_{name}")
+        self._feature_casts.clear()
+        self._features_released = True
+        dataset.release_item_features()
 
     def _apply(self, fn, recurse=True):
         self.__dict__.get("_feature_casts", {}).clear()  # cast again from the moved float32 buffers

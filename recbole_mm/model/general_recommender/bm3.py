@@ -61,6 +61,7 @@ class BM3(MultiModalRecommender):
             nn.init.xavier_normal_(layer.weight)  # biases keep nn.Linear's default init, as the original
 
         self.register_graph("norm_adj", bipartite_adjacency(*self.interaction_edges(dataset), self.n_users, self.n_items))
+        self.release_fixed_features(dataset)  # training reads the trainable tables only
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Online (users, items): LightGCN layer mean, with the item ID embeddings added to the items."""

@@ -47,6 +47,7 @@ class FREEDOM(MultiModalRecommender):
         self.raw_features = self.trainable_feature_tables(rows_only=True)
         self.projections = self.feature_projections(d)
         self._build_graphs(config, dataset)
+        self.release_fixed_features(dataset)  # the graphs are built; training reads the tables
 
     # ---- graphs, built once (the pruned one once per epoch) ---------------------------------------
     def _build_graphs(self, config, dataset) -> None:

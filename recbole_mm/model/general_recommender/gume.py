@@ -74,6 +74,8 @@ class GUME(MultiModalRecommender):
         for weight in [self.user_embedding.weight, self.item_embedding.weight, *self.extended_users.values()]:
             nn.init.xavier_uniform_(weight)
         self._build_graphs(config, dataset)
+        if not self.freeze_features:  # the graphs are built; training reads the tables
+            self.release_fixed_features(dataset)
 
     # ---- graphs, built once ---------------------------------------------------------------------
     def _build_graphs(self, config, dataset) -> None:

@@ -53,6 +53,7 @@ class LATTICE(MultiModalRecommender):
             self.register_graph(f"item_graph_{m}", graph)
         self.register_graph("norm_adj", bipartite_adjacency(*self.interaction_edges(dataset), self.n_users, self.n_items,
                                                             self_loops=True, normalization="row"))
+        self.release_fixed_features(dataset)  # the graphs are built; training reads the tables
 
     # ---- the learned item graph -----------------------------------------------------------------
     def learned_graph(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

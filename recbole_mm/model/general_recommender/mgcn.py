@@ -60,6 +60,7 @@ class MGCN(MultiModalRecommender):
         adjacency = bipartite_adjacency(*self.interaction_edges(dataset), self.n_users, self.n_items)
         self.register_graph("norm_adj", adjacency)
         self.register_graph("user_item_graph", user_item_block(adjacency, self.n_users, self.n_items))
+        self.release_fixed_features(dataset)  # the graphs are built; training reads the tables
 
     def forward(self, nodes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Node representations (users first): ``o`` (final), ``side`` (fused modalities), ``h_id``

@@ -63,6 +63,7 @@ class PGL(MultiModalRecommender):
         self.raw_features = self.trainable_feature_tables()
         self.projections = self.feature_projections(d)
         self._build_graphs(config, dataset, d)
+        self.release_fixed_features(dataset)  # the graphs are built; training reads the tables
 
     # ---- graphs: the frozen item graph, the full user-item graph, the principal graph -------------------
     def _build_graphs(self, config, dataset, d: int) -> None:

@@ -94,6 +94,7 @@ class SMORE(MultiModalRecommender):
         adjacency = bipartite_adjacency(*self.interaction_edges(dataset), self.n_users, self.n_items)
         self.register_graph("norm_adj", adjacency)
         self.register_graph("user_item_graph", user_item_block(adjacency, self.n_users, self.n_items))
+        self.release_fixed_features(dataset)  # the graphs are built; training reads the tables
 
     def item_item_view(self, graph: str, items: torch.Tensor) -> torch.Tensor:
         """[users; items] of one view: ``items`` propagated ``n_layers`` times over ``graph``, users R̃ · that."""
