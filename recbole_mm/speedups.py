@@ -253,6 +253,33 @@ class _TableProjection(torch.autograd.Function):
         return grad_table, grad_weight, grad_bias, None
 
 
+def reuse_freed_memory() -> bool:
+    """Have glibc's malloc serve large blocks from its heap and keep freed pages (``mallopt``: no mmap, a 2 GiB
+    trim threshold), for the rest of the process; False where that is not glibc (nothing changed).
+
+    A training step allocates the same full-graph temporaries every time (tens of MB each at the Electronics
+    shape). glibc hands every block above its mmap threshold (at most 32 MiB) fresh pages from the kernel and
+    returns them on free, so each step page-faults and zero-fills all of them again: a third of GUME's CPU
+    time at the Electronics shape was kernel time. Served from the heap, a freed block's pages are reused by
+    the next step's. Numbers are unchanged (only where memory comes from); peak RSS may grow by what the
+    heap keeps between steps (results/speed-issue24.md). recbole_mm's trainer calls it for CPU runs unless
+    ``reuse_freed_memory: False``."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        gnu_get_libc_version = libc.gnu_get_libc_version  # glibc only (musl has a mallopt that does nothing)
+    except (OSError, AttributeError):
+        return False
+    del gnu_get_libc_version
+    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
 _UNIFORM_DRAWS_BERNOULLI: bool | None = None
 
 
