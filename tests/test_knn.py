@@ -246,3 +246,15 @@ def test_rows_without_content_get_no_neighbours_and_are_no_ones(seed):
 def test_all_rows_empty_gives_empty_lists():
     indices, sims = knn_neighbours(torch.zeros(6, 3), 4)
     assert (indices == graphs.NO_NEIGHBOUR).all() and indices.shape == (6, 4) and (sims == 0).all()
+
+
+def test_padding_row_skipped_through_a_view():
+    """The usual empty row is the padding row 0 alone: the search then runs on a view of rows 1.. (no copy of
+    the table) and finds what a search of those rows finds, ids shifted by one; row 0 gets no neighbours."""
+    torch.manual_seed(3)
+    features = torch.randn(40, 6)
+    features[0] = 0
+    indices, sims = knn_neighbours(features, 4, chunk_size=7)
+    expected, expected_sims = knn_neighbours(features[1:].clone(), 4, chunk_size=7, skip_empty=False)
+    assert torch.equal(indices[1:], expected + 1) and torch.equal(sims[1:], expected_sims)
+    assert (indices[0] < 0).all() and torch.equal(sims[0], torch.zeros(4))

@@ -160,7 +160,10 @@ def knn_neighbours(features: torch.Tensor, k: int, chunk_size: int = 1024,
             values = torch.zeros(n, width, dtype=torch.float32, device=features.device)
             valid = (~empty).nonzero().squeeze(1)
             if len(valid):
-                found, sims = knn_neighbours(features[valid], k, chunk_size, backend, skip_empty=False)
+                # Usually every row but the padding row 0: a view then, not a copy of the whole table.
+                contiguous = int(valid[-1] - valid[0]) + 1 == len(valid)
+                rows = features[int(valid[0]):int(valid[-1]) + 1] if contiguous else features[valid]
+                found, sims = knn_neighbours(rows, k, chunk_size, backend, skip_empty=False)
                 indices[valid, :found.shape[1]], values[valid, :found.shape[1]] = valid[found], sims
             return indices, values
     if backend == "auto":
