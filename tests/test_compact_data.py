@@ -97,3 +97,43 @@ def test_user_items_reads():
     rows, got = items.pairs(np.array([2, 1, 0]))
     assert rows.tolist() == [0, 0, 2] and got.tolist() == [3, 5, 1]
     assert items.counts().tolist() == [1, 0, 2, 0]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_loader_batches_are_torchs(shuffle):
+    """_PositionBatches gives torch's BatchSampler(RandomSampler(generator) / SequentialSampler) batches, pass
+    after pass, and leaves the generator where torch's leaves it."""
+    from torch.utils.data import BatchSampler, RandomSampler, SequentialSampler
+
+    from recbole_mm.hooks import _PositionBatches
+
+    for n, size in ((10, 3), (12, 4), (1, 5)):
+        ours_gen, torch_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        ours = _PositionBatches(n, size, shuffle, ours_gen)
+        base = RandomSampler(range(n), generator=torch_gen) if shuffle else SequentialSampler(range(n))
+        theirs = BatchSampler(base, size, drop_last=False)
+        assert len(ours) == len(theirs)
+        for _ in range(3):
+            assert list(ours) == list(theirs)
+        assert torch.equal(ours_gen.get_state(), torch_gen.get_state())
+
+
+def test_training_batches_unchanged_by_the_loader_hook(planted):
+    """A RecBole training loader under the hook yields RecBole's own batches (positions from torch's samplers)."""
+    from torch.utils.data import BatchSampler
+
+    root, config_dict = planted
+    config = make_config("BPR", "planted", config_dict={**config_dict, "train_batch_size": 37})
+    train, _, _ = prepare_data(config, create_dataset(config))
+    assert not isinstance(train.batch_sampler, BatchSampler)
+    np.random.seed(1)
+    ours = [batch["itemID"].clone() for batch in train]
+    # The same loader state under torch's own index batching (what RecBole's __init__ builds), fresh generator.
+    reference = train.__class__.__new__(train.__class__)
+    reference.__dict__.update({k: v for k, v in train.__dict__.items() if not k.startswith("_DataLoader__")})
+    torch.utils.data.DataLoader.__init__(reference, dataset=list(range(train.sample_size)), batch_size=train.step,
+                                         collate_fn=reference.collate_fn, shuffle=True,
+                                         generator=torch.Generator().manual_seed(config["seed"]))
+    np.random.seed(1)
+    theirs = [batch["itemID"].clone() for batch in reference]
+    assert len(ours) == len(theirs) > 1 and all(torch.equal(a, b) for a, b in zip(ours, theirs))
