@@ -185,7 +185,7 @@ def test_freeze_features_keeps_the_function_and_drops_the_tables(planted, monkey
     tables = [torch.rand(faithful.n_users, 16, generator=generator) for _ in range(8)]
     fix_noise(monkeypatch, tables[:4] + tables[:4])
     assert_close(frozen.calculate_loss(batch).detach(), faithful.calculate_loss(batch).detach())
-    n_features = sum(faithful.item_features(m).numel() for m in faithful.modalities)
+    n_features = sum(frozen.item_features(m).numel() for m in frozen.modalities)
     count = lambda model: sum(p.numel() for p in model.parameters())  # noqa: E731
     assert count(faithful) - count(frozen) == n_features
     before = {m: frozen.item_features(m).clone() for m in frozen.modalities}
