@@ -235,7 +235,7 @@ PLUGIN_SCHEMA: dict[str, Spec] = {
     "log_dir": Str(none_ok=True),  # recbole_mm.logs: the folder that receives RecBole's log/ and log_tensorboard/
     "trust_pickle": Bool(none_ok=True),  # RecBole's pickled dataset/dataloader caches are read only when True
     "strict_config": Bool(none_ok=True),  # an unknown setting is an error instead of a warning
-    "reuse_freed_memory": Bool(none_ok=True),  # speedups.reuse_freed_memory on CPU runs; unset: on
+    "reuse_freed_memory": Bool(none_ok=True),  # speedups.reuse_freed_memory on CPU; unset: for models with tables > 32 MiB
 }
 
 # RecBole models whose code runs a setting: KD_DAGFM does eval(f"{config['teacher']}")

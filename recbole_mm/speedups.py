@@ -253,6 +253,18 @@ class _TableProjection(torch.autograd.Function):
         return grad_table, grad_weight, grad_bias, None
 
 
+GLIBC_MMAP_THRESHOLD_MAX = 32 * 2**20  # malloc.c: DEFAULT_MMAP_THRESHOLD_MAX on 64-bit
+
+
+def holds_large_tensors(model: torch.nn.Module) -> bool:
+    """Whether a parameter or buffer of ``model`` is above glibc's largest mmap threshold: the size at which a
+    step's temporaries (shaped like the model's tables) keep getting fresh pages (:func:`reuse_freed_memory`).
+    Below it glibc already serves freed blocks again (its threshold rises to the largest block freed)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    return any((t.values() if t.is_sparse else t).numel() * t.element_size() > GLIBC_MMAP_THRESHOLD_MAX
+               for t in tensors if t.layout in (torch.strided, torch.sparse_coo))
+
+
 def reuse_freed_memory() -> bool:
     """Have glibc's malloc serve large blocks from its heap and keep freed pages (``mallopt``: no mmap, a 2 GiB
     trim threshold), for the rest of the process; False where that is not glibc (nothing changed).
@@ -262,8 +274,8 @@ def reuse_freed_memory() -> bool:
     returns them on free, so each step page-faults and zero-fills all of them again: a third of GUME's CPU
     time at the Electronics shape was kernel time. Served from the heap, a freed block's pages are reused by
     the next step's. Numbers are unchanged (only where memory comes from); peak RSS may grow by what the
-    heap keeps between steps (results/speed-issue24.md). recbole_mm's trainer calls it for CPU runs unless
-    ``reuse_freed_memory: False``."""
+    heap keeps between steps (TikTok BPR: 8 MiB). recbole_mm's trainer calls it on CPU for models that
+    :func:`holds_large_tensors` (``reuse_freed_memory: True`` always, ``False`` never)."""
     import ctypes
     import ctypes.util
     import sys

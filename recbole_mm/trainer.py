@@ -15,7 +15,8 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from recbole_mm import checkpoint as ckpt
 from recbole_mm.errors import CheckpointError, RecBoleMMError
-from recbole_mm.speedups import Collector, RowGradients, TableSteps, multi_tensor, reuse_freed_memory
+from recbole_mm.speedups import (Collector, RowGradients, TableSteps, holds_large_tensors, multi_tensor,
+                                 reuse_freed_memory)
 
 LAST_SUFFIX = ".last.pth"
 
@@ -108,8 +109,9 @@ def check_protocol_applied(config: Any, train_data: Any) -> None:
 class Trainer(RecBoleTrainer):
     """RecBole's ``Trainer`` that
 
-    - on CPU, has malloc reuse freed pages (:func:`~recbole_mm.speedups.reuse_freed_memory`;
-      ``reuse_freed_memory: False`` keeps glibc's defaults);
+    - on CPU, has malloc reuse freed pages (:func:`~recbole_mm.speedups.reuse_freed_memory`) when the model
+      holds a tensor above glibc's largest mmap threshold (:func:`~recbole_mm.speedups.holds_large_tensors`;
+      below it glibc reuses freed blocks already); ``reuse_freed_memory: True`` always, ``False`` never;
     - applies ``learning_rate_scheduler: [a, b]`` (lr · a^(epoch/b), stepped after each training epoch,
       as MMRec/GUME do; unset or ``[1.0, b]`` keeps the rate constant), for any model;
     - records, per epoch, the training loss and seconds, the validation score and seconds, and the
@@ -125,7 +127,8 @@ class Trainer(RecBoleTrainer):
 
     def __init__(self, config, model):
         super().__init__(config, model)
-        if config["device"].type == "cpu" and config["reuse_freed_memory"] is not False:
+        reuse = config["reuse_freed_memory"]
+        if config["device"].type == "cpu" and (reuse or (reuse is None and holds_large_tensors(model))):
             reuse_freed_memory()  # the same numbers; each step reuses the last one's pages
         self.best_epoch: int | None = None
         self.history: list[dict] = []

@@ -385,3 +385,25 @@ def test_reuse_freed_memory_stops_page_faults_of_repeated_temporaries():
     if applied != "True":
         pytest.skip("not glibc")
     assert int(before) > 5 * 8000 and int(after) < int(before) / 20, out.stdout
+
+
+def test_freed_memory_reused_only_for_models_with_large_tables(planted, monkeypatch):
+    """The trainer switches malloc to reuse freed pages for a model holding a tensor above glibc's largest mmap
+    threshold (below it glibc reuses freed blocks already), always with reuse_freed_memory: True, never with
+    False."""
+    import recbole_mm.trainer as trainer_module
+    from recbole_mm.speedups import GLIBC_MMAP_THRESHOLD_MAX, holds_large_tensors
+
+    calls = []
+    monkeypatch.setattr(trainer_module, "reuse_freed_memory", lambda: calls.append(1) or True)
+    root, config_dict = planted
+    for setting, large, expected in ((None, False, 0), (True, False, 1), (None, True, 1), (False, True, 0)):
+        calls.clear()
+        config = make_config("BPR", "planted", config_dict={**config_dict, "reuse_freed_memory": setting})
+        train, _, _ = prepare_data(config, create_dataset(config))
+        model = _build_model(config, train)
+        if large:
+            model.register_buffer("big", torch.zeros(GLIBC_MMAP_THRESHOLD_MAX // 4 + 1), persistent=False)
+        assert holds_large_tensors(model) == large
+        make_trainer(config, model)
+        assert len(calls) == expected, (setting, large)
