@@ -113,7 +113,7 @@ class _PositionBatches:
     """torch's ``BatchSampler`` over ``RandomSampler(generator=...)`` (``shuffle``) or ``SequentialSampler``, one
     batch at a time: the same batches from the same generator draws (a pass draws ``randperm(n)`` and, when it
     is exhausted, a second permutation of which ``RandomSampler`` keeps nothing), without a Python step per
-    position (about a seventh of a TikTok VBPR epoch)."""
+    position."""
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, generator: Any):
         self.n, self.batch_size, self.shuffle, self.generator = n, batch_size, shuffle, generator
@@ -180,14 +180,13 @@ def install() -> None:
     # Data preparation builds recbole_mm's compact sampler and full-sort loaders (same draws and batches,
     # per-user item sets as sorted arrays instead of Python objects: recbole_mm.data.compact).
     import recbole.data.utils as data_utils
+    from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
 
     from recbole_mm.data.compact import CompactFullSortEvalDataLoader, CompactSampler
 
     data_utils.Sampler = CompactSampler
-    from recbole.data.dataloader.abstract_dataloader import AbstractDataLoader
-
-    AbstractDataLoader.__init__ = _abstract_loader_init
     data_utils.FullSortEvalDataLoader = CompactFullSortEvalDataLoader
+    AbstractDataLoader.__init__ = _abstract_loader_init  # whole batches of positions
     from recbole.model.general_recommender.lightgcn import LightGCN
 
     LightGCN.forward = _lightgcn_forward

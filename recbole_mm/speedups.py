@@ -142,7 +142,7 @@ class TableSteps:
 
     def __init__(self, optimizer: torch.optim.Optimizer, tables: list[torch.nn.Parameter]):
         self.optimizer = optimizer
-        self.tables = {id(t): t for t in tables}
+        self.tables = tables
         self._uses: dict[int, int] = {}
         self._stepped: list[torch.nn.Parameter] = []
         self._buffer: torch.Tensor | None = None
@@ -173,7 +173,7 @@ class TableSteps:
 
     def reads(self, x: torch.Tensor) -> bool:
         """Whether ``x`` is one of the hooked tables, read with gradients (a training step)."""
-        return id(x) in self.tables and x is self.tables[id(x)] and torch.is_grad_enabled()
+        return torch.is_grad_enabled() and any(x is table for table in self.tables)
 
     def project(self, table: torch.nn.Parameter, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``table @ weight.T + bias`` whose backward steps ``table`` in place (when it is its only reader)."""
@@ -271,10 +271,11 @@ def reuse_freed_memory() -> bool:
 
     A training step allocates the same full-graph temporaries every time (tens of MB each at the Electronics
     shape). glibc hands every block above its mmap threshold (at most 32 MiB) fresh pages from the kernel and
-    returns them on free, so each step page-faults and zero-fills all of them again: a third of GUME's CPU
-    time at the Electronics shape was kernel time. Served from the heap, a freed block's pages are reused by
+    returns them on free, so each step page-faults and zero-fills all of them again: 44 % of GUME's CPU time
+    at the Electronics shape was kernel time (issue #24's profile). Served from the heap, a freed block's pages are reused by
     the next step's. Numbers are unchanged (only where memory comes from); peak RSS may grow by what the
-    heap keeps between steps (TikTok BPR: 8 MiB). recbole_mm's trainer calls it on CPU for models that
+    heap keeps between steps (TikTok BPR with it: 585 MiB, results/speed-mmrec-baaf657.md; without: 561 MiB,
+    results/speed-mmrec-8b16234.md). recbole_mm's trainer calls it on CPU for models that
     :func:`holds_large_tensors` (``reuse_freed_memory: True`` always, ``False`` never)."""
     import ctypes
     import ctypes.util
@@ -284,10 +285,10 @@ def reuse_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        gnu_get_libc_version = libc.gnu_get_libc_version  # glibc only (musl has a mallopt that does nothing)
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    del gnu_get_libc_version
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has a mallopt that does nothing)
+        return False
     m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
     return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 

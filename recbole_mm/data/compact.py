@@ -32,17 +32,19 @@ class UserItems:
     (:meth:`contains`, :meth:`pairs`, :meth:`items`)."""
 
     def __init__(self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int):
-        self.n_users, self.n_items = int(n_users), int(n_items)
-        self.keys = np.unique(np.asarray(users, dtype=np.int64) * self.n_items + np.asarray(items, dtype=np.int64))
-        self.indptr = np.searchsorted(self.keys, np.arange(self.n_users + 1, dtype=np.int64) * self.n_items)
+        keys = np.asarray(users, dtype=np.int64) * int(n_items) + np.asarray(items, dtype=np.int64)
+        self._index(np.unique(keys), n_users, n_items)
 
     @classmethod
     def from_keys(cls, keys: np.ndarray, n_users: int, n_items: int) -> "UserItems":
         """From already sorted, distinct keys."""
         out = cls.__new__(cls)
-        out.n_users, out.n_items, out.keys = int(n_users), int(n_items), keys
-        out.indptr = np.searchsorted(keys, np.arange(out.n_users + 1, dtype=np.int64) * out.n_items)
+        out._index(keys, n_users, n_items)
         return out
+
+    def _index(self, keys: np.ndarray, n_users: int, n_items: int) -> None:
+        self.n_users, self.n_items, self.keys = int(n_users), int(n_items), keys
+        self.indptr = np.searchsorted(keys, np.arange(self.n_users + 1, dtype=np.int64) * self.n_items)
 
     def union(self, users: np.ndarray, items: np.ndarray) -> "UserItems":
         """These pairs plus the given ones (a later sampler phase)."""

@@ -26,8 +26,7 @@ import pandas as pd
 import torch
 from recbole.data.dataloader import FullSortEvalDataLoader
 
-from recbole_mm.data.compact import CompactFullSortEvalDataLoader, CompactSampler, UserItems, user_items_of
-
+from recbole_mm.data.compact import CompactFullSortEvalDataLoader, CompactSampler, user_items_of
 from recbole_mm.data.files import SPLIT_LABEL  # 0/1/2 = train/valid/test
 from recbole_mm.errors import DataError, RecBoleMMError, config_choice
 
@@ -142,11 +141,6 @@ class TrainItemsSampler(CompactSampler):
         return self.candidate_items[np.random.randint(0, len(self.candidate_items), sample_num)]
 
 
-def training_items_per_user(train_dataset) -> UserItems:
-    """The items each user has in training (a sampler's ``used_ids``)."""
-    return user_items_of(train_dataset)
-
-
 def apply_protocol(config, train_data, valid_data, test_data):
     """Apply ``test_masking``, ``negative_items`` and the cold-start candidates and negatives to
     RecBole's dataloaders; returns the three."""
@@ -158,7 +152,7 @@ def apply_protocol(config, train_data, valid_data, test_data):
         # A full-sort loader masks its sampler's used items minus its positives, and RecBole's test
         # sampler uses train+valid+test; a copy that uses the training items only masks exactly those.
         sampler = copy.copy(test_data._sampler)
-        sampler.used_ids = training_items_per_user(train_data._dataset)
+        sampler.used_ids = user_items_of(train_data._dataset)  # the training items per user
         test_data = CompactFullSortEvalDataLoader(config, test_data._dataset, sampler, shuffle=False)
     # Models that train without negatives (BM3: train_neg_sample_args None) have nothing to restrict.
     if negatives == "train" and config["train_neg_sample_args"]["distribution"] != "none":
