@@ -80,6 +80,28 @@ def test_neighbour_discrimination_by_hand():
     assert got.item() == pytest.approx(((losses[0] + losses[1]) / 2).item(), rel=1e-5)
 
 
+@pytest.mark.parametrize("rows", [1, 3, 64])
+def test_neighbour_discrimination_in_row_blocks_is_the_whole_matrix_bit_for_bit(monkeypatch, rows):
+    """The anchors × items chains run ``_ROWS`` rows at a time; any block size (here one that leaves a short last
+    block) gives the loss and gradients of one block holding every anchor."""
+    generator = torch.Generator().manual_seed(5)
+    base = [torch.randn(40, 6, generator=generator) for _ in range(3)]
+    anchors = torch.tensor([1, 2, 3, 5, 8, 13, 21, 34, 39, 7])
+
+    def run(block):
+        monkeypatch.setattr(losses, "_ROWS", block)
+        views = [v.clone().requires_grad_() for v in base]
+        loss = neighbour_discrimination(views, anchors, n_positives=3, temperature=0.2)
+        loss.backward()
+        return loss.detach(), [v.grad for v in views]
+
+    whole_loss, whole_grads = run(len(anchors))
+    loss, grads = run(rows)
+    assert torch.equal(loss, whole_loss)
+    assert all(torch.equal(g, w) for g, w in zip(grads, whole_grads))
+    assert all(g.abs().sum() > 0 for g in grads)
+
+
 @pytest.mark.parametrize("shape", [(2048, 64), (7, 3), (5,)])
 def test_frobenius_norms_value_and_gradient_are_torchs_bit_for_bit(shape):
     torch.manual_seed(3)

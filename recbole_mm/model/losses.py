@@ -250,19 +250,12 @@ def neighbour_discrimination(views: list[torch.Tensor], items: torch.Tensor, n_p
     loss_i = −log(Σ_A e / T + 1e-9) − log(Σ_S e / (T − Σ_A e) + 1e-9), averaged over the anchors."""
     anchors = [F.normalize(v[items], dim=1) for v in views]
     candidates = [F.normalize(v[1:], dim=1) for v in views]
-    cosines = [a @ b.T for a, b in zip(anchors, candidates)]
-    # Every anchors × items temporary is a fresh allocation of tens of MB (page faults on every batch): the
-    # sums below reuse their buffers in place, in the same order of operations (the same floats).
-    with torch.no_grad():
-        probs = [torch.softmax(c, dim=1) for c in cosines]
-        total = probs[0] + probs[1] if len(probs) > 1 else probs[0].clone()
-        for p in probs[2:]:
-            total += p
-        ranking = torch.empty_like(total)
+    # b.T made contiguous: autograd then computes b's gradient as aᵀ·g, 2.6 times faster here than the (g ᵀ·a)ᵀ it
+    # picks for a transposed operand (the same floats: each entry is the same dot product).
+    cosines = [a @ b.T.contiguous() for a, b in zip(anchors, candidates)]
+    positives = _pseudo_positives(cosines, n_positives)
     losses = []
-    for a, b, c, p in zip(anchors, candidates, cosines, probs):
-        agreed = torch.topk(torch.add(total, p, out=ranking), n_positives, dim=1).indices
-        single = torch.topk(p.scatter_(1, agreed, 0.0), n_positives, dim=1).indices  # p is not needed after this
+    for a, b, c, (agreed, single) in zip(anchors, candidates, cosines, positives):
         everything = _RowSumExp.apply(c, temperature)
         # The positives' similarities from their rows ([anchors, n_positives, d]), as the reference scores them:
         # gathering them from the anchors × items matrix would give that matrix a second, scattered gradient.
@@ -273,17 +266,46 @@ def neighbour_discrimination(views: list[torch.Tensor], items: torch.Tensor, n_p
     return sum(losses) / len(losses)
 
 
+# Rows of an anchors × items matrix processed at a time by the row-wise chains below: each step of a chain then
+# reads what the previous one wrote from cache instead of memory (64 × 6,708 floats at TikTok: 1.7 MB), and no
+# anchors × items temporary is allocated. Every operation is row-wise, so the floats are those of whole matrices.
+_ROWS = 64
+
+
+def _pseudo_positives(cosines: list[torch.Tensor], k: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per view, (A, S) of :func:`neighbour_discrimination` as ``[anchors, k]`` item indices (no gradient)."""
+    n = cosines[0].shape[0]
+    out = [(torch.empty(n, k, dtype=torch.long, device=c.device), torch.empty(n, k, dtype=torch.long, device=c.device))
+           for c in cosines]
+    with torch.no_grad():
+        for start in range(0, n, _ROWS):
+            probs = [torch.softmax(c[start:start + _ROWS], dim=1) for c in cosines]
+            total = probs[0] + probs[1] if len(probs) > 1 else probs[0].clone()
+            for p in probs[2:]:
+                total += p
+            ranking = torch.empty_like(total)
+            for p, (agreed, single) in zip(probs, out):
+                top = torch.topk(torch.add(total, p, out=ranking), k, dim=1).indices
+                agreed[start:start + _ROWS] = top
+                single[start:start + _ROWS] = torch.topk(p.scatter_(1, top, 0.0), k, dim=1).indices
+    return out
+
+
 class _RowSumExp(torch.autograd.Function):
     """Σ_j exp(c_ij / τ) per row, as ``torch.exp(c / τ).sum(dim=1)`` computes it and with its gradient
     (g_i · exp(c_ij / τ)) / τ, but with one anchors × items buffer instead of four: the exponentials are
-    taken in place and become the gradient in place."""
+    taken in place and become the gradient in place, ``_ROWS`` rows at a time."""
 
     @staticmethod
     def forward(ctx, c: torch.Tensor, temperature: float) -> torch.Tensor:
-        e = torch.div(c, temperature).exp_()
+        e = torch.empty_like(c)
+        sums = c.new_empty(c.shape[0])
+        for start in range(0, c.shape[0], _ROWS):
+            rows = torch.div(c[start:start + _ROWS], temperature, out=e[start:start + _ROWS]).exp_()
+            torch.sum(rows, dim=1, out=sums[start:start + _ROWS])
         ctx.save_for_backward(e)
         ctx.temperature = temperature
-        return e.sum(dim=1)
+        return sums
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
@@ -292,4 +314,6 @@ class _RowSumExp(torch.autograd.Function):
         ctx.used = True
         (e,) = ctx.saved_tensors
         # Training backpropagates each graph once, so e is free to become the gradient.
-        return e.mul_(grad.unsqueeze(1)).div_(ctx.temperature), None
+        for start in range(0, e.shape[0], _ROWS):
+            e[start:start + _ROWS].mul_(grad[start:start + _ROWS].unsqueeze(1)).div_(ctx.temperature)
+        return e, None
