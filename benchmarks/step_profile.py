@@ -3,6 +3,7 @@ on TikTok (one thread, seed 999), and the CPU seconds per batch (``time.process_
 
     OMP_NUM_THREADS=1 python benchmarks/step_profile.py LGMRec --batches 4
     OMP_NUM_THREADS=1 python benchmarks/step_profile.py PGL --batches 6 reg_weight=0.05
+    OMP_NUM_THREADS=1 python benchmarks/step_profile.py DAMRS --batches 4 --shapes   # a row per input shape
     python benchmarks/make_shaped.py /tmp/elec --shape electronics     # GENERATED Electronics shape
     OMP_NUM_THREADS=1 python benchmarks/step_profile.py GUME --data-path /tmp/elec --batches 2 knn_backend=faiss
 
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--rows", type=int, default=30, help="operators in the table")
     parser.add_argument("--data-path", type=Path, help="an Electronics-shaped data root (make_shaped.py)")
+    parser.add_argument("--shapes", action="store_true", help="one row per operator and input shapes")
     args = parser.parse_intermixed_args()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line: give it none
     torch.set_num_threads(1)
@@ -73,12 +75,13 @@ def main() -> None:
 
     step(batches[0])
     start = time.process_time()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=args.shapes) as prof:
         for interaction in batches[1:]:
             step(interaction)
     seconds = (time.process_time() - start) / (len(batches) - 1)
     print(f"{args.model}: {seconds:.3f} CPU s per batch (profiler included), {len(batches) - 1} batches")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
+    print(prof.key_averages(group_by_input_shape=args.shapes).table(
+        sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40, max_shapes_column_width=70))
 
 
 if __name__ == "__main__":
