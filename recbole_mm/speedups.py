@@ -3,6 +3,9 @@ time and memory (each pinned to the computation it replaces in tests/test_hot_pa
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 from recbole.evaluator import Collector as RecBoleCollector
 
@@ -265,6 +268,30 @@ def holds_large_tensors(model: torch.nn.Module) -> bool:
                for t in tensors if t.layout in (torch.strided, torch.sparse_coo))
 
 
+_GLIBC = None  # the C library through ctypes where it is glibc, else False (found on first use)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4  # malloc.h
+_GLIBC_MMAP_MAX_DEFAULT = 65536  # malloc.c: DEFAULT_MMAP_MAX
+_reusing = False  # reuse_freed_memory() is in force
+
+
+def _glibc():
+    global _GLIBC
+    if _GLIBC is None:
+        import ctypes
+        import ctypes.util
+        import sys
+
+        _GLIBC = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            except OSError:
+                libc = None
+            if libc is not None and hasattr(libc, "gnu_get_libc_version"):  # musl has a mallopt that does nothing
+                _GLIBC = libc
+    return _GLIBC
+
+
 def reuse_freed_memory() -> bool:
     """Have glibc's malloc serve large blocks from its heap and keep freed pages (``mallopt``: no mmap, a 2 GiB
     trim threshold), for the rest of the process; False where that is not glibc (nothing changed).
@@ -276,21 +303,36 @@ def reuse_freed_memory() -> bool:
     the next step's. Numbers are unchanged (only where memory comes from); peak RSS may grow by what the
     heap keeps between steps (TikTok BPR with it: 585 MiB, results/speed-mmrec-baaf657.md; without: 561 MiB,
     results/speed-mmrec-8b16234.md). recbole_mm's trainer calls it on CPU for models that
-    :func:`holds_large_tensors` (``reuse_freed_memory: True`` always, ``False`` never)."""
-    import ctypes
-    import ctypes.util
-    import sys
+    :func:`holds_large_tensors` (``reuse_freed_memory: True`` always, ``False`` never); evaluation maps its
+    large blocks again while it runs (:func:`large_blocks_mapped`)."""
+    global _reusing
+    libc = _glibc()
+    if not libc:
+        return False
+    _reusing = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    return _reusing
 
-    if not sys.platform.startswith("linux"):
-        return False
+
+@contextlib.contextmanager
+def large_blocks_mapped() -> Iterator[None]:
+    """While it runs, blocks of 32 MiB and more get their own mappings again (returned to the kernel when
+    freed), where :func:`reuse_freed_memory` had turned that off; nothing changes otherwise.
+
+    A full-sort evaluation allocates one ``[users, items]`` score matrix per batch while RecBole's loop still
+    holds the previous batch's. From the heap, the hole a freed matrix leaves rarely fits the next one (large
+    blocks are aligned), so the heap grows by a whole matrix: at the Electronics shape (4,096 users × 63,002
+    items, 1 GB per matrix) BPR's validation pass peaked at 3,622 MiB from the heap and at 2,670 MiB mapped.
+    Evaluation allocates few such blocks, so mapping them costs little."""
+    libc = _glibc() if _reusing else None
+    if not libc:
+        yield
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, GLIBC_MMAP_THRESHOLD_MAX)  # smaller blocks stay on the heap
+    libc.mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX_DEFAULT)
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # glibc only (musl has a mallopt that does nothing)
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # malloc.h
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+        yield
+    finally:
+        libc.mallopt(_M_MMAP_MAX, 0)
 
 
 _UNIFORM_DRAWS_BERNOULLI: bool | None = None

@@ -57,6 +57,29 @@ def test_evaluation_results_equal_recbole_collector(planted):
     assert trainer.evaluate(test, load_best_model=False) == ours
 
 
+@pytest.mark.parametrize("model_name", ["BPR", "VBPR"])  # RecBole's model and one of recbole_mm's
+def test_evaluation_frees_each_batch_of_scores_before_the_next(planted, model_name):
+    """The trainer's evaluate hands each batch's score matrix back before computing the next one (RecBole's
+    loop would hold two), with the results of one batch holding every user."""
+    root, config_dict = planted
+    results, returned = [], []
+    for users_per_batch in (3, 10_000):
+        config = make_config(model_name, "planted", config_dict={**config_dict, "seed": 5})
+        dataset = create_dataset(config)
+        config["eval_batch_size"] = users_per_batch * dataset.item_num
+        train, valid, _ = prepare_data(config, dataset)
+        model = _build_model(config, train)
+        trainer = make_trainer(config, model)
+        predict = model.full_sort_predict
+        model.full_sort_predict = lambda interaction: returned.append(predict(interaction)) or returned[-1]
+        results.append(trainer.evaluate(valid, load_best_model=False))
+        if users_per_batch == 3:
+            assert len(returned) > 2
+            assert all(s.untyped_storage().nbytes() == 0 for s in returned[:-1])
+            assert returned[-1].untyped_storage().nbytes() > 0  # the last one is freed by RecBole's loop ending
+    assert results[0] == results[1]
+
+
 def _five_steps_with_the_same_gradients(trainer, params: list, reference) -> None:
     """Five optimizer steps of the trainer's and the reference optimizer, fed the same random gradients."""
     g = torch.Generator().manual_seed(1)
@@ -385,6 +408,42 @@ def test_reuse_freed_memory_stops_page_faults_of_repeated_temporaries():
     if applied != "True":
         pytest.skip("not glibc")
     assert int(before) > 5 * 8000 and int(after) < int(before) / 20, out.stdout
+
+
+MAPPED_PROBE = """
+import resource, torch
+from recbole_mm.speedups import large_blocks_mapped, reuse_freed_memory
+
+def faults(mib):
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.empty(mib * 2**18).fill_(1.0)  # freed at once
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start
+
+with large_blocks_mapped():  # reuse is not on: nothing to undo
+    faults(64)
+applied = reuse_freed_memory()
+faults(64)  # the heap grows to hold one 64 MiB block
+with large_blocks_mapped():
+    inside = faults(256)  # larger than what the heap has free
+faults(256)  # the heap grows once more
+print(applied, inside, faults(256))
+"""
+
+
+def test_evaluation_maps_large_blocks_again_then_training_reuses_them():
+    """Under large_blocks_mapped (the trainer's evaluate), a large block that the heap's free space cannot hold
+    gets a fresh mapping, returned when freed, instead of growing the heap for good, though reuse_freed_memory is
+    on (256 MiB: 65k page faults each time; grown into the heap, once); after it the heap serves them again."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MAPPED_PROBE], capture_output=True, text=True, check=True,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "THP_MEM_ALLOC_ENABLE": "0"})
+    applied, inside, after = out.stdout.split()
+    if applied != "True":
+        pytest.skip("not glibc")
+    assert int(inside) > 4 * 65536 and int(after) < int(inside) / 20, out.stdout
 
 
 def test_freed_memory_reused_only_for_models_with_large_tables(planted, monkeypatch):
