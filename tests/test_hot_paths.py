@@ -379,6 +379,21 @@ def test_frozen_gume_keeps_its_fixed_features(planted):
     assert torch.equal(model.item_features("image"), dataset.item_features["image"])
 
 
+def _page_faults(probe: str) -> tuple[int, int]:
+    """The two page-fault counts a probe prints after whether reuse_freed_memory applied (in a fresh process:
+    malloc's settings last for the process); skips where it did not (not glibc)."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "THP_MEM_ALLOC_ENABLE": "0"})
+    applied, first, second = out.stdout.split()
+    if applied != "True":
+        pytest.skip("not glibc")
+    return int(first), int(second)
+
+
 REUSE_PROBE = """
 import resource, sys, torch
 from recbole_mm.speedups import reuse_freed_memory
@@ -399,15 +414,8 @@ print(applied, before, faults())
 def test_reuse_freed_memory_stops_page_faults_of_repeated_temporaries():
     """glibc's default maps fresh pages for every 64 MiB temporary (16k page faults each); after
     reuse_freed_memory the next ones reuse the freed pages."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", REUSE_PROBE], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "THP_MEM_ALLOC_ENABLE": "0"})
-    applied, before, after = out.stdout.split()
-    if applied != "True":
-        pytest.skip("not glibc")
-    assert int(before) > 5 * 8000 and int(after) < int(before) / 20, out.stdout
+    before, after = _page_faults(REUSE_PROBE)
+    assert before > 5 * 8000 and after < before / 20, (before, after)
 
 
 MAPPED_PROBE = """
@@ -435,15 +443,8 @@ def test_evaluation_maps_large_blocks_again_then_training_reuses_them():
     """Under large_blocks_mapped (the trainer's evaluate), a large block that the heap's free space cannot hold
     gets a fresh mapping, returned when freed, instead of growing the heap for good, though reuse_freed_memory is
     on (256 MiB: 65k page faults each time; grown into the heap, once); after it the heap serves them again."""
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-c", MAPPED_PROBE], capture_output=True, text=True, check=True,
-                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1", "THP_MEM_ALLOC_ENABLE": "0"})
-    applied, inside, after = out.stdout.split()
-    if applied != "True":
-        pytest.skip("not glibc")
-    assert int(inside) > 4 * 65536 and int(after) < int(inside) / 20, out.stdout
+    inside, after = _page_faults(MAPPED_PROBE)
+    assert inside > 4 * 65536 and after < inside / 20, (inside, after)
 
 
 def test_freed_memory_reused_only_for_models_with_large_tables(planted, monkeypatch):
