@@ -401,3 +401,78 @@ def test_the_pairs_plan_runs_tiktok_plans_runs_key_for_key():
     for label, run in pairs["runs"].items():
         assert run == full["runs"][label], label
     assert pairs["reference"] in pairs["runs"]
+
+
+KILLED_CELL = """
+import json, os, signal, sys
+import torch
+torch.set_num_threads(1)
+from recbole_mm import checkpoint
+from recbole_mm.benchmark.cells import run_cell
+
+config, kill_epoch = json.loads(sys.argv[1]), int(sys.argv[2])
+real_save = torch.save
+
+def save_then_die(state, f, *args, **kwargs):
+    if isinstance(state, dict) and state.get("epoch") == kill_epoch and ".last.pth" in getattr(f, "name", str(f)):
+        os.kill(os.getpid(), signal.SIGKILL)  # the session ends while the cell trains
+    return real_save(state, f, *args, **kwargs)
+
+checkpoint.torch.save = save_then_die
+run_cell("BPR", "planted", config)
+"""
+
+
+def test_a_killed_cell_resumes_from_its_last_epoch_to_the_same_result(tmp_path, monkeypatch):
+    """A benchmark cell killed part-way (the machine's session ended) continues from its last finished epoch in
+    its checkpoint folder the next time it runs, and ends as the uninterrupted cell does."""
+    import os
+    import signal
+
+    import torch
+
+    from conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "data"
+    write_planted_dataset(root)
+    config = planted_config(root, epochs=6, stopping_step=10, learning_rate=0.01, train_batch_size=128)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the killed subprocess: the same arithmetic
+    try:
+        whole = bench_cells.run_cell("BPR", "planted", {**config, "checkpoint_dir": str(tmp_path / "whole")})
+        cell_dir = tmp_path / "cell"
+        assert bench_cells.interrupted_checkpoint(str(cell_dir)) is None  # a new cell starts afresh
+        killed = subprocess.run([sys.executable, "-c", KILLED_CELL, json.dumps({**config, "checkpoint_dir": str(cell_dir)}),
+                                 "3"], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                                env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+        assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+        resume = bench_cells.interrupted_checkpoint(str(cell_dir))
+        assert resume is not None and torch.load(resume, weights_only=True)["epoch"] == 2
+        resumed = bench_cells.run_cell("BPR", "planted", {**config, "checkpoint_dir": str(cell_dir)})
+    finally:
+        torch.set_num_threads(threads)
+    assert whole["resumed_from"] is None and resumed["resumed_from"] == resume
+    assert resumed["test"] == whole["test"] and resumed["valid"] == whole["valid"]
+    assert resumed["best_epoch"] == whole["best_epoch"] and resumed["epochs"] == whole["epochs"] == 6
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in whole["history"]]
+
+
+def test_the_runner_gives_each_cell_its_own_checkpoint_folder(tmp_path, monkeypatch):
+    """Cells run with checkpoint_dir <the plan's checkpoint_dir, default <workdir>/saved>/benchmark-<cell key>
+    (where a killed one resumes); the key and the recorded config do not depend on it (a machine key)."""
+    seen = []
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess",
+                        lambda model, dataset, config, workdir, threads=None: seen.append((config, workdir))
+                        or {"failed": "not run in this test"})
+    root = tmp_path / "data"
+    write_planted_dataset(root)
+    plan = {"datasets": ["planted"], "seeds": [1], "runs": {"BPR": {"model": "BPR"}},
+            "config": planted_config(root, epochs=1)}
+    runner = bench_runner.Runner(tmp_path / "out", tmp_path, jobs=1)
+    runner._run(tmp_path / "out" / "planted.cells.json", runner.slots.enqueue((0,)), "BPR", plan["runs"]["BPR"], {}, 1,
+                plan, "planted")
+    [(config, workdir)] = seen
+    key = runner.key(plan, "planted", "BPR", {}, 1)
+    assert config["checkpoint_dir"] == str(Path(plan["config"]["checkpoint_dir"]) / f"benchmark-{key}")
+    assert "checkpoint_dir" in bench_cells.MACHINE_KEYS

@@ -249,16 +249,30 @@ def _digest_of_version(path: Path, mtime_ns: int, size: int) -> str | None:
 
 
 # ---- one cell, in a fresh process -------------------------------------------------------------------
+def interrupted_checkpoint(checkpoint_dir: str | None) -> str | None:
+    """The state a run killed in ``checkpoint_dir`` (a cell's own folder) left after its last finished epoch
+    (``<name>.last.pth``): the cell resumes from there, exactly (docs/checkpoints.md). None for a folder
+    without one (a new cell, or one killed in its first epoch)."""
+    from recbole_mm.trainer import LAST_SUFFIX
+
+    if not checkpoint_dir or not Path(checkpoint_dir).is_dir():
+        return None
+    last = sorted(Path(checkpoint_dir).glob(f"*{LAST_SUFFIX}"), key=lambda path: path.stat().st_mtime)
+    return str(last[-1]) if last else None
+
+
 def run_cell(model: str, dataset: str, config: dict) -> dict:
-    """Train and test one configuration; returns plain data for the cache."""
+    """Train and test one configuration; returns plain data for the cache. A run killed part-way in the
+    cell's checkpoint folder before is resumed from its last finished epoch (:func:`interrupted_checkpoint`)."""
     import recbole_mm
     from recbole_mm.checkpoint import config_to_plain
     from recbole_mm.evaluation import cell_fields
     from recbole_mm.trainer import median_epoch_seconds
 
     # The split is screened for leakage before training; per-user test metrics come back for the report's tests.
+    resume = interrupted_checkpoint(config.get("checkpoint_dir"))
     result = recbole_mm.run_recbole(model=model, dataset=dataset, config_dict=config, screen_leakage=True,
-                                    test_details=True)
+                                    test_details=True, resume=resume)
     history = result["history"]
     train_seconds, eval_seconds = median_epoch_seconds(history)
     return {
@@ -273,6 +287,7 @@ def run_cell(model: str, dataset: str, config: dict) -> dict:
         "parameters": result["n_parameters"],
         "history": history,
         "checkpoint": result["saved_model_file"],
+        "resumed_from": resume,  # the killed run's checkpoint this one continued (its history holds all epochs)
         "config": portable_config(config_to_plain(result["config"])),
         "code": {**code_version(), "files": files_ran(model)},
         "leakage": result["leakage"],

@@ -210,10 +210,15 @@ class Runner:
         with self.slots.hold(ticket):
             with self.print_lock:
                 print(f"[{dataset}] {label} {point or ''} seed {seed}", flush=True)
-            # RecBole's log/ and log_tensorboard/ of a cell go under --out (log_dir), not the working directory.
-            result = _run_in_subprocess(run["model"], dataset, {**cell_config(plan, run, point, seed),
-                                                                "log_dir": str(self.out)}, self.workdir, self.threads)
-        key = self.key(plan, dataset, label, point, seed)
+            key = self.key(plan, dataset, label, point, seed)
+            config = cell_config(plan, run, point, seed)
+            # RecBole's log/ and log_tensorboard/ of a cell go under --out (log_dir), not the working directory;
+            # its checkpoints into a folder of its own, so that a cell killed part-way resumes from its last
+            # epoch when the benchmark runs again (benchmark_cells.interrupted_checkpoint).
+            checkpoints = Path(self.workdir) / config.get("checkpoint_dir", "saved") / f"benchmark-{key}"
+            result = _run_in_subprocess(run["model"], dataset, {**config, "log_dir": str(self.out),
+                                                                "checkpoint_dir": str(checkpoints)},
+                                        self.workdir, self.threads)
         from recbole_mm.evaluation import store_per_user
 
         result = store_per_user(result, self.out, f"{dataset}.per-user/{key}.npz")
