@@ -313,6 +313,19 @@ def reuse_freed_memory() -> bool:
     return _reusing
 
 
+def release_free_heap() -> None:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
+
+    A training step frees many mid-sized tensors that glibc keeps in its heap rather than returning;
+    evaluation then allocates its score matrices on top of them, so the process's peak holds both.
+    Trimming at the switch between the two lowers the peak without touching any result (measured by
+    ``benchmarks/gume_cost.py memory``; the models call it when they switch between training and evaluation).
+    """
+    libc = _glibc()
+    if libc:
+        libc.malloc_trim(0)
+
+
 @contextlib.contextmanager
 def large_blocks_mapped() -> Iterator[None]:
     """While it runs, blocks of 32 MiB and more get their own mappings again (returned to the kernel when

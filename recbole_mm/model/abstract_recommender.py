@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 from typing import Callable, Sequence
 
 import torch
@@ -15,6 +14,7 @@ from recbole_mm.errors import DataError, RecBoleMMError
 from recbole_mm.model.graphs import (KNN_BACKENDS, csr_pair, csr_rows, graph_from_neighbours, knn_neighbours,
                                     sparse_matmul)
 from recbole_mm.model.losses import dot_bpr_loss
+from recbole_mm.speedups import release_free_heap
 
 
 FEATURE_NORMS = ("none", "l2", "standard")
@@ -47,27 +47,6 @@ def normalize_features(features: torch.Tensor, how: str) -> torch.Tensor:
         items = (items - items.mean(dim=0)) / items.std(dim=0).clamp_min(1e-8)
     return torch.cat([torch.zeros_like(features[:1]), items])
 
-
-def release_free_heap() -> None:
-    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; a no-op elsewhere).
-
-    A training step frees many mid-sized tensors that glibc keeps in its heap rather than returning;
-    evaluation then allocates its score matrices on top of them, so the process's peak holds both.
-    Trimming at the switch between the two lowers the peak without touching any result (measured by
-    ``benchmarks/gume_cost.py memory``).
-    """
-    global _LIBC
-    if _LIBC is None:
-        try:
-            _LIBC = ctypes.CDLL("libc.so.6")
-            _LIBC.malloc_trim  # noqa: B018 (absent outside glibc)
-        except (OSError, AttributeError):
-            _LIBC = False
-    if _LIBC:
-        _LIBC.malloc_trim(0)
-
-
-_LIBC = None
 
 # Widths up to this take exact principal components (an eigendecomposition of the covariance); wider
 # tables (e.g. 4096-d CNN features) a randomized SVD, whose covariance would cost width² · items.
