@@ -13,7 +13,7 @@
 - A full-sort evaluation holds one ``[users, items]`` score matrix at a time instead of RecBole's two (the
   previous batch's goes back before the next is computed), with large blocks mapped while it runs
   (:func:`recbole_mm.speedups.large_blocks_mapped`): LightGCN's validation pass at the Electronics shape
-  peaked 9.3 GiB, now 2.7 GiB (results/scale.md), with the same results.
+  peaked 9.3 GiB, now 2.7 GiB (``benchmarks/electronics.py --models LightGCN``), with the same results.
 
 The Config hook (model and dataset yaml files, settings read as data) is :mod:`recbole_mm.registry`'s.
 :mod:`recbole_mm.plugin` installs these when RecBole is first imported.

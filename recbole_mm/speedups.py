@@ -334,7 +334,9 @@ def large_blocks_mapped() -> Iterator[None]:
     A full-sort evaluation allocates one ``[users, items]`` score matrix per batch while RecBole's loop still
     holds the previous batch's. From the heap, the hole a freed matrix leaves rarely fits the next one (large
     blocks are aligned), so the heap grows by a whole matrix: at the Electronics shape (4,096 users × 63,002
-    items, 1 GB per matrix) BPR's validation pass peaked at 3,622 MiB from the heap and at 2,670 MiB mapped.
+    items, 1 GB per matrix) LightGCN's validation pass peaked at 9,529 MiB from the heap and at 3,674 MiB
+    mapped (`python benchmarks/electronics.py --data-path <elec> --models LightGCN --threads 1 --batches 30`;
+    2,785 MiB once the previous batch's scores also go first, recbole_mm.hooks).
     Evaluation allocates few such blocks, so mapping them costs little."""
     libc = _glibc() if _reusing else None
     if not libc:
