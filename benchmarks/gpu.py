@@ -12,11 +12,21 @@ Recall@20) and save the best checkpoint; each checkpoint is then loaded in a CPU
 columns are results/tiktok.csv's three-seed means ± std (their command is in results/tiktok.md).
 ``baby`` = the shipped Amazon-Baby interactions with generated 4096-d/384-d features (cost, not accuracy).
 Without a GPU it exits with status 2 and writes nothing.
+
+    python benchmarks/gpu.py --every-model --out results/gpu-models.md   # every model, one epoch, ~2 min
+
+``--every-model`` instead trains every model recbole_mm registers (and RecBole's BPR and LightGCN) on TikTok on
+CUDA for ``--epochs`` epochs with the dataset's settings, ``--jobs`` processes at once (so its seconds are
+under contention: a check that each model runs on a GPU and what it costs there, not a timing table), and
+writes one row per model: the epochs' losses, validation and test Recall@20, peak GPU memory, or the last
+line of the error. ``--cpu`` runs either mode on the CPU instead (checks this script without a GPU; the
+report says which device ran).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import csv
 import json
 import os
@@ -46,7 +56,8 @@ def reload_on_cpu(checkpoint: str) -> dict:
 
 
 def run_reload(checkpoint: str) -> dict:
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(speed.REPO)}
+    outer = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join([str(speed.REPO), *outer])}
     with tempfile.TemporaryDirectory(prefix="gpu-reload-") as cwd:
         out = subprocess.run([sys.executable, __file__, "--reload", checkpoint], capture_output=True, text=True,
                              env=env, cwd=cwd, check=False)
@@ -77,7 +88,7 @@ def _n(value, digits: int = 2) -> str:
 
 def format_report(cells: list[dict], baby: list[dict], reference: dict, command: str, meta: dict,
                   skipped: list[str]) -> str:
-    gpu = next((c.get("device_name") for c in cells + baby if c.get("device_name")), "?")
+    gpu = next((c.get("device_name") or c.get("device") for c in cells + baby if "failed" not in c), "?")
     state = meta["checkout"]
     lines = ["# GPU runs", "", f"Made by `{command}` on **{gpu}** ({meta['torch']}, CUDA {meta['cuda']}), "
              f"{meta['date']}, commit `{state['commit'][:12]}`{' (dirty)' if state.get('dirty') else ''}.", "",
@@ -121,6 +132,67 @@ def format_report(cells: list[dict], baby: list[dict], reference: dict, command:
     return "\n".join(lines) + "\n"
 
 
+def every_model() -> list[str]:
+    """RecBole's BPR and LightGCN, then every model recbole_mm registers, in registry order."""
+    sys.path.insert(0, str(speed.REPO))
+    from recbole_mm.registry import PLUGIN_MODELS
+
+    return ["BPR", "LightGCN", *PLUGIN_MODELS]
+
+
+def run_every_model(models: list[str], epochs: int, jobs: int, gpu_id: str, done=None) -> list[dict]:
+    """One TikTok cell per model, ``jobs`` fresh processes at once, the cores split between them;
+    ``done(cells so far, in model order)`` after each."""
+    threads = max(1, speed.thread_count("all") // jobs)
+    requests = [{"bench_dataset": "tiktok", "dataset": "tiktok", "model": model, "threads": threads,
+                 "epochs": epochs, "config": {"gpu_id": gpu_id}} for model in models]
+
+    def run(request: dict) -> dict:
+        cell = speed.run_cell_process(request, speed.REPO)
+        print(f"  {request['model']}: " + (f"failed: {cell['failed']}" if "failed" in cell else
+                                            f"loss {cell['train_loss']}, {cell.get('device')}"), flush=True)
+        return cell
+
+    cells: dict[int, dict] = {}
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        futures = {pool.submit(run, request): i for i, request in enumerate(requests)}
+        for future in concurrent.futures.as_completed(futures):
+            cells[futures[future]] = future.result()
+            if done is not None:
+                done([cells[i] for i in sorted(cells)])
+    return [cells[i] for i in range(len(requests))]
+
+
+def format_every_model(cells: list[dict], command: str, meta: dict, jobs: int, epochs: int,
+                       total: int | None = None) -> str:
+    total = len(cells) if total is None else total
+    device = next((c.get("device_name") or c.get("device") for c in cells if "failed" not in c), "?")
+    state = meta["checkout"]
+    failed = [c["model"] for c in cells if "failed" in c]
+    lines = ["# Every model on the GPU", "", f"Made by `{command}` on **{device}** ({meta['torch']}, CUDA "
+             f"{meta['cuda']}), {meta['date']}, commit `{state['commit'][:12]}`"
+             f"{' (dirty)' if state.get('dirty') else ''}.", "",
+             f"TikTok with dataset_configs/tiktok.yaml's settings for each model, seed 999, {epochs} epoch(s), each "
+             f"followed by a full-sort validation pass, then the test split. {jobs} processes ran at once, so the "
+             "seconds are under contention (a check that each model runs here and what it costs, not a timing "
+             "table: results/gpu.md times four models alone). Peak GPU: `torch.cuda.max_memory_allocated`.", "",
+             f"{len(cells) - len(failed)} of {total} models ran" + (f"; failed: {', '.join(failed)}." if failed
+                                                                          else "."), "",
+             "| model | device | training loss per epoch | valid recall@20 | test recall@20 | s/epoch | s/eval "
+             "| peak GPU MiB | peak RSS MiB |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for cell in cells:
+        if "failed" in cell:
+            lines.append(f"| {cell['model']} | failed: {cell['failed']} |" + " |" * 7)
+            continue
+        losses = ", ".join(f"{loss:.4f}" for loss in cell["train_loss"])
+        valid = cell["valid_score"][-1] if cell["valid_score"] else None
+        lines.append(f"| {cell['model']} | {cell['device']} | {losses} | {_n(valid, 4)} | "
+                     f"{_n(cell['test'].get('recall@20'), 4)} | {_n(cell['train_seconds'])} | "
+                     f"{_n(cell['eval_seconds'], 3)} | {_n(cell.get('peak_cuda_mib'), 0)} | "
+                     f"{_n(cell['peak_rss_mib'], 0)} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=speed.MODELS)
@@ -129,6 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget-minutes", type=float, default=8.0,
                         help="start no new run after this many minutes (the report lists what was skipped)")
     parser.add_argument("--out", default=str(speed.REPO / "results" / "gpu.md"))
+    parser.add_argument("--every-model", action="store_true",
+                        help="train every registered model for --epochs epochs instead (a check, not a timing table)")
+    parser.add_argument("--epochs", type=int, default=1, help="--every-model: epochs per model")
+    parser.add_argument("--jobs", type=int, default=4, help="--every-model: processes at once")
+    parser.add_argument("--commit", help="the commit a checkout without .git (a copied tree) was copied from, "
+                        "for the report's header")
+    parser.add_argument("--cpu", action="store_true", help="run on the CPU (checks this script without a GPU)")
     parser.add_argument("--reload", help=argparse.SUPPRESS)  # internal: test a checkpoint on CPU
     args = parser.parse_args(argv)
     if args.reload:
@@ -137,7 +216,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    if not torch.cuda.is_available():
+    if not args.cpu and not torch.cuda.is_available():
         print("benchmarks/gpu.py: no CUDA device (torch.cuda.is_available() is False; torch "
               f"{torch.__version__}); run it on a machine with an NVIDIA GPU and a CUDA build of torch",
               file=sys.stderr)
@@ -145,6 +224,19 @@ def main(argv: list[str] | None = None) -> None:
     start = time.monotonic()
     command = "python benchmarks/gpu.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     meta = {**speed.machine(), "checkout": speed.git_state(speed.REPO), "cuda": torch.version.cuda}
+    if args.commit and meta["checkout"]["commit"] == "unknown":
+        meta["checkout"].update(commit=args.commit, dirty=False)
+    gpu_id = "" if args.cpu else "0"
+    if args.every_model:
+        models = every_model() if args.models == speed.MODELS else args.models
+        out = Path(args.out if args.out != parser.get_default("out") else speed.REPO / "results" / "gpu-models.md")
+
+        def write(cells: list[dict]) -> None:  # after every cell: a run cut short still leaves its rows
+            out.write_text(format_every_model(cells, command, meta, args.jobs, args.epochs, len(models)))
+
+        write(run_every_model(models, args.epochs, args.jobs, gpu_id, done=write))
+        print(f"wrote {out} in {(time.monotonic() - start) / 60:.1f} min")
+        return
     threads = speed.thread_count("all")
     skipped: list[str] = []
 
@@ -155,18 +247,25 @@ def main(argv: list[str] | None = None) -> None:
         return False
 
     cells, baby = [], []
+    reference = cpu_reference(speed.REPO / "results" / "tiktok.csv")
+    out = Path(args.out)
+
+    def write() -> None:  # after every cell: a run cut short still leaves what it measured
+        out.write_text(format_report(cells, baby, reference, command, meta, skipped))
+
     with tempfile.TemporaryDirectory(prefix="gpu-runs-") as work:
         for model in args.models:
             if over_budget(f"TikTok {model}"):
                 continue
             request = {"bench_dataset": "tiktok", "dataset": "tiktok", "model": model, "threads": threads,
                        "epochs": 1000, "saved": True,
-                       "config": {"gpu_id": "0", "stopping_step": 20, "checkpoint_dir": str(Path(work) / "saved")}}
-            print(f"TikTok {model} on CUDA to early stopping", flush=True)
+                       "config": {"gpu_id": gpu_id, "stopping_step": 20, "checkpoint_dir": str(Path(work) / "saved")}}
+            print(f"TikTok {model} on {'CPU' if args.cpu else 'CUDA'} to early stopping", flush=True)
             cell = speed.run_cell_process(request, speed.REPO)
             if "failed" not in cell and cell.get("checkpoint"):
                 cell["reload"] = run_reload(cell["checkpoint"])
             cells.append(cell)
+            write()
             print("  " + json.dumps({k: cell.get(k) for k in ("failed", "train_seconds", "best_epoch", "test")}),
                   flush=True)
         if not args.no_baby:
@@ -174,14 +273,13 @@ def main(argv: list[str] | None = None) -> None:
             for model in args.models:
                 if over_budget(f"Baby {model}"):
                     continue
-                config = {"data_path": str(generated), "gpu_id": "0", **speed.MODEL_SETTINGS.get(("baby", model), {})}
+                config = {"data_path": str(generated), "gpu_id": gpu_id, **speed.MODEL_SETTINGS.get(("baby", model), {})}
                 request = {"bench_dataset": "baby", "dataset": "amazon-baby", "model": model, "threads": threads,
                            "epochs": args.baby_epochs, "config": config}
-                print(f"Baby-shaped {model} on CUDA, {args.baby_epochs} epochs", flush=True)
+                print(f"Baby-shaped {model}, {args.baby_epochs} epochs", flush=True)
                 baby.append(speed.run_cell_process(request, speed.REPO))
-    reference = cpu_reference(speed.REPO / "results" / "tiktok.csv")
-    out = Path(args.out)
-    out.write_text(format_report(cells, baby, reference, command, meta, skipped))
+                write()
+    write()
     print(f"wrote {out} in {(time.monotonic() - start) / 60:.1f} min")
 
 

@@ -146,7 +146,10 @@ def dataset_request(dataset: str, generated: Path) -> tuple[str, dict]:
 def git_state(repo: Path) -> dict:
     """The commit, subject and dirty flag (tracked files modified) of a checkout."""
     def git(*args: str) -> str:
-        out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+        try:
+            out = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=False)
+        except OSError:  # no git on this machine (a copied tree on a GPU host): "unknown"
+            return ""
         return out.stdout.strip() if out.returncode == 0 else ""
 
     commit = git("rev-parse", "HEAD")
@@ -187,7 +190,10 @@ def cell_command(request: dict, repo: Path) -> tuple[list[str], dict]:
     ``recbole_mm`` from ``repo``, threads pinned."""
     n = request["threads"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(PYTHONPATH=str(repo), OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n),
+    # The checkout first; an outer PYTHONPATH after it (packages installed with --target, as on a machine
+    # whose site-packages cannot be written), never ahead of the checkout's recbole_mm.
+    outer = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env.update(PYTHONPATH=os.pathsep.join([str(repo), *outer]), OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n),
                OPENBLAS_NUM_THREADS=str(n))
     command = [sys.executable, str(HERE), "--cell", json.dumps(request)]
     if n == 1 and shutil.which("taskset"):
