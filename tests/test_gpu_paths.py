@@ -79,3 +79,23 @@ def test_gpu_report_compares_with_cpu_reference():
                              meta, ["Baby GUME"])
     assert "**NVIDIA H200**" in text and "| GUME | 60 | 40 | 0.50 | 0.050 | 900 | 2000 | 0.1052 |" in text
     assert "| yes |" in text and "| 0.1051 |" in text and "failed: boom" in text and "Baby GUME" in text
+
+
+def test_every_model_report_lists_failures_and_rows():
+    gpu = _gpu_module()
+    ok = {"model": "GUME", "device": "cuda:0", "device_name": "NVIDIA H200", "train_loss": [0.69, 0.5],
+          "valid_score": [0.05, 0.061], "test": {"recall@20": 0.0612}, "train_seconds": 0.4, "eval_seconds": 0.02,
+          "peak_cuda_mib": 812.0, "peak_rss_mib": 1500.0}
+    meta = {"checkout": {"commit": "a" * 40, "dirty": False}, "torch": "2", "cuda": "13", "date": "today"}
+    text = gpu.format_every_model([ok, {"model": "DiffMM", "failed": "RuntimeError: boom"}], "cmd", meta, jobs=4,
+                                  epochs=2, total=3)
+    assert "**NVIDIA H200**" in text and "1 of 3 models ran; failed: DiffMM." in text
+    assert "| GUME | cuda:0 | 0.6900, 0.5000 | 0.0610 | 0.0612 | 0.40 | 0.020 | 812 | 1500 |" in text
+    assert "| DiffMM | failed: RuntimeError: boom |" in text
+
+
+def test_every_model_covers_the_registry():
+    from recbole_mm.registry import PLUGIN_MODELS
+
+    models = _gpu_module().every_model()
+    assert models[:2] == ["BPR", "LightGCN"] and set(models[2:]) == set(PLUGIN_MODELS)
