@@ -108,9 +108,15 @@ def info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float,
 
 def dot_info_nce(anchors: torch.Tensor, positives: torch.Tensor, temperature: float) -> torch.Tensor:
     """mean_n -log softmax_m(a_n·b_m/τ)[n] on raw dot products (no normalisation): row n of ``positives`` is
-    the positive of anchor n, the other rows in-batch negatives (SLMRec's fine-and-coarse spaces)."""
-    logits = anchors @ positives.T / temperature
-    return F.cross_entropy(logits, torch.arange(len(anchors), device=anchors.device))
+    the positive of anchor n, the other rows in-batch negatives (SLMRec's fine-and-coarse spaces).
+
+    Computed as mean_n [logsumexp_m(a_n·b_m/τ) − a_n·b_n/τ] through :class:`_MeanLogSumExp` (gradients
+    formed in forward, cache-sized blocks): the same function as cross-entropy over the n×n logits up to float
+    rounding (3e-8 relative on SLMRec's TikTok losses), without the logits, their log-softmax and its n×n
+    gradient, which at batch 2048 were a third of SLMRec's step."""
+    scaled = anchors / temperature
+    return (_MeanLogSumExp.apply(scaled, positives, float("inf"), None)
+            - (scaled * positives).sum(dim=1).mean())
 
 
 def candidate_nce(anchors: torch.Tensor, positives: torch.Tensor, candidates: torch.Tensor,
