@@ -392,6 +392,27 @@ def test_report_only_runs_nothing_and_matches_cells_by_their_settings(tmp_path, 
     assert "at commit old" in md.read_text()
 
 
+def test_a_report_from_a_partial_grid_says_which_points_ran(tmp_path, monkeypatch):
+    def fake_run(model, dataset, config, workdir, threads=None):
+        return {**fake_cell(valid=config["reg_weight"], test=0.1), "config": {"model": model, "dataset": dataset, **config}}
+
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", fake_run)
+    monkeypatch.setattr(bench_cells, "resolve_config", lambda model, dataset, config: {"model": model, "dataset": dataset, **config})
+    plan = {"datasets": ["d"], "seeds": [1], "runs": {"M": {"model": "M", "grid": {"reg_weight": [0.1, 0.2]}}}}
+    bench_runner.Runner(tmp_path, tmp_path).run_plans([plan])
+    # The plan gains a grid point and a run whose points never ran; the report runs nothing.
+    plan["runs"]["M"]["grid"]["reg_weight"].append(0.3)
+    plan["runs"]["N"] = {"model": "N", "grid": {"reg_weight": [0.1, 0.2]}}
+    monkeypatch.setattr(bench_runner, "_run_in_subprocess", lambda *a, **k: pytest.fail("report-only ran a cell"))
+    chosen = bench_runner.Runner(tmp_path, tmp_path, report_only=True).run_plans([plan])["d"]
+    assert chosen["M"]["point"] == {"reg_weight": 0.2}
+    assert chosen["M"]["chosen_by"].endswith("among the 2 of 3 grid points that ran (1 not run or failed)")
+    assert chosen["N"]["chosen_by"].startswith("none yet: no grid point of 2 has run")
+    text = bench_report.write_tables("d", chosen, [1], tmp_path, [])[0].read_text()
+    assert "→ {'reg_weight': 0.2}: chosen on validation among the 2 of 3 points that ran" in text
+    assert "→ none chosen yet (no point has run)" in text
+
+
 def test_the_pairs_plan_runs_tiktok_plans_runs_key_for_key():
     """benchmarks/tiktok-pairs.yaml reports from tiktok.yaml's cached cells: its runs must be the same settings."""
     root = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -175,6 +175,10 @@ def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images
     configs: dict = {}
     for label, entry in chosen.items():
         grid = f", grid {entry['grid']} → chose {entry['point']} on validation" if entry["grid"] else ""
+        if entry["grid"] and entry.get("grid_ran", entry.get("grid_size")) != entry.get("grid_size"):
+            grid = (f", grid {entry['grid']} → {entry['point']}: chosen on validation among the {entry['grid_ran']} "
+                    f"of {entry['grid_size']} points that ran" if entry["grid_ran"] else
+                    f", grid {entry['grid']} → none chosen yet (no point has run)")
         if entry.get("search"):
             grid = (f", search {json.dumps(entry['search'], sort_keys=True)} ({entry.get('trials')} trials) → chose "
                     f"{entry['point']} on validation")

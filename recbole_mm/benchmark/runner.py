@@ -76,6 +76,15 @@ def _run_in_subprocess(model: str, dataset: str, config: dict, workdir: Path, th
 
 
 
+def grid_choice(metric: str, seed: int, ran: int, size: int) -> str:
+    """How a grid point was chosen, saying so when some points have not run (a report from a partial cache)."""
+    if ran == size:
+        return f"best valid {metric} of seed {seed} among {size} grid points"
+    if ran == 0:
+        return f"none yet: no grid point of {size} has run (the first is shown)"
+    return f"best valid {metric} of seed {seed} among the {ran} of {size} grid points that ran ({size - ran} not run or failed)"
+
+
 class Runner:
     """Runs the missing cells of benchmark plans, ``jobs`` at a time, into the per-dataset caches."""
 
@@ -122,8 +131,8 @@ class Runner:
         tried = [self._cell(cells, plan, dataset, label, p, seeds[0]) for p in points if p != point]
         final = [self._cell(cells, plan, dataset, label, point, s) for s in seeds]
         return {"point": point, "grid": run.get("grid"), "model": run["model"], "seeds": seeds,
-                "cells": final, "grid_cells": tried,
-                "chosen_by": f"best valid {valid_metric(final + tried)} of seed {seeds[0]} among {len(points)} grid points"
+                "cells": final, "grid_cells": tried, "grid_ran": len(ok), "grid_size": len(points),
+                "chosen_by": grid_choice(valid_metric(final + tried), seeds[0], len(ok), len(points))
                 if len(points) > 1 else None}
 
     def _search_label(self, plan: dict, dataset: str, label: str, priority: tuple) -> dict:
