@@ -56,8 +56,7 @@ def reload_on_cpu(checkpoint: str) -> dict:
 
 
 def run_reload(checkpoint: str) -> dict:
-    outer = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join([str(speed.REPO), *outer])}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": speed.pythonpath(speed.REPO)}
     with tempfile.TemporaryDirectory(prefix="gpu-reload-") as cwd:
         out = subprocess.run([sys.executable, __file__, "--reload", checkpoint], capture_output=True, text=True,
                              env=env, cwd=cwd, check=False)

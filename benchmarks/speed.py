@@ -185,15 +185,19 @@ def thread_count(threads: str) -> int:
     return len(os.sched_getaffinity(0)) if threads == "all" else int(threads)
 
 
+def pythonpath(repo: Path) -> str:
+    """``repo`` first, then an outer PYTHONPATH (packages installed with --target, as on a machine whose
+    site-packages cannot be written), never ahead of the checkout's recbole_mm."""
+    outer = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return os.pathsep.join([str(repo), *outer])
+
+
 def cell_command(request: dict, repo: Path) -> tuple[list[str], dict]:
     """The command line and environment of one cell: this script's ``--cell`` mode, importing
     ``recbole_mm`` from ``repo``, threads pinned."""
     n = request["threads"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    # The checkout first; an outer PYTHONPATH after it (packages installed with --target, as on a machine
-    # whose site-packages cannot be written), never ahead of the checkout's recbole_mm.
-    outer = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env.update(PYTHONPATH=os.pathsep.join([str(repo), *outer]), OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n),
+    env.update(PYTHONPATH=pythonpath(repo), OMP_NUM_THREADS=str(n), MKL_NUM_THREADS=str(n),
                OPENBLAS_NUM_THREADS=str(n))
     command = [sys.executable, str(HERE), "--cell", json.dumps(request)]
     if n == 1 and shutil.which("taskset"):
