@@ -467,3 +467,21 @@ def test_freed_memory_reused_only_for_models_with_large_tables(planted, monkeypa
         assert holds_large_tensors(model) == large
         make_trainer(config, model)
         assert len(calls) == expected, (setting, large)
+
+
+def test_an_evaluation_pass_hands_its_forward_temporaries_back_before_scoring(monkeypatch):
+    """GraphRecommender.cached trims the heap once after computing an evaluation pass's forward (the forward's
+    freed blocks would otherwise sit under the score matrices), and never per training step."""
+    from recbole_mm.model import abstract_recommender
+
+    calls = []
+    monkeypatch.setattr(abstract_recommender, "release_free_heap", lambda: calls.append(1))
+    model = abstract_recommender.GraphRecommender.__new__(abstract_recommender.GraphRecommender)
+    torch.nn.Module.__init__(model)
+    model._cache = {}
+    model.training = True
+    assert model.cached("o", lambda: torch.ones(2)).sum() == 2 and calls == []
+    model.training = False
+    model.cached("o", lambda: torch.ones(2))
+    model.cached("o", lambda: torch.zeros(2))  # the pass's value, computed once
+    assert calls == [1] and model.cached("o", lambda: torch.zeros(2)).sum() == 2
