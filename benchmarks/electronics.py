@@ -42,6 +42,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 import yaml
 
@@ -100,6 +101,49 @@ class FirstBatches:
 
 
 # ---- one cell (its own process) --------------------------------------------------------------------
+PHASES = ("dataset", "features", "loaders", "build", "first_batch", "train", "eval")
+
+
+def cell_phases(model_name: str, config_dict: dict, batches: int, evaluate: bool = True,
+                dataset: str = make_shaped.ELECTRONICS_NAME) -> Iterator[tuple[str, dict]]:
+    """The steps of one cell, in this process, yielding ``(phase, state)`` after each of :data:`PHASES` (``eval``
+    only with ``evaluate``), so that a caller measures what it needs between them (this script: seconds and
+    peak after load, build, first batch, train, eval; ``memory_phases.py``: resident memory after each).
+    ``state`` holds what exists so far: config, dataset, train_data, valid_data, model, trainer, batches (the
+    timed ``FirstBatches``), loss, result."""
+    from recbole.utils import get_model, init_logger, init_seed
+
+    from recbole_mm.quick_start import create_dataset, make_config, make_trainer, needs_item_features, prepare_data
+
+    state: dict = {"config": make_config(model_name, dataset, config_dict=config_dict)}
+    config = state["config"]
+    init_seed(config["seed"], config["reproducibility"])
+    state["dataset"] = create_dataset(config)
+    yield "dataset", state
+    if needs_item_features(config):
+        _ = state["dataset"].item_features  # read and check the feature files now (as run_recbole does)
+    yield "features", state
+    init_logger(config)
+    state["train_data"], state["valid_data"], _ = prepare_data(config, state["dataset"])
+    yield "loaders", state
+
+    init_seed(config["seed"], config["reproducibility"])
+    state["model"] = get_model(config["model"])(config, state["train_data"]._dataset).to(config["device"])
+    yield "build", state
+
+    trainer = state["trainer"] = make_trainer(config, state["model"])
+    # One batch first, timed on its own: it pays one-off costs (optimizer state, first allocations)
+    # that an epoch of hundreds of batches pays once, and would inflate a per-batch mean over few.
+    trainer._train_epoch(FirstBatches(state["train_data"], 1), 0, show_progress=False)
+    yield "first_batch", state
+    state["batches"] = FirstBatches(state["train_data"], batches)
+    state["loss"] = trainer._train_epoch(state["batches"], 1, show_progress=False)
+    yield "train", state
+    if evaluate:
+        state["result"] = trainer.evaluate(state["valid_data"], load_best_model=False, show_progress=False)
+        yield "eval", state
+
+
 def cell_main(request: dict) -> dict:
     """Inside the cell's process: load, build, train ``batches`` batches, evaluate once; plain data."""
     import resource
@@ -107,56 +151,30 @@ def cell_main(request: dict) -> dict:
     import torch
 
     torch.set_num_threads(request["threads"])
-    from recbole.utils import get_model, init_logger, init_seed
-
-    from recbole_mm.quick_start import create_dataset, make_config, make_trainer, needs_item_features, prepare_data
-
     phases: dict[str, dict] = {}
     mark = [time.perf_counter(), time.process_time()]
-
-    def phase(name: str) -> None:
+    state: dict = {}
+    for name, state in cell_phases(request["model"], request["config"], request["batches"],
+                                   request.get("evaluate", True), request["dataset"]):
+        if name in ("dataset", "features"):
+            continue  # timed with the loaders, as "load"
         wall, cpu = time.perf_counter(), time.process_time()
-        phases[name] = {"wall": wall - mark[0], "cpu": cpu - mark[1],
-                        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB
+        phases["load" if name == "loaders" else name] = {
+            "wall": wall - mark[0], "cpu": cpu - mark[1],
+            "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # KiB
         mark[:] = [wall, cpu]
-
-    config = make_config(request["model"], request["dataset"], config_dict=request["config"])
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    if needs_item_features(config):
-        _ = dataset.item_features  # read and check the feature files now (as run_recbole does)
-    init_logger(config)
-    train_data, valid_data, _ = prepare_data(config, dataset)
-    phase("load")
-
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    phase("build")
-
-    trainer = make_trainer(config, model)
-    # One batch first, timed on its own: it pays one-off costs (optimizer state, first allocations)
-    # that an epoch of hundreds of batches pays once, and would inflate a per-batch mean over few.
-    trainer._train_epoch(FirstBatches(train_data, 1), 0, show_progress=False)
-    phase("first_batch")
-    batches = FirstBatches(train_data, request["batches"])
-    loss = trainer._train_epoch(batches, 1, show_progress=False)
-    phase("train")
-
-    result = {}
-    if request.get("evaluate", True):
-        result = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
-        phase("eval")
+    dataset, model, loss = state["dataset"], state["model"], state["loss"]
     return {
         **request,
         "phases": phases,
-        "batches_timed": len(batches),
-        "batches_per_epoch": len(train_data),
-        "train_interactions": len(train_data.dataset),
-        "valid_users": len(getattr(valid_data, "uid_list", [])),
+        "batches_timed": len(state["batches"]),
+        "batches_per_epoch": len(state["train_data"]),
+        "train_interactions": len(state["train_data"].dataset),
+        "valid_users": len(getattr(state["valid_data"], "uid_list", [])),
         "users": dataset.user_num - 1, "items": dataset.item_num - 1, "interactions": len(dataset.inter_feat),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "train_loss": float(sum(loss) if isinstance(loss, tuple) else loss),
-        "valid": {k: float(v) for k, v in result.items()},
+        "valid": {k: float(v) for k, v in state.get("result", {}).items()},
         "torch_threads": torch.get_num_threads(),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

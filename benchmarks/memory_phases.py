@@ -8,9 +8,9 @@ a memory setting trades for it.
         reuse_freed_memory=False
 
 One process, one thread: ``benchmarks/electronics.py``'s cell settings for the label (``GUME``: its Electronics
-setting), ``key=value`` overrides on top, then the phases of that script's cell (config and dataset, the feature
-files, RecBole's loaders, the model's construction, one first training batch, ``--batches`` timed batches, one
-full-sort validation pass), each followed by a line with ``/proc/self/status``'s VmRSS (now), RssAnon, RssFile
+setting), ``key=value`` overrides on top, then the phases of that script's cell (``electronics.cell_phases``:
+config and dataset, the feature files, RecBole's loaders, the model's construction, one first training batch,
+``--batches`` timed batches, one full-sort validation pass), each followed by a line with ``/proc/self/status``'s VmRSS (now), RssAnon, RssFile
 and VmHWM (the peak so far), in MiB. Where ``electronics.py`` reads only the peak after each phase, this shows
 what each phase leaves resident, e.g. that reading a float64 feature file peaks while its mapped pages are held,
 or that the trainer's heap reuse (``reuse_freed_memory``) keeps freed blocks between steps.
@@ -28,7 +28,7 @@ HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parent.parent))
 sys.path.insert(0, str(HERE.parent))
 
-import electronics  # noqa: E402  (its cell settings, data-set config and FirstBatches)
+import electronics  # noqa: E402  (its cell settings, data-set config and the cell's phases)
 
 
 def resident() -> dict[str, float]:
@@ -53,38 +53,19 @@ def main() -> None:
     import yaml
 
     torch.set_num_threads(1)
-    from recbole.utils import get_model, init_logger, init_seed
-
-    from recbole_mm.quick_start import create_dataset, make_config, needs_item_features, prepare_data, make_trainer
-
     model_name, cell_settings = electronics.CELLS[args.label]
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}
-    config = make_config(model_name, electronics.make_shaped.ELECTRONICS_NAME,
-                         config_dict={**electronics.dataset_config(args.data_path), **cell_settings, **overrides})
-
-    def phase(name: str, **extra) -> None:
-        print(json.dumps({"phase": name, **{k: round(v) for k, v in resident().items()}, **extra}), flush=True)
-
-    init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    phase("dataset")
-    if needs_item_features(config):
-        _ = dataset.item_features
-    phase("features")
-    init_logger(config)
-    train_data, valid_data, _ = prepare_data(config, dataset)
-    phase("loaders")
-    init_seed(config["seed"], config["reproducibility"])
-    model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
-    phase("build")
-    trainer = make_trainer(config, model)
-    trainer._train_epoch(electronics.FirstBatches(train_data, 1), 0, show_progress=False)
-    phase("first batch")
-    start = time.process_time()
-    trainer._train_epoch(electronics.FirstBatches(train_data, args.batches), 1, show_progress=False)
-    phase(f"{args.batches} batches", cpu_seconds_per_batch=round((time.process_time() - start) / args.batches, 3))
-    trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
-    phase("validation pass")
+    config = {**electronics.dataset_config(args.data_path), **cell_settings, **overrides}
+    names = {"first_batch": "first batch", "train": f"{args.batches} batches", "eval": "validation pass"}
+    start = 0.0
+    for name, _ in electronics.cell_phases(model_name, config, args.batches):
+        extra = {}
+        if name == "first_batch":
+            start = time.process_time()
+        elif name == "train":
+            extra["cpu_seconds_per_batch"] = round((time.process_time() - start) / args.batches, 3)
+        print(json.dumps({"phase": names.get(name, name), **{k: round(v) for k, v in resident().items()}, **extra}),
+              flush=True)
 
 
 if __name__ == "__main__":

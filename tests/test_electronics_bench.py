@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -113,3 +114,22 @@ def test_benchmark_writes_its_rows_and_keeps_other_sections(tiny):
     text = out.read_text()
     assert text.count(electronics.BEGIN) == 1 and "knn rows" in text
     assert "| VBPR | | | | 1 | **failed**: killed by SIGKILL (out of memory?) |" in text
+
+
+@pytest.mark.slow
+def test_memory_phases_prints_each_phase_of_the_same_cell(tiny):
+    """benchmarks/memory_phases.py runs electronics.cell_phases: one line per phase, in order, with the memory
+    fields and the CPU seconds per timed batch; a key=value setting reaches the config (a bad one fails)."""
+    script = REPO / "benchmarks" / "memory_phases.py"
+    done = subprocess.run([sys.executable, str(script), "GUME", "--data-path", str(tiny), "--batches", "1",
+                           "reuse_freed_memory=False"], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    assert [line["phase"] for line in lines] == ["dataset", "features", "loaders", "build", "first batch",
+                                                 "1 batches", "validation pass"]
+    for line in lines:
+        assert line["VmHWM"] >= line["VmRSS"] > 0 and {"RssAnon", "RssFile"} <= set(line)
+    assert lines[5]["cpu_seconds_per_batch"] > 0
+    bad = subprocess.run([sys.executable, str(script), "GUME", "--data-path", str(tiny), "--batches", "1",
+                          "n_layers=-1"], capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode != 0 and "n_layers" in bad.stderr
