@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from recbole_mm.model import losses
-from recbole_mm.model.losses import dot_bpr_loss, neighbour_discrimination, perturb_blocks, symmetric_bernoulli_kl
+from recbole_mm.model.losses import (dot_bpr_loss, gaussian_alignment, neighbour_discrimination, perturb_blocks,
+                                    symmetric_bernoulli_kl)
 
 
 def test_dot_bpr_loss_by_hand():
@@ -113,3 +114,29 @@ def test_frobenius_norms_value_and_gradient_are_torchs_bit_for_bit(shape):
     weight = torch.tensor(0.37)
     for got, want in zip(torch.autograd.grad(ours * weight, tensors), torch.autograd.grad(plain * weight, tensors)):
         assert torch.equal(got, want)
+
+
+def test_gaussian_alignment_over_blocks_has_autograd_s_numbers_without_keeping_the_deviations():
+    """The block form's variance (losses._SquaredDeviations) gives bit for bit the loss and gradients of
+    ((block - mean) ** 2).sum() through autograd."""
+    torch.manual_seed(0)
+    blocks = [torch.randn(500, 64, requires_grad=True), torch.randn(120, 64, requires_grad=True),
+              torch.randn(500, 64, requires_grad=True), torch.randn(120, 64, requires_grad=True)]
+
+    def views():
+        return [(blocks[0] * 1.5, blocks[1] * 1.5), (blocks[2] * 0.5 + 1, blocks[3] * 0.5 + 1)]
+
+    def by_autograd(modalities):
+        stats = []
+        for parts in modalities:
+            count = sum(p.numel() for p in parts)
+            mean = sum(p.sum() for p in parts) / count
+            stats.append((mean, sum(((p - mean) ** 2).sum() for p in parts) / (count - 1)))
+        (mean_a, var_a), (mean_b, var_b) = stats
+        return torch.stack([(var_a - var_b).abs() + (mean_a - mean_b).abs()]).mean()
+
+    ours = gaussian_alignment(views())
+    theirs = by_autograd(views())
+    assert ours.item() == theirs.item()
+    for mine, reference in zip(torch.autograd.grad(ours, blocks), torch.autograd.grad(theirs, blocks)):
+        assert torch.equal(mine, reference)

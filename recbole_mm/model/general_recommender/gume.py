@@ -120,8 +120,9 @@ class GUME(MultiModalRecommender):
     def _extended(self, item_parts: list[torch.Tensor], rows: torch.Tensor | None = None) -> torch.Tensor:
         """H^ext = mean_m LG([P^m; X_I^m]), computed as LG(mean_m [P^m; X_I^m]): LightGCN is linear, so
         one propagation serves every modality (only its ``rows``, when given)."""
-        users = sum(self.extended_users[m] for m in self.modalities) / len(self.modalities)
-        return self.lightgcn(torch.cat([users, sum(item_parts) / len(item_parts)]), rows)
+        # No name for the mean of P^m: it would stay alive through the propagation, beside the concatenation.
+        return self.lightgcn(torch.cat([sum(self.extended_users[m] for m in self.modalities) / len(self.modalities),
+                                        sum(item_parts) / len(item_parts)]), rows)
 
     def _integrate(self, explicit: list[torch.Tensor], h_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Attribute separation and integration, row by row: (z, attention weights) for the given rows
