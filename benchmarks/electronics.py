@@ -101,14 +101,12 @@ class FirstBatches:
 
 
 # ---- one cell (its own process) --------------------------------------------------------------------
-PHASES = ("dataset", "features", "loaders", "build", "first_batch", "train", "eval")
-
-
 def cell_phases(model_name: str, config_dict: dict, batches: int, evaluate: bool = True,
                 dataset: str = make_shaped.ELECTRONICS_NAME) -> Iterator[tuple[str, dict]]:
-    """The steps of one cell, in this process, yielding ``(phase, state)`` after each of :data:`PHASES` (``eval``
-    only with ``evaluate``), so that a caller measures what it needs between them (this script: seconds and
-    peak after load, build, first batch, train, eval; ``memory_phases.py``: resident memory after each).
+    """The steps of one cell, in this process, yielding ``(phase, state)`` after each of dataset, features,
+    loaders, build, first_batch, train and eval (``eval`` only with ``evaluate``), so that a caller measures what
+    it needs between them (this script: seconds and peak after load, build, first batch, train, eval;
+    ``memory_phases.py``: resident memory after each).
     ``state`` holds what exists so far: config, dataset, train_data, valid_data, model, trainer, batches (the
     timed ``FirstBatches``), loss, result."""
     from recbole.utils import get_model, init_logger, init_seed

@@ -10,9 +10,10 @@ a memory setting trades for it.
 One process, one thread: ``benchmarks/electronics.py``'s cell settings for the label (``GUME``: its Electronics
 setting), ``key=value`` overrides on top, then the phases of that script's cell (``electronics.cell_phases``:
 config and dataset, the feature files, RecBole's loaders, the model's construction, one first training batch,
-``--batches`` timed batches, one full-sort validation pass), each followed by a line with ``/proc/self/status``'s VmRSS (now), RssAnon, RssFile
-and VmHWM (the peak so far), in MiB. Where ``electronics.py`` reads only the peak after each phase, this shows
-what each phase leaves resident, e.g. that reading a float64 feature file peaks while its mapped pages are held,
+``--batches`` timed batches, one full-sort validation pass), each followed by a line with
+``/proc/self/status``'s VmRSS (now), RssAnon, RssFile and VmHWM (the peak so far), in MiB. Where
+``electronics.py`` reads only the peak after each phase, this shows what each phase leaves resident, e.g. that
+reading a float64 feature file peaks while its mapped pages are held,
 or that the trainer's heap reuse (``reuse_freed_memory``) keeps freed blocks between steps.
 """
 

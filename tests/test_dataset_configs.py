@@ -13,10 +13,9 @@ from conftest import REPO
 
 DATASETS = sorted(p.stem for p in (REPO / "dataset_configs").glob("*.yaml"))
 # Models whose own yaml turns sampling off: a dataset config that turns it on must turn it off again for them.
-WITHOUT_NEGATIVES = sorted(
-    p.stem for p in (REPO / "properties" / "model").glob("*.yaml")
-    if "train_neg_sample_args" in (yaml.safe_load(p.read_text()) or {})
-    and (yaml.safe_load(p.read_text()) or {})["train_neg_sample_args"] is None)
+MODEL_DEFAULTS = {p.stem: yaml.safe_load(p.read_text()) or {} for p in (REPO / "properties" / "model").glob("*.yaml")}
+WITHOUT_NEGATIVES = sorted(model for model, defaults in MODEL_DEFAULTS.items()
+                           if "train_neg_sample_args" in defaults and defaults["train_neg_sample_args"] is None)
 
 
 def test_the_models_without_negatives_are_found():
