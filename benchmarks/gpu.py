@@ -91,8 +91,9 @@ def format_report(cells: list[dict], baby: list[dict], reference: dict, command:
     gpu = next((c.get("device_name") or c.get("device") for c in cells + baby if "failed" not in c), "?")
     state = meta["checkout"]
     lines = ["# GPU runs", "", f"Made by `{command}` on **{gpu}** ({meta['torch']}, CUDA {meta['cuda']}), "
-             f"{meta['date']}, commit `{state['commit'][:12]}`{' (dirty)' if state.get('dirty') else ''}.", "",
-             "TikTok, seed 999, to early stopping (patience 20 on valid Recall@20). s/epoch, s/eval: medians over "
+             f"{meta['date']}, commit `{state['commit'][:12]}`{' (dirty)' if state.get('dirty') else ''}."]
+    if cells:
+        lines += ["", "TikTok, seed 999, to early stopping (patience 20 on valid Recall@20). s/epoch, s/eval: medians over "
              "the run's epochs (recbole_mm's trainer history; eval = full-sort validation pass). Peak GPU: "
              "`torch.cuda.max_memory_allocated`. CPU columns: results/tiktok.csv (three seeds, mean ± std, "
              "one thread); \"within 2σ\" compares the GPU run's test Recall@20 with them. Reloaded on CPU: the "
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", nargs="+", default=speed.MODELS)
     parser.add_argument("--baby-epochs", type=int, default=3)
     parser.add_argument("--no-baby", action="store_true", help="skip the Baby-shaped epoch times")
+    parser.add_argument("--no-tiktok", action="store_true",
+                        help="skip the TikTok runs (the Baby-shaped epoch times alone, e.g. in a second device call)")
     parser.add_argument("--budget-minutes", type=float, default=8.0,
                         help="start no new run after this many minutes (the report lists what was skipped)")
     parser.add_argument("--out", default=str(speed.REPO / "results" / "gpu.md"))
@@ -254,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
         out.write_text(format_report(cells, baby, reference, command, meta, skipped))
 
     with tempfile.TemporaryDirectory(prefix="gpu-runs-") as work:
-        for model in args.models:
+        for model in [] if args.no_tiktok else args.models:
             if over_budget(f"TikTok {model}"):
                 continue
             request = {"bench_dataset": "tiktok", "dataset": "tiktok", "model": model, "threads": threads,
