@@ -208,8 +208,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="train every registered model for --epochs epochs instead (a check, not a timing table)")
     parser.add_argument("--epochs", type=int, default=1, help="--every-model: epochs per model")
     parser.add_argument("--jobs", type=int, default=4, help="--every-model: processes at once")
-    parser.add_argument("--commit", help="the commit a checkout without .git (a copied tree) was copied from, "
-                        "for the report's header")
+    parser.add_argument("--commit", help="the commit a copied tree was copied from, for the report's header "
+                        "(wins over the copy's own git state)")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU (checks this script without a GPU)")
     parser.add_argument("--reload", help=argparse.SUPPRESS)  # internal: test a checkpoint on CPU
     args = parser.parse_args(argv)
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.monotonic()
     command = "python benchmarks/gpu.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     meta = {**speed.machine(), "checkout": speed.git_state(speed.REPO), "cuda": torch.version.cuda}
-    if args.commit and meta["checkout"]["commit"] == "unknown":
+    if args.commit:  # the device's copy may carry the .git of an older commit than the tree it runs
         meta["checkout"].update(commit=args.commit, dirty=False)
     gpu_id = "" if args.cpu else "0"
     if args.every_model:
