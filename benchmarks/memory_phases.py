@@ -14,7 +14,9 @@ config and dataset, the feature files, RecBole's loaders, the model's constructi
 ``/proc/self/status``'s VmRSS (now), RssAnon, RssFile and VmHWM (the peak so far), in MiB. Where
 ``electronics.py`` reads only the peak after each phase, this shows what each phase leaves resident, e.g. that
 reading a float64 feature file peaks while its mapped pages are held,
-or that the trainer's heap reuse (``reuse_freed_memory``) keeps freed blocks between steps.
+or that the trainer's heap reuse (``reuse_freed_memory``) keeps freed blocks between steps. The timed batches'
+CPU and wall seconds per batch are on the line after them. With CUDA, RecBole's default ``gpu_id`` puts the cell
+on the GPU, and every line also has ``torch.cuda.max_memory_allocated`` (``cuda_peak_mib``).
 """
 
 from __future__ import annotations
@@ -58,13 +60,17 @@ def main() -> None:
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}
     config = {**electronics.dataset_config(args.data_path), **cell_settings, **overrides}
     names = {"first_batch": "first batch", "train": f"{args.batches} batches", "eval": "validation pass"}
-    start = 0.0
+    start = wall = 0.0
+    cuda = torch.cuda.is_available()  # RecBole's default gpu_id puts the cell on it: GPU memory and wall time too
     for name, _ in electronics.cell_phases(model_name, config, args.batches):
         extra = {}
         if name == "first_batch":
-            start = time.process_time()
+            start, wall = time.process_time(), time.perf_counter()
         elif name == "train":
             extra["cpu_seconds_per_batch"] = round((time.process_time() - start) / args.batches, 3)
+            extra["wall_seconds_per_batch"] = round((time.perf_counter() - wall) / args.batches, 3)
+        if cuda:
+            extra["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         print(json.dumps({"phase": names.get(name, name), **{k: round(v) for k, v in resident().items()}, **extra}),
               flush=True)
 
