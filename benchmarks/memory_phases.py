@@ -7,7 +7,7 @@ a memory setting trades for it.
     OMP_NUM_THREADS=1 python benchmarks/memory_phases.py GUME --data-path /tmp/elec knn_backend=faiss \\
         reuse_freed_memory=False
 
-One process, one thread: ``benchmarks/electronics.py``'s cell settings for the label (``GUME``: its Electronics
+One process, one thread (``--threads``): ``benchmarks/electronics.py``'s cell settings for the label (``GUME``: its Electronics
 setting), ``key=value`` overrides on top, then the phases of that script's cell (``electronics.cell_phases``:
 config and dataset, the feature files, RecBole's loaders, the model's construction, one first training batch,
 ``--batches`` timed batches, one full-sort validation pass), each followed by a line with
@@ -50,12 +50,14 @@ def main() -> None:
     parser.add_argument("settings", nargs="*", help="key=value (yaml values)")
     parser.add_argument("--data-path", type=Path, default=Path("/tmp/elec"))
     parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch's CPU threads (a GPU cell builds its kNN graphs on the CPU: give it the cores)")
     args = parser.parse_intermixed_args()
     sys.argv = sys.argv[:1]  # RecBole's Config reads --key=value from the command line: give it none
     import torch
     import yaml
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     model_name, cell_settings = electronics.CELLS[args.label]
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.settings)}
     config = {**electronics.dataset_config(args.data_path), **cell_settings, **overrides}
