@@ -58,6 +58,7 @@ BEGIN = "<!-- electronics.py: Electronics-shaped training (begin) -->"
 END = "<!-- electronics.py: Electronics-shaped training (end) -->"
 # label → (model, config). GUME: the Electronics row of the authors' per-dataset values (docs/gume.md
 # §2.7). MM-GEF: its paper's mean fusion needs modalities of equal width (4096 ≠ 384), as on Baby.
+_AMAZON_OVERRIDES = yaml.safe_load((REPO / "dataset_configs" / "amazon-baby.yaml").read_text())["model_overrides"]
 CELLS = {
     "GUME": ("GUME", {"n_layers": 1, "bm_temp": 0.2, "um_loss": 0.1, "um_temp": 0.2, "vt_loss": 0.1}),
     "GUME freeze_features": ("GUME", {"n_layers": 1, "bm_temp": 0.2, "um_loss": 0.1, "um_temp": 0.2, "vt_loss": 0.1,
@@ -65,6 +66,11 @@ CELLS = {
     "MMGEF": ("MMGEF", {**speed.MODEL_SETTINGS[("baby", "MMGEF")]}),
     "VBPR": ("VBPR", {}),
     "LightGCN": ("LightGCN", {}),
+    # The other models with the shipped Amazon config's values for them (amazon-baby.yaml's model_overrides: the
+    # authors' Amazon settings, BM3's and SLMRec's training without sampled negatives), else their defaults.
+    **{model: (model, _AMAZON_OVERRIDES.get(model, {})) for model in (
+        "BM3", "LayerGCN", "SLMRec", "MMGCN", "GRCN", "DualGNN", "FREEDOM", "MGCN", "PGL", "SMORE", "LGMRec",
+        "LATTICE", "DRAGON", "DAMRS", "MENTOR", "DiffMM")},
 }
 # The MMRec protocol as the shipped Amazon config states it; the data-set specific keys are replaced.
 PROTOCOL_SOURCE = REPO / "dataset_configs" / "amazon-baby.yaml"
