@@ -176,7 +176,7 @@ def test_parallel_jobs_run_every_cell_once_with_their_share_of_threads(tmp_path,
     all_cells = chosen["a"]["M"]["cells"] + chosen["a"]["M"]["grid_cells"] + chosen["a"]["M ablation"]["cells"]
     assert len(all_cells) == 5  # the unchosen grid point's time counts in the wall time
     assert bench_report.wall_time(chosen["a"])[1] == pytest.approx(sum(c["finished"] - c["started"] for c in all_cells))
-    assert "grid [{'fusion': 'mean'}, {'fusion': 'concat'}] → chose {'fusion': 'concat'}" in text
+    assert "grid [{'fusion': 'mean'}, {'fusion': 'concat'}] → {'fusion': 'concat'}: best valid" in text
 
 
 def test_slots_start_waiting_cells_in_priority_order():
@@ -409,8 +409,9 @@ def test_a_report_from_a_partial_grid_says_which_points_ran(tmp_path, monkeypatc
     assert chosen["M"]["chosen_by"].endswith("among the 2 of 3 grid points that ran (1 not run or failed)")
     assert chosen["N"]["chosen_by"].startswith("none yet: no grid point of 2 has run")
     text = bench_report.write_tables("d", chosen, [1], tmp_path, [])[0].read_text()
-    assert "→ {'reg_weight': 0.2}: chosen on validation among the 2 of 3 points that ran" in text
-    assert "→ none chosen yet (no point has run)" in text
+    assert ("→ {'reg_weight': 0.2}: best valid score of seed 1 among the 2 of 3 grid points that ran "
+            "(1 not run or failed)") in text
+    assert "→ {'reg_weight': 0.1}: none yet: no grid point of 2 has run (the first is shown)" in text
 
 
 def test_the_pairs_plan_runs_tiktok_plans_runs_key_for_key():

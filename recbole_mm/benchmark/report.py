@@ -174,14 +174,11 @@ def write_tables(dataset: str, chosen: dict, seeds: list[int], out: Path, images
            ""]
     configs: dict = {}
     for label, entry in chosen.items():
-        grid = f", grid {entry['grid']} → chose {entry['point']} on validation" if entry["grid"] else ""
-        if entry["grid"] and entry.get("grid_ran", entry.get("grid_size")) != entry.get("grid_size"):
-            grid = (f", grid {entry['grid']} → {entry['point']}: chosen on validation among the {entry['grid_ran']} "
-                    f"of {entry['grid_size']} points that ran" if entry["grid_ran"] else
-                    f", grid {entry['grid']} → none chosen yet (no point has run)")
+        # How the point was chosen is the runner's words (runner.grid_choice: also a partial grid's).
+        how = f": {entry['chosen_by']}" if entry.get("chosen_by") else ""
+        grid = f", grid {entry['grid']} → {entry['point']}{how}" if entry["grid"] else ""
         if entry.get("search"):
-            grid = (f", search {json.dumps(entry['search'], sort_keys=True)} ({entry.get('trials')} trials) → chose "
-                    f"{entry['point']} on validation")
+            grid = f", search {json.dumps(entry['search'], sort_keys=True)} → {entry['point']}{how}"
         md.append(f"- **{label}** (model {entry['model']}{grid})")
         defaults = benchmark_cells.resolve_config(entry["model"], dataset, {})
         for seed, cell in zip(entry.get("seeds", seeds), entry["cells"]):
