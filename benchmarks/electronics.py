@@ -56,9 +56,11 @@ import speed  # noqa: E402
 
 BEGIN = "<!-- electronics.py: Electronics-shaped training (begin) -->"
 END = "<!-- electronics.py: Electronics-shaped training (end) -->"
+# The MMRec protocol as the shipped Amazon config states it; the data-set specific keys are replaced.
+PROTOCOL_SOURCE = REPO / "dataset_configs" / "amazon-baby.yaml"
+_AMAZON_OVERRIDES = yaml.safe_load(PROTOCOL_SOURCE.read_text())["model_overrides"]
 # label → (model, config). GUME: the Electronics row of the authors' per-dataset values (docs/gume.md
 # §2.7). MM-GEF: its paper's mean fusion needs modalities of equal width (4096 ≠ 384), as on Baby.
-_AMAZON_OVERRIDES = yaml.safe_load((REPO / "dataset_configs" / "amazon-baby.yaml").read_text())["model_overrides"]
 CELLS = {
     "GUME": ("GUME", {"n_layers": 1, "bm_temp": 0.2, "um_loss": 0.1, "um_temp": 0.2, "vt_loss": 0.1}),
     "GUME freeze_features": ("GUME", {"n_layers": 1, "bm_temp": 0.2, "um_loss": 0.1, "um_temp": 0.2, "vt_loss": 0.1,
@@ -72,8 +74,6 @@ CELLS = {
         "BM3", "LayerGCN", "SLMRec", "MMGCN", "GRCN", "DualGNN", "FREEDOM", "MGCN", "PGL", "SMORE", "LGMRec",
         "LATTICE", "DRAGON", "DAMRS", "MENTOR", "DiffMM")},
 }
-# The MMRec protocol as the shipped Amazon config states it; the data-set specific keys are replaced.
-PROTOCOL_SOURCE = REPO / "dataset_configs" / "amazon-baby.yaml"
 DATASET_SPECIFIC = ("inter_file_name", "feature_source", "model_overrides", "eval_batch_size")
 EVAL_USERS_PER_BATCH = 4096  # MMRec's full-sort eval batch; RecBole counts it in scores (users × items)
 

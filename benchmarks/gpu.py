@@ -93,8 +93,8 @@ def format_report(cells: list[dict], baby: list[dict], reference: dict, command:
     lines = ["# GPU runs", "", f"Made by `{command}` on **{gpu}** ({meta['torch']}, CUDA {meta['cuda']}), "
              f"{meta['date']}, commit `{state['commit'][:12]}`{' (dirty)' if state.get('dirty') else ''}."]
     if cells:
-        lines += ["", "TikTok, seed 999, to early stopping (patience 20 on valid Recall@20). s/epoch, s/eval: medians over "
-             "the run's epochs (recbole_mm's trainer history; eval = full-sort validation pass). Peak GPU: "
+        lines += ["", "TikTok, seed 999, to early stopping (patience 20 on valid Recall@20). s/epoch, s/eval: medians "
+             "over the run's epochs (recbole_mm's trainer history; eval = full-sort validation pass). Peak GPU: "
              "`torch.cuda.max_memory_allocated`. CPU columns: results/tiktok.csv (three seeds, mean ± std, "
              "one thread); \"within 2σ\" compares the GPU run's test Recall@20 with them. Reloaded on CPU: the "
              "GPU run's best checkpoint loaded and tested in a process without CUDA.", "",

@@ -7,15 +7,15 @@ a memory setting trades for it.
     OMP_NUM_THREADS=1 python benchmarks/memory_phases.py GUME --data-path /tmp/elec knn_backend=faiss \\
         reuse_freed_memory=False
 
-One process, one thread (``--threads``): ``benchmarks/electronics.py``'s cell settings for the label (``GUME``: its Electronics
-setting), ``key=value`` overrides on top, then the phases of that script's cell (``electronics.cell_phases``:
-config and dataset, the feature files, RecBole's loaders, the model's construction, one first training batch,
-``--batches`` timed batches, one full-sort validation pass), each followed by a line with
-``/proc/self/status``'s VmRSS (now), RssAnon, RssFile and VmHWM (the peak so far), in MiB. Where
+One process, one thread (``--threads``): ``benchmarks/electronics.py``'s cell settings for the label (``GUME``:
+its Electronics setting), ``key=value`` overrides on top, then the phases of that script's cell
+(``electronics.cell_phases``: config and dataset, the feature files, RecBole's loaders, the model's construction,
+one first training batch, ``--batches`` timed batches, one full-sort validation pass), each followed by a line
+with ``/proc/self/status``'s VmRSS (now), RssAnon, RssFile and VmHWM (the peak so far), in MiB. Where
 ``electronics.py`` reads only the peak after each phase, this shows what each phase leaves resident, e.g. that
-reading a float64 feature file peaks while its mapped pages are held,
-or that the trainer's heap reuse (``reuse_freed_memory``) keeps freed blocks between steps. The timed batches'
-CPU and wall seconds per batch are on the line after them. With CUDA, RecBole's default ``gpu_id`` puts the cell
+reading a float64 feature file peaks while its mapped pages are held, or that the trainer's heap reuse
+(``reuse_freed_memory``) keeps freed blocks between steps. The timed batches' CPU and wall seconds per batch are
+on the line after them. With CUDA, RecBole's default ``gpu_id`` puts the cell
 on the GPU, and every line also has ``torch.cuda.max_memory_allocated`` (``cuda_peak_mib``).
 """
 
