@@ -14,6 +14,7 @@ from torch import nn
 
 from recbole_mm import MultiModalRecommender
 from recbole_mm.config_check import ConfigError
+from recbole_mm.errors import RecBoleMMError
 
 
 @pytest.fixture
@@ -306,6 +307,46 @@ def test_mean_propagation_of_some_rows_equals_those_rows_of_the_whole(mgcn, n_la
     after = model.propagate("norm_adj", embeddings, rows)
     assert torch.equal(after, model.propagate("norm_adj", embeddings)[rows])
     assert torch.allclose(after, 2 * before, atol=1e-6) and not torch.equal(after, before)
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_bipartite_layers_are_each_views_whole_graph_propagation(mgcn, n_layers):
+    """Views sharing their user input (SLMRec's) propagate the user chain once and each item chain over one
+    block per layer: each view's layer means are mean_propagation's numbers bit for bit, whole or batch rows,
+    and the gradients agree to float rounding."""
+    model, _ = mgcn
+    torch.manual_seed(6)
+    users = torch.randn(model.n_users, 4, requires_grad=True)
+    items = [torch.randn(model.n_items, 4, requires_grad=True) for _ in range(3)]
+    views = model.bipartite_layers("norm_adj", users, items, n_layers)
+    assert len(views) == 3 and all(len(u) == len(i) == n_layers + 1 for u, i in views)
+    if n_layers:  # the user chain's tensors are shared, not recomputed per view
+        assert views[0][0][0] is views[1][0][0] and views[0][1][1] is views[2][1][1]
+    batch_users = torch.tensor([1, 3, 3, 0])
+    batch_items = torch.tensor([2, 2, 5])
+    user_means = model.layer_means([u for u, _ in views], batch_users)
+    item_means = model.layer_means([i for _, i in views], batch_items)
+    whole_items = model.layer_means([i for _, i in views])
+    reference = [model.mean_propagation("norm_adj", torch.cat([users, x]), n_layers) for x in items]
+    for v, whole in enumerate(reference):
+        assert torch.equal(user_means[v], whole[batch_users])
+        assert torch.equal(item_means[v], whole[model.n_users + batch_items])
+        assert torch.equal(whole_items[v], whole[model.n_users:])
+    weights = [torch.randn(len(batch_users) + len(batch_items), 4) for _ in items]
+    rows = torch.cat([batch_users, model.n_users + batch_items])
+    ours = torch.autograd.grad(sum((torch.cat([u, i]) * w).sum() for u, i, w in zip(user_means, item_means, weights)),
+                               [users, *items])
+    theirs = torch.autograd.grad(sum((whole[rows] * w).sum() for whole, w in zip(reference, weights)), [users, *items])
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_bipartite_layers_refuse_a_graph_with_self_loops(mgcn):
+    model, _ = mgcn
+    n = model.n_users + model.n_items
+    model.register_graph("looped", (model.norm_adj + torch.eye(n).to_sparse()).coalesce())
+    with pytest.raises(RecBoleMMError, match="'looped' has user-user or item-item entries"):
+        model.bipartite_layers("looped", torch.zeros(model.n_users, 2), [torch.zeros(model.n_items, 2)], 1)
 
 
 def test_fused_features_are_the_modalities_side_by_side_gathered_from_one_kept_table(planted):

@@ -11,8 +11,8 @@ from torch import nn
 from recbole_mm.config_check import Choice, Int, check_model_values
 from recbole_mm.data.dataset import MultiModalDataset
 from recbole_mm.errors import DataError, RecBoleMMError
-from recbole_mm.model.graphs import (KNN_BACKENDS, csr_pair, csr_rows, graph_from_neighbours, knn_neighbours,
-                                    sparse_matmul)
+from recbole_mm.model.graphs import (KNN_BACKENDS, adjacency_block, csr_pair, csr_rows, graph_from_neighbours,
+                                    knn_neighbours, sparse_matmul)
 from recbole_mm.model.losses import dot_bpr_loss
 from recbole_mm.speedups import release_free_heap
 
@@ -290,6 +290,65 @@ class GraphRecommender(GeneralRecommender):
         if rows is not None and n_layers == 0:
             total = total[rows]
         return total / (n_layers + 1)
+
+    def bipartite_layers(self, name: str, user_input: torch.Tensor, item_inputs: Sequence[torch.Tensor],
+                         n_layers: int) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """The layers A^l [E_U; X_v], l = 0..``n_layers``, of several views that share their user input E_U
+        (SLMRec's ID and modality views), over a registered bipartite user-item graph ``name`` (users first,
+        no user-user or item-item entries). One ``(user_layers, item_layers)`` pair of lists per item input.
+
+        On a bipartite graph A^l [E_U; X] has user rows from E_U at even l and from X at odd l (items the other
+        way round), so the views' layers are A^l [E_U; 0] + A^l [0; X_v] with one term zero in every row: the
+        E_U chain is propagated once for all views and each X_v chain over one block of the graph per layer
+        (the same numbers as propagating each view over the whole graph, at (1 + views) / (2 views) of the
+        sparse work). Layers are shared tensors across views: :meth:`layer_means` gathers each once."""
+        graph = getattr(self, name)
+        key = (name, graph.device, "blocks")
+        if key not in self._csr:
+            users_end, nodes = self.n_users, self.n_users + self.n_items
+            user_rows = adjacency_block(graph, (0, users_end), (users_end, nodes))  # [users, items]
+            item_rows = adjacency_block(graph, (users_end, nodes), (0, users_end))  # [items, users]
+            if user_rows._nnz() + item_rows._nnz() != graph.coalesce()._nnz():
+                raise RecBoleMMError(f"graph {name!r} has user-user or item-item entries: bipartite_layers needs a "
+                                     "bipartite user-item graph (use mean_propagation)")
+            self._csr[key] = (csr_pair(user_rows), csr_pair(item_rows))
+        user_rows, item_rows = self._csr[key]
+
+        def chain(start: torch.Tensor, blocks: tuple) -> list[torch.Tensor]:
+            layers = [start]
+            for layer in range(n_layers):
+                layers.append(sparse_matmul(*blocks[layer % 2], layers[-1]))
+            return layers
+
+        shared = chain(user_input, (item_rows, user_rows))  # users at even l, items at odd l
+        views = []
+        for item_input in item_inputs:
+            own = chain(item_input, (user_rows, item_rows))  # items at even l, users at odd l
+            views.append(([shared[k] if k % 2 == 0 else own[k] for k in range(n_layers + 1)],
+                          [own[k] if k % 2 == 0 else shared[k] for k in range(n_layers + 1)]))
+        return views
+
+    @staticmethod
+    def layer_means(stacks: Sequence[Sequence[torch.Tensor]], rows: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """LightGCN's layer mean (1/(L+1)) Σ_l of each list of layers in ``stacks`` (summed in layer order, as
+        :meth:`mean_propagation`: the same numbers), of the rows ``rows`` only when given: the batch's rows
+        are gathered before the sum, and a layer object shared by several lists is gathered once."""
+        gathered: dict[int, torch.Tensor] = {}
+
+        def rows_of(layer: torch.Tensor) -> torch.Tensor:
+            if rows is None:
+                return layer
+            if id(layer) not in gathered:
+                gathered[id(layer)] = layer[rows]
+            return gathered[id(layer)]
+
+        means = []
+        for layers in stacks:
+            total = rows_of(layers[0])
+            for layer in layers[1:]:
+                total = total + rows_of(layer)
+            means.append(total / len(layers))
+        return means
 
     def _apply(self, fn, recurse=True):
         self._csr.clear()  # device or dtype changes: rebuild the CSR copies from the moved buffers

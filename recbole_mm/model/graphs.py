@@ -584,11 +584,18 @@ def user_item_block(adjacency: torch.Tensor, n_users: int, n_items: int) -> torc
     adjacency (users first): R̃ = D_u^-1/2 R D_i^-1/2 for :func:`bipartite_adjacency`'s graph (MGCN), the same
     block of :func:`augmented_adjacency`'s (GUME); the models use it to give users the mean of their items'
     modality features."""
+    return adjacency_block(adjacency, (0, n_users), (n_users, n_users + n_items))
+
+
+def adjacency_block(adjacency: torch.Tensor, rows: tuple[int, int], cols: tuple[int, int]) -> torch.Tensor:
+    """The block ``adjacency[rows[0]:rows[1], cols[0]:cols[1]]`` of a sparse square graph as a coalesced COO
+    tensor, its entries in the graph's (row, column) order with the graph's values (so that a CSR product
+    with it sums each row as a product with the whole graph does)."""
     adjacency = adjacency.coalesce()
-    rows, cols = adjacency.indices()
-    block = (rows < n_users) & (cols >= n_users)
-    return torch.sparse_coo_tensor(torch.stack([rows[block], cols[block] - n_users]), adjacency.values()[block],
-                                   (n_users, n_items), check_invariants=False).coalesce()
+    r, c = adjacency.indices()
+    block = (r >= rows[0]) & (r < rows[1]) & (c >= cols[0]) & (c < cols[1])
+    return torch.sparse_coo_tensor(torch.stack([r[block] - rows[0], c[block] - cols[0]]), adjacency.values()[block],
+                                   (rows[1] - rows[0], cols[1] - cols[0]), check_invariants=False).coalesce()
 
 
 def user_cooccurrence_neighbours(user_ids: torch.Tensor, item_ids: torch.Tensor, n_users: int, n_items: int,

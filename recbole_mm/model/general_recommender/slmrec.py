@@ -123,30 +123,34 @@ class SLMRec(MultiModalRecommender):
             inputs[m] = self.projections[m](self.item_features(m))
         return inputs
 
-    def _propagate_view(self, item_input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.mean_propagation("norm_adj", torch.cat([self.user_embedding.weight, item_input]), self.n_layers)
-        return out[: self.n_users], out[self.n_users:]
+    def _view_layers(self, inputs: dict[str, torch.Tensor]) -> list[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        """Each view's LightGCN layers over the user-item graph, (user layers, item layers), in ``self.views``
+        order: every view's user input is the user ID table, so its chain is propagated once for all."""
+        return self.bipartite_layers("norm_adj", self.user_embedding.weight, [inputs[v] for v in self.views],
+                                     self.n_layers)
 
     def _fuse(self, parts: list[torch.Tensor], layer: nn.Linear) -> torch.Tensor:
         return layer(torch.cat(parts, dim=1) if self.fusion_mode == "concat" else torch.stack(parts).mean(dim=0))
 
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items) final representations of every user and item."""
-        views = [self._propagate_view(x) for x in self._item_inputs().values()]
-        return (self._fuse([u for u, _ in views], self.user_fusion),
-                self._fuse([i for _, i in views], self.item_fusion))
+        views = self._view_layers(self._item_inputs())
+        return (self._fuse(self.layer_means([u for u, _ in views]), self.user_fusion),
+                self._fuse(self.layer_means([i for _, i in views]), self.item_fusion))
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         users, items = interaction[self.USER_ID], interaction[self.ITEM_ID]
         inputs = self._item_inputs()
-        views = {name: self._propagate_view(x) for name, x in inputs.items()}
-        # The fusion layers are row-wise: only the batch's rows are fused (the reference fuses every row).
-        u = self._fuse([views[v][0][users] for v in self.views], self.user_fusion)
-        i = self._fuse([views[v][1][items] for v in self.views], self.item_fusion)
+        views = self._view_layers(inputs)
+        # Only the batch's rows are averaged and fused (the reference averages and fuses every row; the
+        # layer mean and the fusion layers are row-wise, so the batch's rows are the same numbers).
+        user_parts = self.layer_means([u for u, _ in views], users)
+        item_parts = self.layer_means([i for _, i in views], items)
+        u, i = self._fuse(user_parts, self.user_fusion), self._fuse(item_parts, self.item_fusion)
         loss = info_nce(u, i, self.temp)
         if self.ssl_alpha:
             if self.ssl_task == "FAC":
-                ssl = self.fac_loss({v: views[v][1][items] for v in self.views})
+                ssl = self.fac_loss(dict(zip(self.views, item_parts)))
             else:
                 ssl = self.two_view_loss(inputs, users, items)
             loss = loss + self.ssl_alpha * ssl
