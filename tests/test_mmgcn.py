@@ -83,6 +83,28 @@ def test_loss_is_bpr_plus_reference_regulariser(planted_model):
     assert model.calculate_loss(batch).item() == pytest.approx(expected.item(), rel=1e-6)
 
 
+@pytest.mark.parametrize("train_embeddings,n_layers", [(False, 2), (True, 2), (False, 1)])
+def test_a_training_step_computes_the_batch_nodes_last_layer_only(planted_model, train_embeddings, n_layers):
+    """Training runs the last layer's row-wise maps for the batch's nodes and layer 0's products per side:
+    the same numbers as the whole forward's rows bit for bit, its loss, and its gradients to float rounding."""
+    model, train_data = planted_model(train_embeddings=train_embeddings, n_layers=n_layers, reg_weight=0.1)
+    batch = next(iter(train_data))
+    nodes, users, pos, neg = model.batch_nodes(batch)
+    whole = torch.cat(model.forward())
+    assert torch.equal(model.node_vectors(nodes), whole[nodes])
+    params = [p for p in model.parameters() if p.requires_grad]
+    ours = torch.autograd.grad(model.calculate_loss(batch), params)
+    u_ids, p_ids, n_ids = batch["userID"], batch["itemID"], batch["neg_itemID"]
+    e = model.id_embedding
+    reference = bpr_loss((whole[u_ids] * whole[model.n_users + p_ids]).sum(1),
+                         (whole[u_ids] * whole[model.n_users + n_ids]).sum(1))
+    reg = ((2 * e[u_ids].pow(2).sum() + e[model.n_users + p_ids].pow(2).sum() + e[model.n_users + n_ids].pow(2).sum())
+           / (2 * e[u_ids].numel()) + model.branches["image"].preference[1:].pow(2).mean())
+    theirs = torch.autograd.grad(reference + 0.1 * reg, params)
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
 def test_fixed_embeddings_are_buffers_unless_trained(planted_model):
     model, _ = planted_model()
     names = dict(model.named_parameters())

@@ -27,6 +27,7 @@ from torch import nn
 from recbole_mm.config_check import Bool, Choice, Float, Int, MappingOf
 from recbole_mm.model.abstract_recommender import MultiModalRecommender
 from recbole_mm.model.graphs import bipartite_adjacency
+from recbole_mm.model.losses import dot_bpr_loss
 
 
 def _xavier_normal_padded(rows: list[int], dim: int) -> torch.Tensor:
@@ -118,32 +119,65 @@ class MMGCN(MultiModalRecommender):
         self.register_graph("graph", bipartite_adjacency(users, items, self.n_users, self.n_items,
                                                          normalization=normalization))
 
-    def _modality_forward(self, m: str) -> torch.Tensor:
+    def _user_input(self, branch: _ModalityGCN) -> torch.Tensor:
+        """The users' rows of x⁰: their normalised preferences, kept between steps while they are fixed
+        (F.normalize is row-wise, so these are the rows of the reference's normalised [P; items])."""
+        if branch.preference.requires_grad:
+            return F.normalize(branch.preference)
+        return self._kept(("mmgcn_users", id(branch), branch.preference.device), (branch.preference,),
+                          lambda: F.normalize(branch.preference))
+
+    def _modality_forward(self, m: str, nodes: torch.Tensor | None = None) -> torch.Tensor:
+        """Modality ``m``'s last layer x for every node, or for ``nodes`` only (a training batch's distinct
+        nodes: the last layer's row-wise maps Lin and G then run on those rows; its aggregation and every
+        earlier layer need all rows). Layer 0 multiplies the user and item rows separately, so that fixed
+        preferences get no input gradient (the reference's product over [P; items] computes one for all)."""
         branch = self.branches[m]
         features = self.item_features(m)
         items = branch.mlp(features) if branch.mlp is not None else features
-        x = F.normalize(torch.cat([branch.preference, items]))
-        for conv, linear, gate in zip(branch.conv_weights, branch.linears, branch.gates):
-            h = F.leaky_relu(self.propagate("graph", x @ conv))
-            x_hat = F.leaky_relu(linear(x)) + self.id_embedding
+        x = (self._user_input(branch), F.normalize(items))  # layer 0's input as (user rows, item rows)
+
+        def rowwise(op, x):
+            return torch.cat([op(part) for part in x]) if isinstance(x, tuple) else op(x)
+
+        for layer, (conv, linear, gate) in enumerate(zip(branch.conv_weights, branch.linears, branch.gates)):
+            h = F.leaky_relu(self.propagate("graph", rowwise(lambda part: part @ conv, x)))
+            embedding = self.id_embedding
+            if nodes is not None and layer == len(branch.linears) - 1:
+                x = torch.cat(x)[nodes] if isinstance(x, tuple) else x[nodes]
+                h, embedding = h[nodes], embedding[nodes]
+            x_hat = F.leaky_relu(rowwise(linear, x)) + embedding
             x = F.leaky_relu(gate(torch.cat([h, x_hat], dim=1)) if self.concat else gate(h) + x_hat)
         return x
 
+    def node_vectors(self, nodes: torch.Tensor | None = None) -> torch.Tensor:
+        """The mean over the modalities of each one's last layer, users then items (rows ``nodes`` only when
+        given)."""
+        return sum(self._modality_forward(m, nodes) for m in self.modalities) / len(self.modalities)
+
     def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(users, items): the mean over the modalities of each one's last layer."""
-        out = sum(self._modality_forward(m) for m in self.modalities) / len(self.modalities)
+        out = self.node_vectors()
         return out[: self.n_users], out[self.n_users:]
 
     def calculate_loss(self, interaction) -> torch.Tensor:
         users = interaction[self.USER_ID]
         pos, neg = interaction[self.ITEM_ID], interaction[self.NEG_ITEM_ID]
-        loss = self.batch_bpr(interaction, *self.forward())[0]
+        nodes, user_rows, pos_rows, neg_rows = self.batch_nodes(interaction)
+        out = self.node_vectors(nodes)
+        loss = dot_bpr_loss(out[user_rows], out[pos_rows], out[neg_rows])
         if not self.reg_weight:
             return loss
         # The references' mean over their [2B, d] (user, item) pairs: each user row twice, each item once.
         e_user, e_pos, e_neg = (self.id_embedding[users], self.id_embedding[self.n_users + pos],
                                 self.id_embedding[self.n_users + neg])
         id_term = (2 * e_user.pow(2).sum() + e_pos.pow(2).sum() + e_neg.pow(2).sum()) / (2 * e_user.numel())
-        # Only the first modality's preferences (the references' visual one), over the real users.
-        preference = self.branches[self.modalities[0]].preference[1:]
-        return loss + self.reg_weight * (id_term + preference.pow(2).mean())
+        # Only the first modality's preferences (the references' visual one), over the real users; a constant
+        # while they are fixed, so kept between steps.
+        preference = self.branches[self.modalities[0]].preference
+        if preference.requires_grad:
+            preference_term = preference[1:].pow(2).mean()
+        else:
+            preference_term = self._kept(("mmgcn_reg", preference.device), (preference,),
+                                         lambda: preference[1:].pow(2).mean())
+        return loss + self.reg_weight * (id_term + preference_term)
