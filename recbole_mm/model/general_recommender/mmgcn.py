@@ -119,13 +119,12 @@ class MMGCN(MultiModalRecommender):
         self.register_graph("graph", bipartite_adjacency(users, items, self.n_users, self.n_items,
                                                          normalization=normalization))
 
-    def _user_input(self, branch: _ModalityGCN) -> torch.Tensor:
-        """The users' rows of x⁰: their normalised preferences, kept between steps while they are fixed
-        (F.normalize is row-wise, so these are the rows of the reference's normalised [P; items])."""
-        if branch.preference.requires_grad:
-            return F.normalize(branch.preference)
-        return self._kept(("mmgcn_users", id(branch), branch.preference.device), (branch.preference,),
-                          lambda: F.normalize(branch.preference))
+    def _while_fixed(self, key: str, source: torch.Tensor, build) -> torch.Tensor:
+        """``build()``, kept between steps while ``source`` is a fixed buffer (recomputed if it changes in place);
+        computed afresh, with its gradient, when ``source`` is trained (``train_embeddings``)."""
+        if source.requires_grad:
+            return build()
+        return self._kept((key, source.device), (source,), build)
 
     def _modality_forward(self, m: str, nodes: torch.Tensor | None = None) -> torch.Tensor:
         """Modality ``m``'s last layer x for every node, or for ``nodes`` only (a training batch's distinct
@@ -135,7 +134,10 @@ class MMGCN(MultiModalRecommender):
         branch = self.branches[m]
         features = self.item_features(m)
         items = branch.mlp(features) if branch.mlp is not None else features
-        x = (self._user_input(branch), F.normalize(items))  # layer 0's input as (user rows, item rows)
+        # Layer 0's input as (user rows, item rows); F.normalize is row-wise, so these are the rows of the
+        # reference's normalised [P; items].
+        users = self._while_fixed(f"mmgcn_users_{m}", branch.preference, lambda: F.normalize(branch.preference))
+        x = (users, F.normalize(items))
 
         def rowwise(op, x):
             return torch.cat([op(part) for part in x]) if isinstance(x, tuple) else op(x)
@@ -175,9 +177,5 @@ class MMGCN(MultiModalRecommender):
         # Only the first modality's preferences (the references' visual one), over the real users; a constant
         # while they are fixed, so kept between steps.
         preference = self.branches[self.modalities[0]].preference
-        if preference.requires_grad:
-            preference_term = preference[1:].pow(2).mean()
-        else:
-            preference_term = self._kept(("mmgcn_reg", preference.device), (preference,),
-                                         lambda: preference[1:].pow(2).mean())
+        preference_term = self._while_fixed("mmgcn_reg", preference, lambda: preference[1:].pow(2).mean())
         return loss + self.reg_weight * (id_term + preference_term)
